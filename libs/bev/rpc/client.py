@@ -1,0 +1,88 @@
+"""The typed client every caller uses; generated subclasses (bev/<svc>/v1/<svc>_rpc.py) add one
+method per RPC. NATS is the default transport; give a gRPC address to call from outside the bus."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from typing import ClassVar, Protocol, Self, TypeVar
+
+from google.protobuf.message import DecodeError, Message
+from nats.aio.client import Client as NatsClient
+from opentelemetry import trace
+from opentelemetry.propagate import inject
+from opentelemetry.trace import SpanKind
+
+from bev.rpc.definition import MethodDef, ServiceDef
+from bev.rpc.errors import RpcError, StatusCode
+from bev.rpc.grpc_transport import GrpcTransport
+from bev.rpc.nats_transport import NatsTransport
+
+R = TypeVar("R", bound=Message)
+_tracer = trace.get_tracer("bev.rpc")
+
+
+class Transport(Protocol):
+    async def unary(self, method: MethodDef, payload: bytes, timeout_s: float, metadata: Mapping[str, str]) -> bytes: ...
+
+    def stream(
+        self, method: MethodDef, payload: bytes, timeout_s: float, metadata: Mapping[str, str]
+    ) -> AsyncIterator[bytes]: ...
+
+    async def close(self) -> None: ...
+
+
+class Client:
+    SERVICE: ClassVar[ServiceDef]
+
+    def __init__(self, transport: Transport, *, timeout_s: float = 30.0) -> None:
+        self.transport = transport
+        self.timeout_s = timeout_s
+
+    @classmethod
+    def over_nats(cls, nc: NatsClient, *, timeout_s: float = 30.0) -> Self:
+        return cls(NatsTransport(nc), timeout_s=timeout_s)
+
+    @classmethod
+    def over_grpc(cls, address: str, *, timeout_s: float = 30.0) -> Self:
+        return cls(GrpcTransport(address), timeout_s=timeout_s)
+
+    async def close(self) -> None:
+        await self.transport.close()
+
+    def _metadata(self, extra: Mapping[str, str] | None) -> dict[str, str]:
+        carrier: dict[str, str] = dict(extra or {})
+        inject(carrier)  # W3C traceparent/tracestate of the current (client) span
+        return carrier
+
+    @staticmethod
+    def _decode(method: MethodDef, data: bytes, into: type[R]) -> R:
+        response = into()
+        try:
+            response.ParseFromString(data)
+        except DecodeError as exc:
+            raise RpcError(StatusCode.INTERNAL, f"{method.subject}: malformed response: {exc}") from exc
+        return response
+
+    async def _call(
+        self, name: str, request: Message, into: type[R], timeout_s: float | None, metadata: Mapping[str, str] | None
+    ) -> R:
+        method = self.SERVICE.methods[name]
+        with _tracer.start_as_current_span(f"{self.SERVICE.full_name}/{name}", kind=SpanKind.CLIENT):
+            data = await self.transport.unary(
+                method, request.SerializeToString(), timeout_s or self.timeout_s, self._metadata(metadata)
+            )
+        return self._decode(method, data, into)
+
+    async def _stream(
+        self, name: str, request: Message, into: type[R], timeout_s: float | None, metadata: Mapping[str, str] | None
+    ) -> AsyncIterator[R]:
+        method = self.SERVICE.methods[name]
+        with _tracer.start_as_current_span(f"{self.SERVICE.full_name}/{name}", kind=SpanKind.CLIENT):
+            stream = self.transport.stream(
+                method, request.SerializeToString(), timeout_s or self.timeout_s, self._metadata(metadata)
+            )
+            try:
+                async for data in stream:
+                    yield self._decode(method, data, into)
+            finally:
+                await stream.aclose()  # type: ignore[attr-defined]

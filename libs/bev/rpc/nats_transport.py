@@ -1,0 +1,249 @@
+"""RPC over NATS: unary and server-streaming request/reply with protobuf payloads.
+
+Wire format (all in NATS headers, payload is the serialized protobuf message):
+- request:  `Bev-Timeout-Ms` (the caller's remaining deadline), W3C `traceparent`/`tracestate`;
+- response: success has no status header; failure carries the NATS micro error headers
+  `Nats-Service-Error-Code` (the gRPC status code number) and `Nats-Service-Error` (message);
+- stream:   each message is one response; the last message has `Bev-Stream-End: 1` and, if the
+  stream failed, the error headers. A caller that stops early publishes to `<reply>.cancel`.
+The service registers as a NATS micro service, so `$SRV.PING/INFO/STATS` discover it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+import nats.errors
+from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
+from nats.micro import add_service
+from nats.micro.request import ERROR_CODE_HEADER, ERROR_HEADER, Request
+from nats.micro.service import EndpointStats, Service
+
+from bev.rpc.definition import MethodDef
+from bev.rpc.dispatch import Dispatcher, metadata_dict
+from bev.rpc.errors import RpcError, StatusCode, code_from_int, code_to_int
+from bev.rpc.servicer import Servicer
+from bev.telemetry import get_logger
+
+TIMEOUT_HEADER = "Bev-Timeout-Ms"
+STREAM_END_HEADER = "Bev-Stream-End"
+NO_RESPONDERS_STATUS = "503"
+
+log = get_logger(__name__)
+
+
+def _error_headers(error: RpcError) -> dict[str, str]:
+    # Header values are single lines; keep the message readable but safe.
+    message = " ".join(error.message.split())[:1000]
+    return {ERROR_CODE_HEADER: str(code_to_int(error.code)), ERROR_HEADER: message}
+
+
+def _raise_for_headers(headers: Mapping[str, str] | None, subject: str) -> None:
+    if not headers:
+        return
+    if headers.get("Status") == NO_RESPONDERS_STATUS:
+        raise RpcError(StatusCode.UNAVAILABLE, f"no instance is serving {subject}")
+    code = headers.get(ERROR_CODE_HEADER)
+    if code is not None:
+        raise RpcError(code_from_int(int(code)), headers.get(ERROR_HEADER, ""))
+
+
+class _RateWindow:
+    """Requests per second over the last minute, for `bev status`."""
+
+    def __init__(self, window_s: float = 60.0) -> None:
+        self.window_s = window_s
+        self._stamps: deque[float] = deque()
+
+    def hit(self) -> None:
+        self._stamps.append(time.monotonic())
+
+    def rate(self) -> float:
+        now = time.monotonic()
+        while self._stamps and now - self._stamps[0] > self.window_s:
+            self._stamps.popleft()
+        return len(self._stamps) / self.window_s
+
+
+class NatsRpcServer:
+    """Serves one servicer on `bev.<service>.v1.<Method>` in the service's queue group."""
+
+    def __init__(
+        self,
+        nc: NatsClient,
+        servicer: Servicer,
+        *,
+        max_request_bytes: int,
+        default_timeout_s: float,
+        max_concurrency: int,
+        metadata: dict[str, str] | None = None,
+    ) -> None:
+        self._nc = nc
+        self._dispatcher = Dispatcher(
+            servicer, max_request_bytes=max_request_bytes, default_timeout_s=default_timeout_s
+        )
+        self._definition = servicer.SERVICE
+        self._metadata = metadata or {}
+        # nats-py runs a subscription's callback serially, so each request gets its own task;
+        # the semaphore bounds them, and the excess waits in the NATS client's pending queue.
+        self._slots = asyncio.Semaphore(max_concurrency)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._errors: dict[str, int] = {}
+        self._rates: dict[str, _RateWindow] = {}
+        self._service: Service | None = None
+
+    async def start(self) -> None:
+        definition = self._definition
+        self._service = await add_service(
+            self._nc,
+            name=definition.micro_name,
+            version="1.0.0",
+            description=definition.full_name,
+            metadata=self._metadata,
+            queue_group=definition.queue_group,
+            stats_handler=self._endpoint_stats,
+        )
+        for method in definition.methods.values():
+            self._errors[method.name] = 0
+            self._rates[method.name] = _RateWindow()
+            await self._service.add_endpoint(
+                name=method.name, subject=method.subject, handler=self._handler(method)
+            )
+
+    def _endpoint_stats(self, stats: EndpointStats) -> dict[str, Any]:
+        # micro counts a request as failed only if its handler raises; ours hand off to a task
+        # at once, so the real error count and the recent rate travel in `data`.
+        return {"errors": self._errors.get(stats.name, 0), "rate_1m": self._rates[stats.name].rate()}
+
+    def _handler(self, method: MethodDef) -> Any:
+        async def handle(request: Request) -> None:
+            self._rates[method.name].hit()
+            await self._slots.acquire()
+            task = asyncio.create_task(self._serve(method, request))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+        return handle
+
+    async def _serve(self, method: MethodDef, request: Request) -> None:
+        try:
+            headers = request.headers or {}
+            timeout_ms = headers.get(TIMEOUT_HEADER)
+            timeout_s = int(timeout_ms) / 1000 if timeout_ms and timeout_ms.isdigit() else None
+            ctx = self._dispatcher.context(method, "nats", timeout_s, metadata_dict(headers))
+            if method.server_streaming:
+                await self._serve_stream(method, request, ctx)
+            else:
+                try:
+                    payload = await self._dispatcher.unary(method, request.data, ctx)
+                except RpcError as error:
+                    self._errors[method.name] += 1
+                    await request.respond(b"", headers=_error_headers(error))
+                    return
+                await request.respond(payload)
+        except nats.errors.Error as exc:
+            # The caller is gone or the connection closed; nothing to answer, but say so.
+            log.warning("could not answer", method=method.name, error=repr(exc))
+        finally:
+            self._slots.release()
+
+    async def _serve_stream(self, method: MethodDef, request: Request, ctx: Any) -> None:
+        reply = request._msg.reply  # micro's Request hides the reply subject; streams need it
+        if not reply:
+            return
+        producer = asyncio.current_task()
+        assert producer is not None
+
+        async def on_cancel(_: Msg) -> None:
+            producer.cancel()
+
+        cancel_sub = await self._nc.subscribe(f"{reply}.cancel", cb=on_cancel)
+        end_headers = {STREAM_END_HEADER: "1"}
+        try:
+            async for payload in self._dispatcher.stream(method, request.data, ctx):
+                await self._nc.publish(reply, payload)
+        except RpcError as error:
+            self._errors[method.name] += 1
+            end_headers.update(_error_headers(error))
+        except asyncio.CancelledError:
+            return  # the caller stopped reading; it expects nothing more
+        finally:
+            await cancel_sub.unsubscribe()
+        await self._nc.publish(reply, b"", headers=end_headers)
+
+    async def stop(self, grace_s: float = 10.0) -> None:
+        """Stop taking requests, then let in-flight ones finish (up to grace_s)."""
+        if self._service is not None:
+            await self._service.stop()
+        if self._tasks:
+            _done, pending = await asyncio.wait(set(self._tasks), timeout=grace_s)
+            for task in pending:
+                task.cancel()
+
+
+class NatsTransport:
+    """The caller's side of RPC over NATS."""
+
+    def __init__(self, nc: NatsClient) -> None:
+        self._nc = nc
+
+    def _headers(self, timeout_s: float, metadata: Mapping[str, str]) -> dict[str, str]:
+        return {**metadata, TIMEOUT_HEADER: str(max(1, int(timeout_s * 1000)))}
+
+    async def unary(self, method: MethodDef, payload: bytes, timeout_s: float, metadata: Mapping[str, str]) -> bytes:
+        try:
+            msg = await self._nc.request(
+                method.subject, payload, timeout=timeout_s, headers=self._headers(timeout_s, metadata)
+            )
+        except nats.errors.NoRespondersError as exc:
+            raise RpcError(StatusCode.UNAVAILABLE, f"no instance is serving {method.subject}") from exc
+        except nats.errors.TimeoutError as exc:
+            raise RpcError(StatusCode.DEADLINE_EXCEEDED, f"{method.subject} gave no answer in {timeout_s:.3g}s") from exc
+        except nats.errors.MaxPayloadError as exc:
+            raise RpcError(StatusCode.RESOURCE_EXHAUSTED, f"request too large for the bus: {exc}") from exc
+        except (nats.errors.ConnectionClosedError, nats.errors.ConnectionDrainingError) as exc:
+            raise RpcError(StatusCode.UNAVAILABLE, f"NATS connection closed: {exc}") from exc
+        _raise_for_headers(msg.headers, method.subject)
+        return msg.data
+
+    async def stream(
+        self, method: MethodDef, payload: bytes, timeout_s: float, metadata: Mapping[str, str]
+    ) -> AsyncIterator[bytes]:
+        deadline = time.monotonic() + timeout_s
+        inbox = self._nc.new_inbox()
+        sub = await self._nc.subscribe(inbox)
+        finished = False
+        try:
+            try:
+                await self._nc.publish(method.subject, payload, reply=inbox, headers=self._headers(timeout_s, metadata))
+            except nats.errors.MaxPayloadError as exc:
+                raise RpcError(StatusCode.RESOURCE_EXHAUSTED, f"request too large for the bus: {exc}") from exc
+            while True:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise RpcError(StatusCode.DEADLINE_EXCEEDED, f"{method.subject} stream ran past {timeout_s:.3g}s")
+                try:
+                    msg = await sub.next_msg(timeout=remaining)
+                except nats.errors.TimeoutError as exc:
+                    raise RpcError(
+                        StatusCode.DEADLINE_EXCEEDED, f"{method.subject} stream ran past {timeout_s:.3g}s"
+                    ) from exc
+                headers = msg.headers or {}
+                if headers.get(STREAM_END_HEADER) or headers.get("Status"):
+                    finished = True
+                _raise_for_headers(headers, method.subject)
+                if finished:
+                    return
+                yield msg.data
+        finally:
+            if not finished and not self._nc.is_closed:
+                await self._nc.publish(f"{inbox}.cancel", b"")
+            await sub.unsubscribe()
+
+    async def close(self) -> None:
+        """The NATS connection belongs to the caller; nothing to release here."""

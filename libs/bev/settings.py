@@ -1,0 +1,82 @@
+"""Typed settings: one pydantic-settings pattern for every process.
+
+Every process reads `BEV_*` environment variables. Sections nest with `__`:
+`BEV_NATS__URL`, `BEV_VAULT__ADDR`, `BEV_REASONING__N_CTX`. A service subclasses
+`BevSettings` and adds its own section model (see services/*/settings.py).
+`BEV_DATA_DIR` moves all state (engine data, logs, caches) at once.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PLACEHOLDER_SECRETS = {"", "changeme", "change-me", "dev", "devtoken", "root", "password"}
+
+
+class NatsSettings(BaseModel):
+    url: str = "nats://127.0.0.1:4222"
+    # Credentials come from Vault (secret `nats`) unless set here for a dev run.
+    user: str = ""
+    password: str = ""
+    connect_timeout_s: float = 5.0
+
+
+class VaultSettings(BaseModel):
+    addr: str = "http://127.0.0.1:8200"
+    # AppRole login (production and `make run`): role_id + a single-use secret_id.
+    role_id: str = ""
+    secret_id: str = ""
+    # Token login, for an operator's shell only; services use AppRole.
+    token: str = ""
+    mount: str = "secret"
+    timeout_s: float = 5.0
+
+
+class RpcSettings(BaseModel):
+    default_timeout_s: float = 30.0
+    max_request_bytes: int = 4 * 1024 * 1024
+    # Requests one process works on at once; more wait in NATS (backpressure, not memory).
+    max_concurrency: int = 64
+    grpc_host: str = "127.0.0.1"
+    grpc_port: int = 0  # 0 = pick a free port; the port is published in $SRV metadata
+
+
+class TelemetrySettings(BaseModel):
+    log_level: str = "INFO"
+    log_json: bool = True
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = 0  # 0 = pick a free port; published in $SRV metadata
+    # Traces are always created (trace ids reach logs and headers); export is opt-in.
+    trace_exporter: Literal["none", "console", "otlp"] = "none"
+    otlp_endpoint: str = "http://127.0.0.1:4318/v1/traces"
+
+
+class BevSettings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="BEV_", env_nested_delimiter="__", extra="ignore", validate_default=True
+    )
+
+    env: Literal["dev", "prod"] = "dev"
+    node: str = "local"
+    data_dir: Path = Field(default=Path(".bev"))
+    nats: NatsSettings = NatsSettings()
+    vault: VaultSettings = VaultSettings()
+    rpc: RpcSettings = RpcSettings()
+    telemetry: TelemetrySettings = TelemetrySettings()
+
+    @model_validator(mode="after")
+    def _refuse_placeholders_in_prod(self) -> BevSettings:
+        if self.env == "prod":
+            if self.vault.token and self.vault.token.lower() in PLACEHOLDER_SECRETS:
+                raise ValueError("BEV_VAULT__TOKEN is a placeholder; refusing to start with env=prod")
+            if not self.vault.addr.startswith("https://"):
+                raise ValueError("BEV_VAULT__ADDR must use https:// with env=prod")
+        return self
+
+    @property
+    def log_dir(self) -> Path:
+        return self.data_dir / "logs"
