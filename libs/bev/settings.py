@@ -22,7 +22,8 @@ class NatsSettings(BaseModel):
     # Credentials come from Vault (secret `nats`) unless set here for a dev run.
     user: str = ""
     password: str = ""
-    connect_timeout_s: float = 5.0
+    # How long a starting process keeps trying before it exits with one clear line.
+    connect_timeout_s: float = 15.0
 
 
 class VaultSettings(BaseModel):

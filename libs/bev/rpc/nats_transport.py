@@ -6,6 +6,8 @@ Wire format (all in NATS headers, payload is the serialized protobuf message):
   `Nats-Service-Error-Code` (the gRPC status code number) and `Nats-Service-Error` (message);
 - stream:   each message is one response; the last message has `Bev-Stream-End: 1` and, if the
   stream failed, the error headers. A caller that stops early publishes to `<reply>.cancel`.
+- one instance: every method is also served, outside the queue group, on
+  `bev.<service>.v1.<Method>.<instance>`, so monitoring can ask each replica for its Health.
 The service registers as a NATS micro service, so `$SRV.PING/INFO/STATS` discover it.
 """
 
@@ -20,6 +22,7 @@ from typing import Any
 import nats.errors
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 from nats.micro import add_service
 from nats.micro.request import ERROR_CODE_HEADER, ERROR_HEADER, Request
 from nats.micro.service import EndpointStats, Service
@@ -81,9 +84,11 @@ class NatsRpcServer:
         max_request_bytes: int,
         default_timeout_s: float,
         max_concurrency: int,
+        instance: str,
         metadata: dict[str, str] | None = None,
     ) -> None:
         self._nc = nc
+        self._instance = instance
         self._dispatcher = Dispatcher(
             servicer, max_request_bytes=max_request_bytes, default_timeout_s=default_timeout_s
         )
@@ -96,6 +101,7 @@ class NatsRpcServer:
         self._errors: dict[str, int] = {}
         self._rates: dict[str, _RateWindow] = {}
         self._service: Service | None = None
+        self._direct: Subscription | None = None
 
     async def start(self) -> None:
         definition = self._definition
@@ -114,6 +120,14 @@ class NatsRpcServer:
             await self._service.add_endpoint(
                 name=method.name, subject=method.subject, handler=self._handler(method)
             )
+        handlers = {name: self._handler(method) for name, method in definition.methods.items()}
+
+        async def direct(msg: Msg) -> None:
+            handler = handlers.get(msg.subject.split(".")[3])
+            if handler is not None:
+                await handler(Request(msg))
+
+        self._direct = await self._nc.subscribe(f"{definition.package}.*.{self._instance}", cb=direct)
 
     def _endpoint_stats(self, stats: EndpointStats) -> dict[str, Any]:
         # micro counts a request as failed only if its handler raises; ours hand off to a task
@@ -178,6 +192,8 @@ class NatsRpcServer:
 
     async def stop(self, grace_s: float = 10.0) -> None:
         """Stop taking requests, then let in-flight ones finish (up to grace_s)."""
+        if self._direct is not None:
+            await self._direct.unsubscribe()
         if self._service is not None:
             await self._service.stop()
         if self._tasks:
@@ -187,10 +203,11 @@ class NatsRpcServer:
 
 
 class NatsTransport:
-    """The caller's side of RPC over NATS."""
+    """The caller's side of RPC over NATS; give `instance` to address one replica, not the queue group."""
 
-    def __init__(self, nc: NatsClient) -> None:
+    def __init__(self, nc: NatsClient, instance: str = "") -> None:
         self._nc = nc
+        self._suffix = f".{instance}" if instance else ""
 
     def _headers(self, timeout_s: float, metadata: Mapping[str, str]) -> dict[str, str]:
         return {**metadata, TIMEOUT_HEADER: str(max(1, int(timeout_s * 1000)))}
@@ -198,7 +215,7 @@ class NatsTransport:
     async def unary(self, method: MethodDef, payload: bytes, timeout_s: float, metadata: Mapping[str, str]) -> bytes:
         try:
             msg = await self._nc.request(
-                method.subject, payload, timeout=timeout_s, headers=self._headers(timeout_s, metadata)
+                method.subject + self._suffix, payload, timeout=timeout_s, headers=self._headers(timeout_s, metadata)
             )
         except nats.errors.NoRespondersError as exc:
             raise RpcError(StatusCode.UNAVAILABLE, f"no instance is serving {method.subject}") from exc
@@ -220,7 +237,7 @@ class NatsTransport:
         finished = False
         try:
             try:
-                await self._nc.publish(method.subject, payload, reply=inbox, headers=self._headers(timeout_s, metadata))
+                await self._nc.publish(method.subject + self._suffix, payload, reply=inbox, headers=self._headers(timeout_s, metadata))
             except nats.errors.MaxPayloadError as exc:
                 raise RpcError(StatusCode.RESOURCE_EXHAUSTED, f"request too large for the bus: {exc}") from exc
             while True:

@@ -55,5 +55,8 @@ class Servicer:
             checks=checks,
         )
 
+    async def start(self) -> None:
+        """Start background work (a web server, a consumer) once the process is connected."""
+
     async def close(self) -> None:
         """Release models, pools and connections when the process stops."""

@@ -72,16 +72,27 @@ class MapStateRequest(_message.Message):
         *,
         session_id: _builtins.str = ...,
         state: Global___ResearchState.ValueType = ...,
-        confidence: _builtins.float = ...,
-        severity: _builtins.float = ...,
-        progress: _builtins.float = ...,
+        confidence: _builtins.float | None = ...,
+        severity: _builtins.float | None = ...,
+        progress: _builtins.float | None = ...,
         personality: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_confidence", b"_confidence", "_progress", b"_progress", "_severity", b"_severity", "confidence", b"confidence", "progress", b"progress", "severity", b"severity"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["confidence", b"confidence", "personality", b"personality", "progress", b"progress", "session_id", b"session_id", "severity", b"severity", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_confidence", b"_confidence", "_progress", b"_progress", "_severity", b"_severity", "confidence", b"confidence", "personality", b"personality", "progress", b"progress", "session_id", b"session_id", "severity", b"severity", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__confidence: _TypeAlias = _typing.Literal["confidence"]  # noqa: Y015
+    _WhichOneofArgType__confidence: _TypeAlias = _typing.Literal["_confidence", b"_confidence"]  # noqa: Y015
+    _WhichOneofReturnType__progress: _TypeAlias = _typing.Literal["progress"]  # noqa: Y015
+    _WhichOneofArgType__progress: _TypeAlias = _typing.Literal["_progress", b"_progress"]  # noqa: Y015
+    _WhichOneofReturnType__severity: _TypeAlias = _typing.Literal["severity"]  # noqa: Y015
+    _WhichOneofArgType__severity: _TypeAlias = _typing.Literal["_severity", b"_severity"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__confidence) -> _WhichOneofReturnType__confidence | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__progress) -> _WhichOneofReturnType__progress | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__severity) -> _WhichOneofReturnType__severity | None: ...
 
 Global___MapStateRequest: _TypeAlias = MapStateRequest  # noqa: Y015
 

@@ -1,0 +1,45 @@
+# BEV — `make help` lists the targets.
+SHELL := /bin/bash
+VENV  := .venv
+PY    := $(VENV)/bin/python
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+
+.DEFAULT_GOAL := help
+.PHONY: help setup run status test test-fast lint protos protos-check deploy-files bench deploy-thanos deploy-starlord deploy-oracle1 clean
+
+help: ## list the targets
+	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-16s %s\n", $$1, $$2}'
+
+setup: ## create .venv and install everything (engines, models, dev tools); safe to re-run
+	@bash scripts/setup.sh
+
+run: ## start the whole fleet on this machine (same as `bev up`); Ctrl-C stops it
+	$(VENV)/bin/bev up
+
+status: ## print every running service instance
+	$(VENV)/bin/bev status
+
+test: ## run the whole test suite against real engines
+	$(PY) -m pytest
+
+test-fast: ## the suite without the slow end-to-end fleet test
+	$(PY) -m pytest -m "not slow"
+
+lint: ## ruff + mypy (strict for libs/)
+	$(VENV)/bin/ruff check libs services tests bench
+	$(VENV)/bin/mypy
+
+protos: ## regenerate typed stubs and RPC classes from protos/ into libs/
+	$(PY) -m bev.codegen --clean
+
+deploy-files: ## regenerate deploy/<node>/docker-compose.yml and prometheus.yml from deploy/manifest.yaml
+	$(VENV)/bin/bev deploy render
+
+bench: ## run every benchmark in bench/ (each prints one JSON line last)
+	@for b in bench/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+deploy-thanos deploy-starlord deploy-oracle1: deploy-%: ## docker compose up on that node (run on the node itself)
+	docker compose -f deploy/$*/docker-compose.yml up -d --build
+
+clean: ## remove local state (.bev) — engines' data included
+	rm -rf .bev

@@ -1,0 +1,121 @@
+"""The thin entry point every service process runs (`python -m services.<name>`).
+
+Order: settings -> logging/tracing -> Vault login -> NATS -> build the servicer -> serve it on
+NATS and gRPC plus /metrics -> wait for SIGTERM/SIGINT -> stop taking work, finish in-flight
+calls, close. A missing dependency at start ends the process with one line and exit code 1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+from nats.aio.client import Client as NatsClient
+from pydantic import ValidationError
+
+from bev import __version__
+from bev.bus import BusUnavailable, connect_nats
+from bev.rpc.grpc_transport import GrpcRpcServer
+from bev.rpc.nats_transport import NatsRpcServer
+from bev.rpc.servicer import InstanceInfo, Servicer
+from bev.secrets import SecretsUnavailable, VaultSecrets
+from bev.settings import BevSettings
+from bev.telemetry import configure_logging, configure_tracing, get_logger, start_metrics_server
+
+S = TypeVar("S", bound=BevSettings)
+log = get_logger(__name__)
+
+EXIT_CONFIG = 2
+EXIT_DEPENDENCY = 1
+
+
+class StartupError(Exception):
+    """A dependency a service needs at start is missing; str() is the one line the operator sees."""
+
+
+@dataclass
+class ServiceRuntime(Generic[S]):
+    """What a service's `build` gets: its settings, identity, bus connection and secrets."""
+
+    settings: S
+    info: InstanceInfo
+    nc: NatsClient
+    secrets: VaultSecrets
+
+
+Build = Callable[[ServiceRuntime[S]], Awaitable[Servicer]]
+
+
+def run_service(name: str, settings_type: type[S], build: Build[S]) -> None:
+    try:
+        settings = settings_type()
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = "__".join(str(part) for part in first["loc"]).upper()
+        print(f"bev-{name}: invalid setting BEV_{where}: {first['msg']}", file=sys.stderr)
+        raise SystemExit(EXIT_CONFIG) from None
+    configure_logging(name, settings.telemetry)
+    configure_tracing(name, settings.telemetry)
+    try:
+        asyncio.run(_serve(name, settings, build))
+    except (StartupError, SecretsUnavailable, BusUnavailable) as exc:
+        print(f"bev-{name}: {exc}", file=sys.stderr)
+        raise SystemExit(EXIT_DEPENDENCY) from None
+
+
+async def _serve(name: str, settings: S, build: Build[S]) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+
+    secrets = VaultSecrets(settings.vault, name)
+    await asyncio.to_thread(secrets.login)
+    nats_creds = await asyncio.to_thread(secrets.read, "nats")
+    nc = await connect_nats(settings.nats, f"bev-{name}", nats_creds.get("user", ""), nats_creds.get("password", ""))
+    info = InstanceInfo(service=name, node=settings.node, version=__version__)
+    servicer = await build(ServiceRuntime(settings, info, nc, secrets))
+    rpc = settings.rpc
+    grpc_server = GrpcRpcServer(
+        servicer,
+        host=rpc.grpc_host,
+        port=rpc.grpc_port,
+        max_request_bytes=rpc.max_request_bytes,
+        default_timeout_s=rpc.default_timeout_s,
+    )
+    grpc_port = await grpc_server.start()
+    metrics_port = start_metrics_server(settings.telemetry.metrics_host, settings.telemetry.metrics_port)
+    nats_server = NatsRpcServer(
+        nc,
+        servicer,
+        max_request_bytes=rpc.max_request_bytes,
+        default_timeout_s=rpc.default_timeout_s,
+        max_concurrency=rpc.max_concurrency,
+        instance=info.instance,
+        metadata={
+            "node": info.node,
+            "instance": info.instance,
+            "pid": str(info.pid),
+            "started": f"{info.started:.3f}",
+            "grpc": f"{rpc.grpc_host}:{grpc_port}",
+            "metrics": f"{settings.telemetry.metrics_host}:{metrics_port}",
+        },
+    )
+    await servicer.start()
+    await nats_server.start()
+    renewal = asyncio.create_task(secrets.renew_forever(stop))
+    log.info("serving", grpc_port=grpc_port, metrics_port=metrics_port, node=info.node, instance=info.instance)
+    try:
+        await stop.wait()
+    finally:
+        log.info("stopping")
+        await nats_server.stop()
+        await grpc_server.stop(grace_s=5)
+        await servicer.close()
+        renewal.cancel()
+        await nc.drain()
+        log.info("stopped")

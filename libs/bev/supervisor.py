@@ -1,0 +1,333 @@
+"""The one-machine fleet (`make run` = `bev up`): embedded engines, then every service, supervised.
+
+Order: OpenBao (seeded with every secret and one AppRole per service) -> NATS with JetStream ->
+PostgreSQL+pgvector -> Redis -> FalkorDB, each health-checked before the next; then each
+service as `python -m services.<name>` with its own single-use secret id, and a wait until
+every one answers Health over NATS. A child that exits is restarted with exponential backoff
+and reported on `bev.events.fleet.*`. SIGINT/SIGTERM stops services, then engines in reverse.
+The manifest (deploy/manifest.yaml) says which services and engines run and on which ports.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import secrets
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from nats.aio.client import Client as NatsClient
+
+from bev.bus import connect_nats
+from bev.engines import Engine, FalkorDB, NatsServer, OpenBao, Postgres, Redis, free_port, new_secret_id, seed_fleet
+from bev.fleet import discover
+from bev.manifest import Manifest, ServiceSpec
+from bev.secrets import SERVICE_SECRETS
+from bev.settings import BevSettings, NatsSettings
+from bev.telemetry import get_logger
+
+log = get_logger("bev.supervisor")
+
+ENGINE_ORDER = ("vault", "nats", "postgres", "redis", "falkordb")
+MAX_BACKOFF_S = 30.0
+STABLE_AFTER_S = 60.0  # a child that ran this long gets its backoff reset
+FLEET_FILE = "run/fleet.json"
+
+
+class FleetStartError(Exception):
+    """The fleet could not come up; str() is one line for the operator."""
+
+
+@dataclass
+class FleetPlan:
+    """Everything the supervisor decided before starting anything: ports, nodes, services."""
+
+    data_dir: Path
+    node: str  # manifest node name, or "local" for the whole fleet on one machine
+    engine_ports: dict[str, int]
+    services: list[ServiceSpec]
+    service_ports: dict[str, dict[str, int]]
+    nats_monitor_port: int = 0
+
+    @classmethod
+    def from_manifest(
+        cls, manifest: Manifest, data_dir: Path, node: str | None = None, free_ports: bool = False,
+        only: list[str] | None = None,
+    ) -> FleetPlan:
+        engines = {e.name: e for e in manifest.engines_on(node)}
+        engine_ports = {
+            name: (free_port() if free_ports else engines[name].port) for name in ENGINE_ORDER if name in engines
+        }
+        services = [s for s in manifest.services_on(node) if only is None or s.name in only]
+        service_ports = {
+            s.name: {role: (free_port() if free_ports else port) for role, port in s.ports().items()} for s in services
+        }
+        return cls(data_dir.absolute(), node or "local", engine_ports, services, service_ports,
+                   nats_monitor_port=free_port() if free_ports else 8222)
+
+
+@dataclass
+class Child:
+    """A supervised service process."""
+
+    spec: ServiceSpec
+    env: dict[str, str]
+    log_path: Path
+    process: asyncio.subprocess.Process | None = None
+    started: float = 0.0
+    restarts: int = 0
+    watcher: asyncio.Task[None] | None = field(default=None, repr=False)
+
+
+class Supervisor:
+    def __init__(self, plan: FleetPlan, settings: BevSettings, health_timeout_s: float = 180.0) -> None:
+        self.plan = plan
+        self.settings = settings
+        self.health_timeout_s = health_timeout_s
+        self.log_dir = plan.data_dir / "logs"
+        self.engines: dict[str, Engine] = {}
+        self.children: dict[str, Child] = {}
+        self.nc: NatsClient | None = None
+        self.stopping = False
+        self._nats_user = "bev"
+        self._nats_password = secrets.token_urlsafe(24)
+
+    # --- engines -------------------------------------------------------------------------------
+
+    def _make_engines(self) -> dict[str, Engine]:
+        d, ports = self.plan.data_dir, self.plan.engine_ports
+        makers = {
+            "vault": lambda p: OpenBao(d / "openbao", p),
+            "nats": lambda p: NatsServer(
+                d / "nats", p, user=self._nats_user, password=self._nats_password, monitor_port=self.plan.nats_monitor_port
+            ),
+            "postgres": lambda p: Postgres(d / "postgres", p),
+            "redis": lambda p: Redis(d / "redis", p, password=self._stable_secret("redis")),
+            "falkordb": lambda p: FalkorDB(d / "falkordb", p, password=self._stable_secret("falkordb")),
+        }
+        return {name: makers[name](port) for name, port in ports.items()}
+
+    def _stable_secret(self, name: str) -> str:
+        """A password that survives restarts of the same data dir (the data it guards does too)."""
+        path = self.plan.data_dir / "run" / f"{name}.password"
+        if path.exists():
+            return path.read_text().strip()
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        path.touch(mode=0o600)
+        value = secrets.token_urlsafe(24)
+        path.write_text(value + "\n")
+        return value
+
+    def _fleet_secrets(self) -> dict[str, dict[str, str]]:
+        e = self.engines
+        out: dict[str, dict[str, str]] = {
+            "jwt": {"signing_key": self._stable_secret("jwt")},
+        }
+        if "nats" in e:
+            out["nats"] = {"user": self._nats_user, "password": self._nats_password}
+        if isinstance(e.get("postgres"), Postgres):
+            out["postgres"] = {"dsn": e["postgres"].dsn}  # type: ignore[attr-defined]
+        if isinstance(e.get("redis"), Redis):
+            out["redis"] = {"url": e["redis"].url}  # type: ignore[attr-defined]
+        if isinstance(e.get("falkordb"), FalkorDB):
+            f = e["falkordb"]
+            out["falkordb"] = {"host": f.host, "port": str(f.port), "password": f.password}  # type: ignore[attr-defined]
+        return out
+
+    async def start_engines(self) -> None:
+        self.engines = self._make_engines()
+        for name, engine in self.engines.items():
+            began = time.monotonic()
+            await asyncio.to_thread(engine.start, 60)
+            log.info("engine up", engine=name, port=engine.port, seconds=round(time.monotonic() - began, 2))
+
+    # --- services ------------------------------------------------------------------------------
+
+    def _service_env(self, spec: ServiceSpec, role_id: str, secret_id: str) -> dict[str, str]:
+        ports = self.plan.service_ports[spec.name]
+        env = {
+            **os.environ,
+            **spec.env,
+            "BEV_NODE": self.plan.node,
+            "BEV_DATA_DIR": str(self.plan.data_dir),
+            "BEV_NATS__URL": self.engines["nats"].url,  # type: ignore[attr-defined]
+            "BEV_VAULT__ADDR": self.engines["vault"].addr,  # type: ignore[attr-defined]
+            "BEV_VAULT__ROLE_ID": role_id,
+            "BEV_VAULT__SECRET_ID": secret_id,
+            "BEV_RPC__GRPC_PORT": str(ports["grpc"]),
+            "BEV_TELEMETRY__METRICS_PORT": str(ports["metrics"]),
+            "PYTHONUNBUFFERED": "1",
+        }
+        if "http" in ports:
+            env[f"BEV_{spec.name.upper()}__PORT"] = str(ports["http"])
+        env.pop("BEV_VAULT__TOKEN", None)  # services log in with their AppRole only
+        return env
+
+    async def _spawn(self, child: Child) -> None:
+        child.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with child.log_path.open("ab") as out:
+            child.process = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", f"services.{child.spec.name}",
+                stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=asyncio.subprocess.STDOUT,
+                env=child.env, cwd=str(_repo_root()), start_new_session=True,
+            )
+        child.started = time.monotonic()
+        child.watcher = asyncio.create_task(self._watch(child))
+
+    async def start_services(self) -> None:
+        vault: OpenBao = self.engines["vault"]  # type: ignore[assignment]
+        names = [s.name for s in self.plan.services]
+        creds = await asyncio.to_thread(
+            seed_fleet, vault.addr, vault.root_token, names, self._fleet_secrets(),
+            {n: SERVICE_SECRETS.get(n, ["nats"]) for n in names},
+        )
+        for spec in self.plan.services:
+            role_id, secret_id = creds[spec.name]
+            child = Child(spec, self._service_env(spec, role_id, secret_id), self.log_dir / f"{spec.name}.log")
+            self.children[spec.name] = child
+            await self._spawn(child)
+
+    async def _watch(self, child: Child) -> None:
+        assert child.process is not None
+        code = await child.process.wait()
+        if self.stopping:
+            return
+        ran = time.monotonic() - child.started
+        if ran > STABLE_AFTER_S:
+            child.restarts = 0
+        delay = min(MAX_BACKOFF_S, 2.0 ** child.restarts)
+        child.restarts += 1
+        tail = _tail(child.log_path)
+        log.error("service exited; restarting", service=child.spec.name, code=code, ran_s=round(ran, 1),
+                  restart_in_s=delay, last_log=tail)
+        await self._event("fleet.service_exited", {"service": child.spec.name, "code": code,
+                                                    "restart_in_s": delay, "restarts": child.restarts, "last_log": tail})
+        await asyncio.sleep(delay)
+        if self.stopping:
+            return
+        vault: OpenBao = self.engines["vault"]  # type: ignore[assignment]
+        child.env["BEV_VAULT__SECRET_ID"] = await asyncio.to_thread(
+            new_secret_id, vault.addr, vault.root_token, child.spec.name)  # secret ids are single-use
+        await self._spawn(child)
+
+    async def _event(self, kind: str, data: dict[str, Any]) -> None:
+        if self.nc is None or self.nc.is_closed:
+            return
+        payload = json.dumps({"kind": kind, "time": time.time(), **data}).encode()
+        await self.nc.jetstream().publish(f"bev.events.{kind}", payload)
+
+    async def wait_healthy(self) -> list[Any]:
+        """Wait until every planned service answers Health as serving; raise with who is missing."""
+        deadline = time.monotonic() + self.health_timeout_s
+        expected = {s.name for s in self.plan.services}
+        assert self.nc is not None
+        while True:
+            instances = await discover(self.nc, 0.5)
+            serving = {i.service for i in instances if i.state == "serving"}
+            if expected <= serving:
+                return instances
+            if time.monotonic() > deadline:
+                missing = ", ".join(sorted(expected - serving))
+                raise FleetStartError(
+                    f"not healthy within {self.health_timeout_s:.0f}s: {missing} (see {self.log_dir}/<service>.log)")
+            await asyncio.sleep(0.5)
+
+    # --- lifecycle -----------------------------------------------------------------------------
+
+    async def run(self, ready: asyncio.Event | None = None) -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
+        began = time.monotonic()
+        try:
+            await self.start_engines()
+            self.nc = await connect_nats(
+                NatsSettings(url=self.engines["nats"].url), "bev-supervisor",  # type: ignore[attr-defined]
+                self._nats_user, self._nats_password)
+            await self.nc.jetstream().add_stream(name="BEV_EVENTS", subjects=["bev.events.>"])
+            await self.start_services()
+            self._write_fleet_file()
+            instances = await self.wait_healthy()
+            took = round(time.monotonic() - began, 1)
+            log.info("fleet healthy", seconds=took, instances=len(instances))
+            await self._event("fleet.ready", {"seconds": took, "services": sorted(self.children)})
+            print(f"bev: fleet up in {took}s; gateway http://127.0.0.1:{self._gateway_port()}  "
+                  f"logs {self.log_dir}  (Ctrl-C stops)", flush=True)
+            if ready is not None:
+                ready.set()
+            await stop.wait()
+        finally:
+            await self.shutdown()
+
+    def _gateway_port(self) -> int | str:
+        return self.plan.service_ports.get("gateway", {}).get("http", "-")
+
+    def _write_fleet_file(self) -> None:
+        """What `bev status` and `bev service` need to find this fleet (0600: it holds dev credentials)."""
+        vault: OpenBao = self.engines["vault"]  # type: ignore[assignment]
+        state = {
+            "node": self.plan.node,
+            "supervisor_pid": os.getpid(),
+            "nats": {"url": self.engines["nats"].url, "user": self._nats_user,  # type: ignore[attr-defined]
+                     "password": self._nats_password},
+            "vault": {"addr": vault.addr, "root_token": vault.root_token},
+            "gateway": f"http://127.0.0.1:{self._gateway_port()}",
+            "services": {name: {"pid": c.process.pid if c.process else None, **self.plan.service_ports[name]}
+                         for name, c in self.children.items()},
+            "engines": {name: {"port": e.port, "pid": e.pid} for name, e in self.engines.items()},
+        }
+        path = self.plan.data_dir / FLEET_FILE
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        path.touch(mode=0o600)
+        path.write_text(json.dumps(state, indent=2))
+
+    async def shutdown(self) -> None:
+        if self.stopping:
+            return
+        self.stopping = True
+        log.info("stopping fleet")
+        await asyncio.gather(*(self._stop_child(c) for c in self.children.values()))
+        if self.nc is not None and not self.nc.is_closed:
+            await self.nc.close()
+        for name in reversed(list(self.engines)):
+            await asyncio.to_thread(self.engines[name].stop, 15)
+        (self.plan.data_dir / FLEET_FILE).unlink(missing_ok=True)
+        log.info("fleet stopped")
+
+    async def _stop_child(self, child: Child, grace_s: float = 15.0) -> None:
+        process = child.process
+        if process is None or process.returncode is not None:
+            return
+        process.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(process.wait(), grace_s)
+        except TimeoutError:
+            log.warning("service ignored SIGTERM; killing", service=child.spec.name)
+            os.killpg(process.pid, signal.SIGKILL)
+            await process.wait()
+
+
+def _tail(path: Path, lines: int = 3) -> str:
+    try:
+        text = path.read_text(errors="replace").strip().splitlines()
+    except OSError:
+        return ""
+    return " | ".join(text[-lines:])[-500:]
+
+
+def _repo_root() -> Path:
+    return Path(__file__).resolve().parents[2]
+
+
+def read_fleet_file(data_dir: Path) -> dict[str, Any]:
+    path = data_dir / FLEET_FILE
+    if not path.exists():
+        raise FileNotFoundError(f"no fleet is running from {data_dir.absolute()} (no {FLEET_FILE}); start one with `bev up`")
+    data: dict[str, Any] = json.loads(path.read_text())
+    return data

@@ -1,0 +1,49 @@
+"""Gateway: serves the HTTP API (uvicorn, in this process) and answers Health on the bus."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Iterator
+
+import uvicorn
+
+from bev.gateway.v1.gateway_rpc import GatewayServicer
+from bev.runtime import ServiceRuntime, StartupError
+from services.gateway.api import create_app
+from services.gateway.settings import Settings
+
+
+class _EmbeddedServer(uvicorn.Server):
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        # The service runtime owns SIGTERM/SIGINT and stops us through close().
+        yield
+
+
+class Gateway(GatewayServicer):
+    def __init__(self, runtime: ServiceRuntime[Settings]) -> None:
+        super().__init__(runtime.info)
+        config = runtime.settings.gateway
+        self.app = create_app(runtime.nc, config)
+        self._server = _EmbeddedServer(
+            uvicorn.Config(self.app, host=config.host, port=config.port, log_config=None, access_log=False)
+        )
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._server.serve())
+        while not self._server.started:
+            if self._task.done():
+                config = self._server.config
+                raise StartupError(f"gateway could not listen on {config.host}:{config.port} (port in use?)")
+            await asyncio.sleep(0.05)
+
+    async def close(self) -> None:
+        self._server.should_exit = True
+        if self._task is not None:
+            await self._task
+
+
+async def build(runtime: ServiceRuntime[Settings]) -> Gateway:
+    return Gateway(runtime)

@@ -1,0 +1,14 @@
+from pydantic import BaseModel
+
+from bev.settings import BevSettings
+
+
+class GatewayConfig(BaseModel):
+    host: str = "127.0.0.1"
+    port: int = 8080
+    max_body_bytes: int = 1024 * 1024  # larger bodies get 413 before they are read
+    rpc_timeout_s: float = 60.0
+
+
+class Settings(BevSettings):
+    gateway: GatewayConfig = GatewayConfig()
