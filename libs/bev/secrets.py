@@ -144,7 +144,9 @@ class VaultSecrets:
         self.settings = settings
         self.service = service
         # token="" rather than None: hvac would otherwise pick up VAULT_TOKEN or ~/.vault-token.
-        self._client: Any = hvac.Client(url=settings.addr, token="", timeout=settings.timeout_s)
+        # verify: the CA that signed Vault's certificate in production (BEV_VAULT__CA_CERT), else system CAs.
+        verify: bool | str = settings.ca_cert or True
+        self._client: Any = hvac.Client(url=settings.addr, token="", timeout=settings.timeout_s, verify=verify)
         self._logged_in = False
         self._ttl = 0.0
         self._renewable = False

@@ -35,6 +35,7 @@ class VaultSettings(BaseModel):
     token: str = ""
     mount: str = "secret"
     timeout_s: float = 5.0
+    ca_cert: str = ""  # PEM file of the CA behind Vault's TLS certificate (production)
 
 
 class RpcSettings(BaseModel):

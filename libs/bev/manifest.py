@@ -1,0 +1,281 @@
+"""The node manifest: which engine and service runs on which node of the fleet.
+
+deploy/manifest.yaml is the one source for both the local one-machine fleet (`services_on(None)`)
+and the generated per-node docker-compose files (bev.compose), so the two cannot drift.
+Loading validates the whole file and reports every problem in one ManifestError.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+# libs/bev/manifest.py -> repository root.
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_MANIFEST = REPO_ROOT / "deploy" / "manifest.yaml"
+MANIFEST_ENV = "BEV_MANIFEST"
+
+# Tailscale hands out node addresses from the CGNAT range.
+TAILNET = ipaddress.ip_network("100.64.0.0/10")
+
+# Replica k (0-based) of a service publishes each of its ports at port + k * stride, so replicas
+# on one node never fight over a host port. The loader checks the shifted ports are free too.
+REPLICA_PORT_STRIDE = 100
+
+
+class ManifestError(ValueError):
+    """The manifest cannot be used; str() says what to fix, one problem per line."""
+
+
+class _Spec(BaseModel):
+    # A misspelt key is an error, not a silently ignored setting.
+    model_config = ConfigDict(extra="forbid")
+
+
+class NodeSpec(_Spec):
+    name: str
+    address: str
+    arch: Literal["amd64", "arm64"]
+    gpus: list[str] = []
+    role: str
+
+
+class ModelSpec(_Spec):
+    """What an inference engine (vLLM) serves on one node."""
+
+    tier: str
+    # Path inside the engine's /models volume: weights are provisioned, never downloaded at start.
+    model: str
+    gpu_memory_utilization: float = Field(gt=0, le=1)
+    max_model_len: int = Field(gt=0)
+
+
+class EngineSpec(_Spec):
+    name: str
+    nodes: list[str]
+    port: int = Field(ge=1, le=65535)  # the port clients use (published on the node's address)
+    image: str  # image used in compose
+    gpu: bool = False
+    models: dict[str, ModelSpec] = {}  # node -> model served there (inference engines only)
+
+
+class ServiceSpec(_Spec):
+    name: str
+    nodes: list[str]
+    replicas: int = Field(default=1, ge=1)  # per node
+    grpc_port: int = Field(ge=1, le=65535)
+    metrics_port: int = Field(ge=1, le=65535)
+    http_port: int | None = Field(default=None, ge=1, le=65535)
+    extras: list[str] = []
+    engines: list[str]
+    gpu: bool = False
+    env: dict[str, str] = {}
+    # Inference engines the service routes over in the deployed fleet; the local fleet replaces
+    # them with llama.cpp in-process, so they are not part of `engines`.
+    inference: list[str] = []
+
+    def ports(self) -> dict[str, int]:
+        """The service's ports by role (grpc, metrics, http)."""
+        ports = {"grpc": self.grpc_port, "metrics": self.metrics_port}
+        if self.http_port is not None:
+            ports["http"] = self.http_port
+        return ports
+
+    def replica_ports(self, replica: int) -> dict[str, int]:
+        """Host ports published by replica `replica` (0-based) on each of the service's nodes."""
+        if not 0 <= replica < self.replicas:
+            raise ValueError(f"service '{self.name}' has {self.replicas} replica(s), not {replica + 1}")
+        return {role: port + replica * REPLICA_PORT_STRIDE for role, port in self.ports().items()}
+
+
+class Manifest(_Spec):
+    nodes: dict[str, NodeSpec]
+    engines: dict[str, EngineSpec]
+    services: dict[str, ServiceSpec]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _names_from_keys(cls, data: Any) -> Any:
+        # In YAML the mapping key is the name; fill `name` in so each spec stands on its own.
+        if not isinstance(data, Mapping):
+            return data
+        filled = dict(data)
+        for section in ("nodes", "engines", "services"):
+            entries = filled.get(section)
+            if not isinstance(entries, Mapping):
+                continue
+            named: dict[Any, Any] = {}
+            for key, spec in entries.items():
+                if isinstance(spec, Mapping):
+                    if "name" in spec and spec["name"] != key:
+                        raise ValueError(
+                            f"{section}.{key}: name '{spec['name']}' differs from its key '{key}'"
+                        )
+                    spec = {"name": key, **spec}
+                named[key] = spec
+            filled[section] = named
+        return filled
+
+    @model_validator(mode="after")
+    def _check(self) -> Manifest:
+        problems = [*self._node_problems(), *self._placement_problems(), *self._port_problems()]
+        if problems:
+            raise ValueError("\n".join(problems))
+        return self
+
+    def _node_problems(self) -> list[str]:
+        problems: list[str] = []
+        seen: dict[str, str] = {}
+        for node in self.nodes.values():
+            try:
+                address = ipaddress.ip_address(node.address)
+            except ValueError:
+                problems.append(
+                    f"node '{node.name}' has address '{node.address}', which is not an IP address"
+                )
+                continue
+            if address not in TAILNET:
+                problems.append(
+                    f"node '{node.name}' has address {node.address}, outside the Tailscale range {TAILNET}"
+                )
+            if node.address in seen:
+                problems.append(
+                    f"nodes '{seen[node.address]}' and '{node.name}' share address {node.address}"
+                )
+            seen[node.address] = node.name
+        return problems
+
+    def _placement_problems(self) -> list[str]:
+        problems: list[str] = []
+        known_nodes = ", ".join(self.nodes)
+        known_engines = ", ".join(self.engines)
+
+        def check_nodes(kind: str, name: str, nodes: list[str], gpu: bool) -> None:
+            if not nodes:
+                problems.append(f"{kind} '{name}' runs on no node")
+            for node in nodes:
+                if node not in self.nodes:
+                    problems.append(
+                        f"{kind} '{name}' references unknown node '{node}' (known: {known_nodes})"
+                    )
+                elif gpu and not self.nodes[node].gpus:
+                    problems.append(
+                        f"{kind} '{name}' needs a GPU but is placed on node '{node}', which has none"
+                    )
+            if len(set(nodes)) != len(nodes):
+                problems.append(f"{kind} '{name}' lists a node twice: {', '.join(nodes)}")
+
+        for engine in self.engines.values():
+            check_nodes("engine", engine.name, engine.nodes, engine.gpu)
+            for node in engine.models:
+                if node not in engine.nodes:
+                    problems.append(
+                        f"engine '{engine.name}' has a model for node '{node}', where it does not run"
+                    )
+            if engine.models:
+                for node in engine.nodes:
+                    if node not in engine.models:
+                        problems.append(
+                            f"engine '{engine.name}' runs on node '{node}' but names no model for it"
+                        )
+        for service in self.services.values():
+            check_nodes("service", service.name, service.nodes, service.gpu)
+            for engine_name in service.engines:
+                if engine_name not in self.engines:
+                    problems.append(
+                        f"service '{service.name}' references unknown engine '{engine_name}' (known: {known_engines})"
+                    )
+            for engine_name in service.inference:
+                if engine_name not in self.engines:
+                    problems.append(
+                        f"service '{service.name}' references unknown inference engine '{engine_name}' "
+                        f"(known: {known_engines})"
+                    )
+                elif not self.engines[engine_name].models:
+                    problems.append(
+                        f"service '{service.name}' uses '{engine_name}' for inference, but that engine lists no models"
+                    )
+        return problems
+
+    def _port_problems(self) -> list[str]:
+        # One global check, not per node: the local fleet runs every engine and service on one machine.
+        problems: list[str] = []
+        owners: dict[int, str] = {}
+
+        def claim(port: int, owner: str) -> None:
+            if port in owners:
+                problems.append(f"duplicate port {port}: used by {owners[port]} and by {owner}")
+            else:
+                owners[port] = owner
+
+        for engine in self.engines.values():
+            claim(engine.port, f"engine '{engine.name}'")
+        for service in self.services.values():
+            for replica in range(service.replicas):
+                for role, port in service.replica_ports(replica).items():
+                    suffix = f", replica {replica + 1}" if replica else ""
+                    claim(port, f"service '{service.name}' ({role} port{suffix})")
+        for port, owner in owners.items():
+            if port > 65535:
+                problems.append(f"port {port} of {owner} is above 65535")
+        return problems
+
+    def _require_node(self, node: str | None) -> None:
+        if node is not None and node not in self.nodes:
+            raise ManifestError(f"unknown node '{node}' (known: {', '.join(self.nodes)})")
+
+    def services_on(self, node: str | None) -> list[ServiceSpec]:
+        """Services placed on `node`, in manifest order; None = every service once (the local fleet)."""
+        self._require_node(node)
+        return [s for s in self.services.values() if node is None or node in s.nodes]
+
+    def engines_on(self, node: str | None) -> list[EngineSpec]:
+        """Engines placed on `node`, in manifest order; None = every engine once (the local fleet)."""
+        self._require_node(node)
+        return [e for e in self.engines.values() if node is None or node in e.nodes]
+
+
+def default_manifest_path() -> Path:
+    """$BEV_MANIFEST if set, else deploy/manifest.yaml in this checkout."""
+    override = os.environ.get(MANIFEST_ENV)
+    return Path(override) if override else DEFAULT_MANIFEST
+
+
+def _describe(exc: ValidationError) -> str:
+    lines: list[str] = []
+    for error in exc.errors():
+        where = ".".join(str(part) for part in error["loc"])
+        message = str(error["msg"]).removeprefix("Value error, ")
+        # Model-level problems carry no location and may span several lines.
+        lines.extend(f"{where}: {line}" if where else line for line in message.splitlines())
+    return "\n".join(f"  - {line}" for line in lines)
+
+
+def parse_manifest(data: object, source: str = "<manifest>") -> Manifest:
+    """Validate already-parsed YAML; every problem is listed in one ManifestError."""
+    if not isinstance(data, Mapping):
+        raise ManifestError(f"{source}: expected a mapping with nodes, engines and services")
+    try:
+        return Manifest.model_validate(data)
+    except ValidationError as exc:
+        raise ManifestError(f"{source} is invalid:\n{_describe(exc)}") from exc
+
+
+def load_manifest(path: Path | None = None) -> Manifest:
+    """Load and validate the node manifest (default: $BEV_MANIFEST, else deploy/manifest.yaml)."""
+    path = path if path is not None else default_manifest_path()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ManifestError(f"cannot read node manifest {path}: {exc.strerror or exc}") from exc
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ManifestError(f"{path} is not valid YAML: {exc}") from exc
+    return parse_manifest(data, str(path))
