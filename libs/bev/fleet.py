@@ -65,13 +65,18 @@ async def _gather(nc: NatsClient, subject: str, timeout_s: float) -> list[dict[s
     return replies
 
 
-def client_for(service: str, transport: Transport) -> Any:
+def client_class(service: str) -> type[Client]:
     """The generated typed client of a fleet service, by short name (bev/<service>/v1/<service>_rpc.py)."""
     module = importlib.import_module(f"bev.{service}.v1.{service}_rpc")
     for value in vars(module).values():
         if isinstance(value, type) and issubclass(value, Client) and value is not Client:
-            return value(transport)
+            return value
     raise LookupError(f"no client in bev.{service}.v1.{service}_rpc")
+
+
+def client_for(service: str, transport: Transport) -> Any:
+    """An instance of that client; typed as Any because the service is chosen at run time."""
+    return client_class(service)(transport)
 
 
 async def discover(nc: NatsClient, timeout_s: float = 1.0) -> list[Instance]:
