@@ -7,7 +7,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -58,7 +58,7 @@ def up(
         raise _fail(str(exc)) from None
 
 
-async def _status(data_dir: Path) -> list[dict[str, object]]:
+async def _status(data_dir: Path) -> list[dict[str, Any]]:
     from bev.bus import connect_nats
     from bev.fleet import discover
     from bev.settings import NatsSettings

@@ -24,7 +24,17 @@ from typing import Any
 from nats.aio.client import Client as NatsClient
 
 from bev.bus import connect_nats
-from bev.engines import Engine, FalkorDB, NatsServer, OpenBao, Postgres, Redis, free_port, new_secret_id, seed_fleet
+from bev.engines import (
+    Engine,
+    FalkorDB,
+    NatsServer,
+    OpenBao,
+    Postgres,
+    Redis,
+    free_port,
+    new_secret_id,
+    seed_fleet,
+)
 from bev.fleet import discover
 from bev.manifest import Manifest, ServiceSpec
 from bev.secrets import SERVICE_SECRETS
@@ -99,18 +109,33 @@ class Supervisor:
 
     # --- engines -------------------------------------------------------------------------------
 
-    def _make_engines(self) -> dict[str, Engine]:
-        d, ports = self.plan.data_dir, self.plan.engine_ports
-        makers = {
-            "vault": lambda p: OpenBao(d / "openbao", p),
-            "nats": lambda p: NatsServer(
-                d / "nats", p, user=self._nats_user, password=self._nats_password, monitor_port=self.plan.nats_monitor_port
-            ),
-            "postgres": lambda p: Postgres(d / "postgres", p),
-            "redis": lambda p: Redis(d / "redis", p, password=self._stable_secret("redis")),
-            "falkordb": lambda p: FalkorDB(d / "falkordb", p, password=self._stable_secret("falkordb")),
-        }
-        return {name: makers[name](port) for name, port in ports.items()}
+    def _make_engine(self, name: str, port: int) -> Engine:
+        d = self.plan.data_dir
+        match name:
+            case "vault":
+                return OpenBao(d / "openbao", port)
+            case "nats":
+                return NatsServer(d / "nats", port, user=self._nats_user, password=self._nats_password,
+                                  monitor_port=self.plan.nats_monitor_port)
+            case "postgres":
+                return Postgres(d / "postgres", port)
+            case "redis":
+                return Redis(d / "redis", port, password=self._stable_secret("redis"))
+            case "falkordb":
+                return FalkorDB(d / "falkordb", port, password=self._stable_secret("falkordb"))
+        raise FleetStartError(f"no embedded engine for {name!r}")
+
+    @property
+    def vault(self) -> OpenBao:
+        engine = self.engines["vault"]
+        assert isinstance(engine, OpenBao)
+        return engine
+
+    @property
+    def nats(self) -> NatsServer:
+        engine = self.engines["nats"]
+        assert isinstance(engine, NatsServer)
+        return engine
 
     def _stable_secret(self, name: str) -> str:
         """A password that survives restarts of the same data dir (the data it guards does too)."""
@@ -124,23 +149,26 @@ class Supervisor:
         return value
 
     def _fleet_secrets(self) -> dict[str, dict[str, str]]:
-        e = self.engines
         out: dict[str, dict[str, str]] = {
             "jwt": {"signing_key": self._stable_secret("jwt")},
+            "nats": {"user": self._nats_user, "password": self._nats_password},
         }
-        if "nats" in e:
-            out["nats"] = {"user": self._nats_user, "password": self._nats_password}
-        if isinstance(e.get("postgres"), Postgres):
-            out["postgres"] = {"dsn": e["postgres"].dsn}  # type: ignore[attr-defined]
-        if isinstance(e.get("redis"), Redis):
-            out["redis"] = {"url": e["redis"].url}  # type: ignore[attr-defined]
-        if isinstance(e.get("falkordb"), FalkorDB):
-            f = e["falkordb"]
-            out["falkordb"] = {"host": f.host, "port": str(f.port), "password": f.password}  # type: ignore[attr-defined]
+        for engine in self.engines.values():
+            if isinstance(engine, Postgres):
+                out["postgres"] = {"dsn": engine.dsn}
+            elif isinstance(engine, FalkorDB):  # before Redis: FalkorDB is a Redis subclass
+                out["falkordb"] = {"host": engine.host, "port": str(engine.port), "password": engine.password}
+            elif isinstance(engine, Redis):
+                out["redis"] = {"url": engine.url}
         return out
 
     async def start_engines(self) -> None:
-        self.engines = self._make_engines()
+        missing = [name for name in ("vault", "nats") if name not in self.plan.engine_ports]
+        if missing:
+            raise FleetStartError(
+                f"the manifest places no {' or '.join(missing)} on node {self.plan.node!r}; the one-machine "
+                "supervisor needs both locally (run the whole fleet, or that node's compose file)")
+        self.engines = {name: self._make_engine(name, port) for name, port in self.plan.engine_ports.items()}
         for name, engine in self.engines.items():
             began = time.monotonic()
             await asyncio.to_thread(engine.start, 60)
@@ -155,8 +183,8 @@ class Supervisor:
             **spec.env,
             "BEV_NODE": self.plan.node,
             "BEV_DATA_DIR": str(self.plan.data_dir),
-            "BEV_NATS__URL": self.engines["nats"].url,  # type: ignore[attr-defined]
-            "BEV_VAULT__ADDR": self.engines["vault"].addr,  # type: ignore[attr-defined]
+            "BEV_NATS__URL": self.nats.url,
+            "BEV_VAULT__ADDR": self.vault.addr,
             "BEV_VAULT__ROLE_ID": role_id,
             "BEV_VAULT__SECRET_ID": secret_id,
             "BEV_RPC__GRPC_PORT": str(ports["grpc"]),
@@ -180,10 +208,9 @@ class Supervisor:
         child.watcher = asyncio.create_task(self._watch(child))
 
     async def start_services(self) -> None:
-        vault: OpenBao = self.engines["vault"]  # type: ignore[assignment]
         names = [s.name for s in self.plan.services]
         creds = await asyncio.to_thread(
-            seed_fleet, vault.addr, vault.root_token, names, self._fleet_secrets(),
+            seed_fleet, self.vault.addr, self.vault.root_token, names, self._fleet_secrets(),
             {n: SERVICE_SECRETS.get(n, ["nats"]) for n in names},
         )
         for spec in self.plan.services:
@@ -210,9 +237,8 @@ class Supervisor:
         await asyncio.sleep(delay)
         if self.stopping:
             return
-        vault: OpenBao = self.engines["vault"]  # type: ignore[assignment]
         child.env["BEV_VAULT__SECRET_ID"] = await asyncio.to_thread(
-            new_secret_id, vault.addr, vault.root_token, child.spec.name)  # secret ids are single-use
+            new_secret_id, self.vault.addr, self.vault.root_token, child.spec.name)  # secret ids are single-use
         await self._spawn(child)
 
     async def _event(self, kind: str, data: dict[str, Any]) -> None:
@@ -248,8 +274,7 @@ class Supervisor:
         try:
             await self.start_engines()
             self.nc = await connect_nats(
-                NatsSettings(url=self.engines["nats"].url), "bev-supervisor",  # type: ignore[attr-defined]
-                self._nats_user, self._nats_password)
+                NatsSettings(url=self.nats.url), "bev-supervisor", self._nats_user, self._nats_password)
             await self.nc.jetstream().add_stream(name="BEV_EVENTS", subjects=["bev.events.>"])
             await self.start_services()
             self._write_fleet_file()
@@ -270,12 +295,11 @@ class Supervisor:
 
     def _write_fleet_file(self) -> None:
         """What `bev status` and `bev service` need to find this fleet (0600: it holds dev credentials)."""
-        vault: OpenBao = self.engines["vault"]  # type: ignore[assignment]
+        vault = self.vault
         state = {
             "node": self.plan.node,
             "supervisor_pid": os.getpid(),
-            "nats": {"url": self.engines["nats"].url, "user": self._nats_user,  # type: ignore[attr-defined]
-                     "password": self._nats_password},
+            "nats": {"url": self.nats.url, "user": self._nats_user, "password": self._nats_password},
             "vault": {"addr": vault.addr, "root_token": vault.root_token},
             "gateway": f"http://127.0.0.1:{self._gateway_port()}",
             "services": {name: {"pid": c.process.pid if c.process else None, **self.plan.service_ports[name]}

@@ -15,8 +15,8 @@ from pydantic import BaseModel, Field
 from bev.avatar.v1 import avatar_pb2
 from bev.avatar.v1.avatar_rpc import AvatarClient
 from bev.collectors.v1 import collectors_pb2
-from bev.common.v1 import common_pb2
 from bev.collectors.v1.collectors_rpc import CollectorsClient
+from bev.common.v1 import common_pb2
 from bev.embeddings.v1 import embeddings_pb2
 from bev.embeddings.v1.embeddings_rpc import EmbeddingsClient
 from bev.monitoring.v1 import monitoring_pb2

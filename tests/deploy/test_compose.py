@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 import yaml
+
 from bev.compose import (
     GENERATED,
     NATS_CLUSTER_PORT,

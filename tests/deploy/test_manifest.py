@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 import yaml
+
 from bev.manifest import (
     DEFAULT_MANIFEST,
     MANIFEST_ENV,

@@ -12,6 +12,10 @@ import nats.errors
 import psycopg
 import pytest
 import redis
+from falkordb import FalkorDB as FalkorClient
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
 from bev.engines import (
     Engine,
     EngineStartError,
@@ -22,10 +26,6 @@ from bev.engines import (
     Redis,
     free_port,
 )
-
-from falkordb import FalkorDB as FalkorClient
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 
 ENGINE_CLASSES: list[type[Engine]] = [NatsServer, Postgres, Redis, FalkorDB, OpenBao]
 

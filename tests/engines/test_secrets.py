@@ -7,10 +7,10 @@ import logging
 from pathlib import Path
 
 import pytest
+
 from bev.engines import OpenBao, free_port, new_secret_id, seed_fleet
 from bev.secrets import SERVICE_SECRETS, SecretsUnavailable, VaultSecrets
 from bev.settings import VaultSettings
-
 
 SECRETS = {
     "postgres": {"dsn": "postgresql://bev:pg-pw@127.0.0.1:5432/bev"},

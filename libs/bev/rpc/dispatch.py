@@ -15,7 +15,8 @@ from typing import Any, cast
 from google.protobuf.message import DecodeError, Message
 from opentelemetry import trace
 from opentelemetry.propagate import extract
-from opentelemetry.trace import SpanKind, Status, StatusCode as SpanStatusCode
+from opentelemetry.trace import SpanKind, Status
+from opentelemetry.trace import StatusCode as SpanStatusCode
 
 from bev.rpc.context import CallContext, Transport
 from bev.rpc.definition import MethodDef

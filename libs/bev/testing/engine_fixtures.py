@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
+
 from bev.engines import FalkorDB, NatsServer, OpenBao, Postgres, Redis
 
 __all__ = ["falkordb_server", "nats_server", "openbao_server", "postgres_server", "redis_server"]

@@ -20,14 +20,8 @@ from bev.rpc import InstanceInfo
 from bev.rpc.grpc_transport import GrpcRpcServer
 from bev.rpc.nats_transport import NatsRpcServer
 from bev.telemetry import ensure_tracer_provider
+from bev.testing import engine_fixtures
 from bev.testing.echo import Echo
-from bev.testing.engine_fixtures import (  # noqa: F401  (re-exported as fixtures)
-    falkordb_server,
-    nats_server,
-    openbao_server,
-    postgres_server,
-    redis_server,
-)
 
 ECHO_MAX_REQUEST_BYTES = 1024 * 1024
 
@@ -38,6 +32,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    config.pluginmanager.register(engine_fixtures, "bev.engines")
     config.addinivalue_line("markers", "slow: starts the whole fleet or runs a model (deselect with -m 'not slow')")
     ensure_tracer_provider()
 
