@@ -1,0 +1,1 @@
+"""HTTP routes, one module per domain; each exposes `router(clients) -> APIRouter`."""
