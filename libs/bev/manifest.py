@@ -65,6 +65,16 @@ class EngineSpec(_Spec):
     models: dict[str, ModelSpec] = {}  # node -> model served there (inference engines only)
 
 
+class WorkerSpec(_Spec):
+    """A non-RPC process of a service (a Celery worker or beat): `python -m services.<service>.<name>`."""
+
+    name: str
+    nodes: list[str] = []  # empty = every node the service runs on
+
+    def module(self, service: str) -> str:
+        return f"services.{service}.{self.name}"
+
+
 class ServiceSpec(_Spec):
     name: str
     nodes: list[str]
@@ -79,6 +89,13 @@ class ServiceSpec(_Spec):
     # Inference engines the service routes over in the deployed fleet; the local fleet replaces
     # them with llama.cpp in-process, so they are not part of `engines`.
     inference: list[str] = []
+    # Processes that run beside the service and share its AppRole, but serve no RPC (so `bev
+    # status` does not list them); the supervisor restarts them like services.
+    workers: list[WorkerSpec] = []
+
+    def workers_on(self, node: str | None) -> list[WorkerSpec]:
+        """Workers placed on `node`; None = each worker once (the local fleet)."""
+        return [w for w in self.workers if node is None or node in (w.nodes or self.nodes)]
 
     def ports(self) -> dict[str, int]:
         """The service's ports by role (grpc, metrics, http)."""
@@ -191,6 +208,11 @@ class Manifest(_Spec):
                     problems.append(
                         f"service '{service.name}' references unknown engine '{engine_name}' (known: {known_engines})"
                     )
+            for worker in service.workers:
+                for node in worker.nodes:
+                    if node not in service.nodes:
+                        problems.append(f"worker '{service.name}.{worker.name}' is placed on node '{node}', "
+                                        f"where service '{service.name}' does not run")
             for engine_name in service.inference:
                 if engine_name not in self.engines:
                     problems.append(

@@ -54,6 +54,7 @@ class TelemetrySettings(BaseModel):
     metrics_port: int = 0  # 0 = pick a free port; published in $SRV metadata
     # Traces are always created (trace ids reach logs and headers); export is opt-in.
     trace_exporter: Literal["none", "console", "otlp"] = "none"
+    trace_sample_ratio: float = Field(default=1.0, ge=0.0, le=1.0)  # of new traces, when exporting
     otlp_endpoint: str = "http://127.0.0.1:4318/v1/traces"
 
 

@@ -36,7 +36,7 @@ from bev.engines import (
     seed_fleet,
 )
 from bev.fleet import discover
-from bev.manifest import Manifest, ServiceSpec
+from bev.manifest import Manifest, ServiceSpec, WorkerSpec
 from bev.secrets import SERVICE_SECRETS
 from bev.settings import BevSettings, NatsSettings
 from bev.telemetry import get_logger
@@ -63,6 +63,8 @@ class FleetPlan:
     services: list[ServiceSpec]
     service_ports: dict[str, dict[str, int]]
     nats_monitor_port: int = 0
+    # Non-RPC processes of the planned services (Celery worker and beat), as (service, worker).
+    workers: list[tuple[ServiceSpec, WorkerSpec]] = field(default_factory=list)
 
     @classmethod
     def from_manifest(
@@ -77,17 +79,19 @@ class FleetPlan:
         service_ports = {
             s.name: {role: (free_port() if free_ports else port) for role, port in s.ports().items()} for s in services
         }
+        workers = [(s, w) for s in services for w in s.workers_on(node)]
         return cls(data_dir.absolute(), node or "local", engine_ports, services, service_ports,
-                   nats_monitor_port=free_port() if free_ports else 8222)
+                   nats_monitor_port=free_port() if free_ports else 8222, workers=workers)
 
 
 @dataclass
 class Child:
-    """A supervised service process."""
+    """A supervised service (or service worker) process."""
 
     spec: ServiceSpec
     env: dict[str, str]
     log_path: Path
+    module: str = ""  # what `python -m` runs; "" = services.<spec.name>
     process: asyncio.subprocess.Process | None = None
     started: float = 0.0
     restarts: int = 0
@@ -102,6 +106,7 @@ class Supervisor:
         self.log_dir = plan.data_dir / "logs"
         self.engines: dict[str, Engine] = {}
         self.children: dict[str, Child] = {}
+        self.workers: dict[str, Child] = {}  # "<service>-<worker>" -> process
         self.nc: NatsClient | None = None
         self.stopping = False
         self._nats_user = "bev"
@@ -200,7 +205,7 @@ class Supervisor:
         child.log_path.parent.mkdir(parents=True, exist_ok=True)
         with child.log_path.open("ab") as out:
             child.process = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", f"services.{child.spec.name}",
+                sys.executable, "-m", child.module or f"services.{child.spec.name}",
                 stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=asyncio.subprocess.STDOUT,
                 env=child.env, cwd=str(_repo_root()), start_new_session=True,
             )
@@ -218,6 +223,14 @@ class Supervisor:
             child = Child(spec, self._service_env(spec, role_id, secret_id), self.log_dir / f"{spec.name}.log")
             self.children[spec.name] = child
             await self._spawn(child)
+        for spec, worker in self.plan.workers:
+            name = f"{spec.name}-{worker.name}"
+            secret_id = await asyncio.to_thread(new_secret_id, self.vault.addr, self.vault.root_token, spec.name)
+            role_id = creds[spec.name][0]
+            child = Child(spec, self._service_env(spec, role_id, secret_id), self.log_dir / f"{name}.log",
+                          module=worker.module(spec.name))
+            self.workers[name] = child
+            await self._spawn(child)
 
     async def _watch(self, child: Child) -> None:
         assert child.process is not None
@@ -230,9 +243,10 @@ class Supervisor:
         delay = min(MAX_BACKOFF_S, 2.0 ** child.restarts)
         child.restarts += 1
         tail = _tail(child.log_path)
-        log.error("service exited; restarting", service=child.spec.name, code=code, ran_s=round(ran, 1),
+        log.error("service exited; restarting", service=child.module or child.spec.name, code=code, ran_s=round(ran, 1),
                   restart_in_s=delay, last_log=tail)
-        await self._event("fleet.service_exited", {"service": child.spec.name, "code": code,
+        await self._event("fleet.service_exited", {"service": child.spec.name,
+                                                    "process": child.module or f"services.{child.spec.name}", "code": code,
                                                     "restart_in_s": delay, "restarts": child.restarts, "last_log": tail})
         await asyncio.sleep(delay)
         if self.stopping:
@@ -304,6 +318,8 @@ class Supervisor:
             "gateway": f"http://127.0.0.1:{self._gateway_port()}",
             "services": {name: {"pid": c.process.pid if c.process else None, **self.plan.service_ports[name]}
                          for name, c in self.children.items()},
+            "workers": {name: {"pid": c.process.pid if c.process else None, "module": c.module}
+                        for name, c in self.workers.items()},
             "engines": {name: {"port": e.port, "pid": e.pid} for name, e in self.engines.items()},
         }
         path = self.plan.data_dir / FLEET_FILE
@@ -316,7 +332,7 @@ class Supervisor:
             return
         self.stopping = True
         log.info("stopping fleet")
-        await asyncio.gather(*(self._stop_child(c) for c in self.children.values()))
+        await asyncio.gather(*(self._stop_child(c) for c in [*self.workers.values(), *self.children.values()]))
         if self.nc is not None and not self.nc.is_closed:
             await self.nc.close()
         for name in reversed(list(self.engines)):

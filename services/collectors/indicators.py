@@ -60,6 +60,15 @@ _TYPE_ORDER = {name: index for index, name in enumerate(INDICATOR_TYPES)}
 # Not covered by ioc-finder: an EVM address, bounded so longer hex runs (hashes, keys) do not match.
 _ETH_ADDRESS_RE = re.compile(r"(?<![0-9A-Za-z])0x[0-9a-fA-F]{40}(?![0-9A-Za-z])")
 
+# A standalone base64 token (an encoded attachment or payload): it cannot hold a readable indicator
+# (no '.', ':', '@' or '-'), yet ioc-finder's grammars spend most of their time in it and its
+# Bitcoin grammar matches shapes inside it. Blanked before parsing; a token inside a URL is not
+# standalone (it is preceded by '/' or '.'), so URLs stay whole.
+_BASE64_TOKEN_RE = re.compile(r"(?<![^\s\"'<>=:,;(\[{])[A-Za-z0-9+/]{200,}={0,2}(?![^\s\"'<>,;)\]}])")
+# ioc-finder's time grows with the square of a run of spaces (16 s for 100 KB of them), and
+# indented HTML and padded logs are full of runs; one space separates tokens just as well.
+_SPACE_RUN_RE = re.compile(r"[ \t]{2,}")
+
 # Sentence punctuation that ioc-finder leaves on the end of a URL ("see http://x.test/a.").
 _URL_TRAILING_PUNCTUATION = ".,;:!?'\""
 
@@ -80,6 +89,7 @@ class Indicator:
 
 def extract_indicators(text: str) -> list[Indicator]:
     """Return the deduplicated indicators in ``text``, sorted by type (see module doc) then value."""
+    text = _SPACE_RUN_RE.sub(" ", _BASE64_TOKEN_RE.sub("\n", text))
     eth_addresses = [match.group(0) for match in _ETH_ADDRESS_RE.finditer(text)]
     masked = _ETH_ADDRESS_RE.sub(lambda match: " " * len(match.group(0)), text)
 

@@ -1,21 +1,98 @@
-"""Collectors: indicator extraction now; collection and the knowledge graph grow here (issue C3)."""
+"""Collectors: indicator extraction, collection into the knowledge graph, graph queries, STIX export."""
 
 from __future__ import annotations
 
 import asyncio
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime
+from typing import TypeVar
 
 from bev.collectors.v1 import collectors_pb2
 from bev.collectors.v1.collectors_rpc import CollectorsServicer
-from bev.rpc import CallContext, RpcError, StatusCode
-from bev.runtime import ServiceRuntime
+from bev.common.v1 import common_pb2
+from bev.embeddings.v1 import embeddings_pb2
+from bev.embeddings.v1.embeddings_rpc import EmbeddingsClient
+from bev.rpc import CallContext, InstanceInfo, RpcError, StatusCode
+from bev.runtime import ServiceRuntime, StartupError
+from services.collectors.collection import Collection, CollectionRequest, DocumentSink, StoredFinding
+from services.collectors.contract import (
+    CollectorError,
+    Document,
+    InvalidTarget,
+    TargetRefused,
+    load_collectors,
+)
+from services.collectors.fetch import Fetcher
+from services.collectors.graph import (
+    MAX_DEPTH,
+    EntityRow,
+    FalkorGraphStore,
+    GraphQueryError,
+    GraphStore,
+    GraphUnavailable,
+    Neo4jGraphStore,
+    RelationRow,
+    Subgraph,
+    plain,
+)
 from services.collectors.indicators import extract_indicators
-from services.collectors.settings import Settings
+from services.collectors.observables import (
+    STIX_TIMESTAMP,
+    Observable,
+    ObservableError,
+    bundle,
+    to_stix_object,
+    to_stix_relationship,
+)
+from services.collectors.observations import ObservationStore, ObservationStoreUnavailable, migrate
+from services.collectors.pii import scrub_pii
+from services.collectors.settings import CollectorsConfig, GraphConfig, Settings
+
+T = TypeVar("T")
+SecretReader = Callable[[str], dict[str, str]]
+
+DEFAULT_NEIGHBORHOOD = 200
+DEFAULT_QUERY_ROWS = 100
+
+
+def entity_pb(row: EntityRow) -> collectors_pb2.Entity:
+    return collectors_pb2.Entity(id=row.id, type=row.type, value=row.value, properties_json=row.props)
+
+
+def relation_pb(row: RelationRow) -> collectors_pb2.Relation:
+    return collectors_pb2.Relation(id=row.id, source_id=row.source_id, target_id=row.target_id, type=row.type,
+                                   confidence=row.confidence, evidence_ids=list(row.evidence))
+
+
+def subgraph_pb(graph: Subgraph) -> collectors_pb2.Subgraph:
+    return collectors_pb2.Subgraph(entities=[entity_pb(e) for e in graph.entities],
+                                   relations=[relation_pb(r) for r in graph.relations], truncated=graph.truncated)
+
+
+def observation_pb(stored: StoredFinding) -> collectors_pb2.Observation:
+    obs = stored.observation
+    return collectors_pb2.Observation(
+        id=obs.id, entity=entity_pb(stored.entity), relations=[relation_pb(r) for r in stored.relations],
+        source=obs.source, collector=obs.collector, tlp=obs.tlp, confidence=obs.confidence,
+        observed_at=obs.seen.timestamp())
 
 
 class Collectors(CollectorsServicer):
-    def __init__(self, runtime: ServiceRuntime[Settings]) -> None:
-        super().__init__(runtime.info)
-        self.config = runtime.settings.collectors
+    def __init__(self, info: InstanceInfo, config: CollectorsConfig, collection: Collection) -> None:
+        super().__init__(info)
+        self.config = config
+        self.collection = collection
+
+    async def health_checks(self) -> list[common_pb2.HealthCheck]:
+        checks = []
+        for name, probe in (("graph", self.collection.graph.counts()), ("postgres", self.collection.observations.count())):
+            try:
+                await asyncio.wait_for(probe, 2.0)
+                checks.append(common_pb2.HealthCheck(name=name, ok=True))
+            except (GraphUnavailable, ObservationStoreUnavailable, OSError, TimeoutError) as exc:
+                checks.append(common_pb2.HealthCheck(name=name, ok=False, detail=str(exc) or type(exc).__name__))
+        return checks
 
     async def Extract(self, request: collectors_pb2.ExtractRequest, ctx: CallContext) -> collectors_pb2.ExtractResponse:
         size = len(request.text.encode())
@@ -23,12 +100,156 @@ class Collectors(CollectorsServicer):
             raise RpcError(
                 StatusCode.RESOURCE_EXHAUSTED, f"text is {size} bytes; Extract accepts at most {self.config.max_extract_bytes}"
             )
+        text = await asyncio.to_thread(scrub_pii, request.text) if request.scrub_pii else request.text
         # Extraction is CPU-bound regex work: keep it off the event loop.
-        indicators = await asyncio.to_thread(extract_indicators, request.text)
+        indicators = await asyncio.to_thread(extract_indicators, text)
         return collectors_pb2.ExtractResponse(
-            indicators=[collectors_pb2.Indicator(type=i.type, value=i.value) for i in indicators]
+            indicators=[collectors_pb2.Indicator(type=i.type, value=i.value) for i in indicators],
+            scrubbed_text=text if request.scrub_pii else "",
         )
+
+    async def Collect(self, request: collectors_pb2.CollectRequest,
+                      ctx: CallContext) -> AsyncIterator[collectors_pb2.Observation]:
+        try:
+            target = Observable(request.target_type, request.target.strip())
+            job = CollectionRequest(request.collector, target, request.investigation_id, request.opsec,
+                                    request.tlp or self.config.default_tlp, request.confidence)
+            async for stored in self.collection.run(job):
+                yield observation_pb(stored)
+        except (InvalidTarget, ObservableError) as exc:
+            raise RpcError(StatusCode.INVALID_ARGUMENT, str(exc)) from None
+        except TargetRefused as exc:
+            raise RpcError(StatusCode.PERMISSION_DENIED, str(exc)) from None
+        except (CollectorError, GraphUnavailable, ObservationStoreUnavailable) as exc:
+            raise RpcError(StatusCode.UNAVAILABLE, str(exc)) from None
+
+    async def ListCollectors(self, request: collectors_pb2.ListCollectorsRequest,
+                             ctx: CallContext) -> collectors_pb2.ListCollectorsResponse:
+        return collectors_pb2.ListCollectorsResponse(collectors=[
+            collectors_pb2.CollectorInfo(
+                name=c.name, description=c.description, consumes=sorted(c.consumes), produces=sorted(c.produces),
+                rate_limit_per_s=c.rate_limit_per_s, needs_network=c.needs_network, needs_tor=c.needs_tor,
+                api_key_secret=c.api_key_secret)
+            for c in sorted(self.collection.collectors.values(), key=lambda c: c.name)])
+
+    async def GetEntity(self, request: collectors_pb2.GetEntityRequest, ctx: CallContext) -> collectors_pb2.Entity:
+        if "--" not in request.id:
+            raise RpcError(StatusCode.INVALID_ARGUMENT, f"{request.id!r} is not a STIX id (type--uuid)")
+        row = await self._graph_call(self.collection.graph.get_entity(request.id))
+        if row is None:
+            raise RpcError(StatusCode.NOT_FOUND, f"no entity {request.id}")
+        return entity_pb(row)
+
+    async def Neighborhood(self, request: collectors_pb2.NeighborhoodRequest, ctx: CallContext) -> collectors_pb2.Subgraph:
+        depth = request.depth or 1
+        limit = request.limit or DEFAULT_NEIGHBORHOOD
+        if not 1 <= depth <= MAX_DEPTH:
+            raise RpcError(StatusCode.INVALID_ARGUMENT, f"depth must be 1-{MAX_DEPTH}, not {depth}")
+        if not 1 <= limit <= self.config.graph.max_neighborhood:
+            raise RpcError(StatusCode.INVALID_ARGUMENT, f"limit must be 1-{self.config.graph.max_neighborhood}")
+        if await self._graph_call(self.collection.graph.get_entity(request.entity_id)) is None:
+            raise RpcError(StatusCode.NOT_FOUND, f"no entity {request.entity_id}")
+        return subgraph_pb(await self._graph_call(self.collection.graph.neighborhood(request.entity_id, depth, limit)))
+
+    async def GraphQuery(self, request: collectors_pb2.GraphQueryRequest,
+                         ctx: CallContext) -> collectors_pb2.GraphQueryResponse:
+        limit = request.limit or DEFAULT_QUERY_ROWS
+        if not 1 <= limit <= self.config.graph.max_rows:
+            raise RpcError(StatusCode.INVALID_ARGUMENT, f"limit must be 1-{self.config.graph.max_rows}")
+        if not request.cypher.strip():
+            raise RpcError(StatusCode.INVALID_ARGUMENT, "cypher is empty")
+        try:
+            params = json.loads(request.params_json) if request.params_json else {}
+        except ValueError as exc:
+            raise RpcError(StatusCode.INVALID_ARGUMENT, f"params_json is not JSON: {exc}") from None
+        if not isinstance(params, dict):
+            raise RpcError(StatusCode.INVALID_ARGUMENT, "params_json must be a JSON object")
+        result = await self._graph_call(self.collection.graph.query(request.cypher, params, limit))
+        return collectors_pb2.GraphQueryResponse(
+            columns=result.columns, rows_json=[json.dumps(plain(row)) for row in result.rows], truncated=result.truncated)
+
+    async def ExportStix(self, request: collectors_pb2.ExportStixRequest,
+                         ctx: CallContext) -> collectors_pb2.ExportStixResponse:
+        if not request.entity_ids:
+            raise RpcError(StatusCode.INVALID_ARGUMENT, "entity_ids is empty")
+        if not 0 <= request.depth <= MAX_DEPTH:
+            raise RpcError(StatusCode.INVALID_ARGUMENT, f"depth must be 0-{MAX_DEPTH}")
+        graph = await self._graph_call(self.collection.graph.subgraph(
+            list(request.entity_ids), request.depth, self.config.graph.max_neighborhood))
+        if not graph.entities:
+            raise RpcError(StatusCode.NOT_FOUND, "none of the entity ids is in the graph")
+        first_seen = await self.collection.observations.first_seen([e.id for e in graph.entities])
+        fallback = datetime.now(UTC)
+
+        def stamp(entity_id: str) -> str:
+            return first_seen.get(entity_id, fallback).astimezone(UTC).strftime(STIX_TIMESTAMP)
+
+        objects = [to_stix_object(e.id, e.type, e.value, json.loads(e.props), stamp(e.id)) for e in graph.entities]
+        objects += [to_stix_relationship(r.id, r.source_id, r.type, r.target_id, r.confidence, stamp(r.source_id))
+                    for r in graph.relations]
+        return collectors_pb2.ExportStixResponse(bundle_json=json.dumps(bundle(objects)), objects=len(objects))
+
+    async def _graph_call(self, call: Awaitable[T]) -> T:
+        try:
+            return await call
+        except GraphQueryError as exc:
+            raise RpcError(StatusCode.INVALID_ARGUMENT, f"graph query failed: {exc}") from None
+        except GraphUnavailable as exc:
+            raise RpcError(StatusCode.UNAVAILABLE, str(exc)) from None
+
+    async def close(self) -> None:
+        await self.collection.close()
+
+
+def graph_store(config: GraphConfig, read_secret: SecretReader) -> GraphStore:
+    if config.backend == "neo4j":
+        creds = read_secret("neo4j")
+        return Neo4jGraphStore(config.neo4j_uri, creds.get("user", "neo4j"), creds.get("password", ""), config.name,
+                               batch_size=config.batch_size, query_timeout_ms=config.query_timeout_ms)
+    creds = read_secret("falkordb")
+    return FalkorGraphStore(creds["host"], int(creds["port"]), creds.get("password", ""), config.name,
+                            batch_size=config.batch_size, query_timeout_ms=config.query_timeout_ms)
+
+
+def corpus_sink(client: EmbeddingsClient) -> DocumentSink:
+    """Hand collected documents to the embeddings service's corpus, with their provenance."""
+
+    async def ingest(document: Document, collector: str, request: CollectionRequest) -> str:
+        try:
+            response = await client.Ingest(embeddings_pb2.IngestRequest(document=embeddings_pb2.DocumentInput(
+                content=document.content, media_type=document.media_type, uri=document.uri, title=document.title,
+                source=collector, tlp=request.tlp, investigation_id=request.investigation_id)))
+        except RpcError as exc:
+            raise CollectorError(f"embeddings corpus: {exc.code.name}: {exc.message}") from None
+        return response.document_id
+
+    return ingest
+
+
+async def open_collection(config: CollectorsConfig, read_secret: SecretReader,
+                          document_sink: DocumentSink | None = None) -> Collection:
+    """Connect the graph and PostgreSQL (schema migrated) and load the collectors; StartupError on failure."""
+    try:
+        dsn = read_secret("postgres")["dsn"]
+        graph = graph_store(config.graph, read_secret)
+    except KeyError as exc:  # a secret without a field it must have; Vault errors pass through as they are
+        raise StartupError(f"collectors: a Vault secret lacks the field {exc}") from None
+    except GraphUnavailable as exc:
+        raise StartupError(str(exc)) from None
+    try:
+        await graph.ensure_schema()
+        await asyncio.to_thread(migrate, dsn)
+        observations = ObservationStore(dsn)
+        await observations.open()
+    except (GraphUnavailable, ObservationStoreUnavailable) as exc:
+        await graph.close()
+        raise StartupError(str(exc)) from None
+    return Collection(load_collectors(config), Fetcher(config.fetch), graph, observations, read_secret=read_secret,
+                      scrub_pii=config.scrub_pii, document_sink=document_sink)
 
 
 async def build(runtime: ServiceRuntime[Settings]) -> Collectors:
-    return Collectors(runtime)
+    config = runtime.settings.collectors
+    sink = corpus_sink(EmbeddingsClient.over_nats(runtime.nc)) if config.send_documents else None
+    collection = await open_collection(config, runtime.secrets.read, sink)
+    return Collectors(runtime.info, runtime.settings.collectors, collection)

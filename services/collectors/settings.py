@@ -1,10 +1,104 @@
-from pydantic import BaseModel
+from typing import Literal
+
+from pydantic import BaseModel, Field
 
 from bev.settings import BevSettings
 
 
+class FetchConfig(BaseModel):
+    """How collectors reach the web: the SSRF guard, limits, robots.txt, Tor."""
+
+    max_bytes: int = 5 * 1024 * 1024  # a body larger than this is refused, not truncated
+    connect_timeout_s: float = 5.0
+    read_timeout_s: float = 15.0
+    total_timeout_s: float = 30.0
+    max_redirects: int = 5
+    content_types: list[str] = [
+        "text/html", "application/xhtml+xml", "text/plain", "text/markdown", "application/json",
+        "application/rss+xml", "application/atom+xml", "application/xml", "text/xml",
+        "application/stix+json", "application/taxii+json", "application/pdf",
+    ]
+    # CIDRs the SSRF guard lets through although they are not public (tests: 127.0.0.0/8).
+    allow_ranges: list[str] = []
+    # Resolver the guard asks (host:port strings); empty = the system resolver.
+    nameservers: list[str] = []
+    user_agent: str = "BEV-collector/0.1 (+https://github.com/bev; OSINT research)"
+    respect_robots: bool = True
+    per_domain_rate_per_s: float = 2.0
+    # Tor's SOCKS5 port. .onion and OPSEC investigations go only through it; empty = no Tor.
+    tor_socks_url: str = "socks5://127.0.0.1:9050"
+
+
+class DnsConfig(BaseModel):
+    nameservers: list[str] = ["1.1.1.1"]  # host or host:port
+    timeout_s: float = 5.0
+    record_types: list[str] = ["A", "AAAA", "MX", "NS", "TXT", "CNAME"]
+
+
+class WhoisConfig(BaseModel):
+    server: str = "whois.iana.org:43"  # RFC 3912 server (host:port); referrals are followed once
+    timeout_s: float = 10.0
+    max_bytes: int = 256 * 1024
+
+
+class BitcoinConfig(BaseModel):
+    esplora_url: str = "https://blockstream.info/api"
+    max_depth: int = Field(default=2, ge=0, le=5)  # hops of counterparties traced from the target
+    max_fanout: int = Field(default=10, ge=1)  # counterparties followed per address
+    max_addresses: int = Field(default=100, ge=1)  # addresses visited in one trace at most
+    rate_limit_per_s: float = 5.0
+
+
+class EthereumConfig(BaseModel):
+    rpc_url: str = "https://cloudflare-eth.com"  # Ethereum JSON-RPC endpoint
+    rate_limit_per_s: float = 5.0
+
+
+class PolledSource(BaseModel):
+    """A source the beat polls: a feed, or a TAXII 2.1 collection URL (.../collections/<id>/)."""
+
+    name: str
+    url: str
+    interval_s: float = Field(default=3600.0, gt=0)
+    tlp: str = "clear"
+
+
+class GraphConfig(BaseModel):
+    backend: Literal["falkordb", "neo4j"] = "falkordb"
+    name: str = "bev"  # FalkorDB graph key / Neo4j database ("" = the server's default there)
+    neo4j_uri: str = ""  # with backend=neo4j; credentials from the Vault secret "neo4j"
+    batch_size: int = 1000  # rows per UNWIND
+    query_timeout_ms: int = 5000
+    max_rows: int = 1000  # GraphQuery never returns more
+    max_neighborhood: int = 1000
+
+
+class CeleryConfig(BaseModel):
+    # Broker and result backend come from the Vault secret "redis" unless set here.
+    broker_url: str = ""
+    result_expires_s: int = 86400
+    # A task whose worker died unacknowledged is handed out again after this long; keep it above
+    # the longest collection (a live worker's task is never redelivered before it).
+    visibility_timeout_s: int = 3600
+    pool: Literal["prefork", "solo", "threads"] = "prefork"
+    concurrency: int = 2
+
+
 class CollectorsConfig(BaseModel):
     max_extract_bytes: int = 2 * 1024 * 1024  # text larger than this is refused, not truncated
+    scrub_pii: bool = False  # scrub emails, phones, cards and SSNs from stored text by default
+    default_tlp: str = "clear"
+    # Hand collected documents (web pages) to the embeddings service's corpus during collection.
+    send_documents: bool = True
+    fetch: FetchConfig = FetchConfig()
+    dns: DnsConfig = DnsConfig()
+    whois: WhoisConfig = WhoisConfig()
+    bitcoin: BitcoinConfig = BitcoinConfig()
+    ethereum: EthereumConfig = EthereumConfig()
+    feeds: list[PolledSource] = []  # RSS/Atom, read by the feed collector
+    taxii: list[PolledSource] = []  # STIX bundles / TAXII 2.1 collections, read by the taxii collector
+    graph: GraphConfig = GraphConfig()
+    celery: CeleryConfig = CeleryConfig()
 
 
 class Settings(BevSettings):

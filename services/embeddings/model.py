@@ -66,16 +66,26 @@ class SentenceEmbedder:
 
     @classmethod
     def load(
-        cls, name: str = DEFAULT_MODEL, device: str | None = None, *, num_threads: int | None = None
+        cls,
+        name: str = DEFAULT_MODEL,
+        device: str | None = None,
+        *,
+        path: Path | None = None,
+        num_threads: int | None = None,
     ) -> SentenceEmbedder:
         """Load ``name`` offline on ``device`` (default: "cuda" when available, else "cpu").
 
+        ``path`` is a local sentence-transformers directory for a model that is not packaged
+        (configuration, not code); without it ``name`` must be one of MODEL_PATHS.
         On CPU, torch's intra-op thread count is set to ``num_threads`` (default: the CPUs this
         process may use), which avoids oversubscription on small boxes; it is process-wide.
         """
-        if name not in MODEL_PATHS:
-            raise KeyError(f"unknown embedding model {name!r}; available: {', '.join(sorted(MODEL_PATHS))}")
-        path = MODEL_PATHS[name]()
+        if path is None:
+            if name not in MODEL_PATHS:
+                raise KeyError(f"unknown embedding model {name!r}; available: {', '.join(sorted(MODEL_PATHS))}")
+            path = MODEL_PATHS[name]()
+        elif not (path / "modules.json").is_file() and not (path / "config.json").is_file():
+            raise FileNotFoundError(f"embedding model {name!r}: {path} is not a sentence-transformers directory")
         os.environ.setdefault("HF_HUB_OFFLINE", "1")  # read by huggingface_hub at import time
         os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
@@ -125,7 +135,16 @@ class SentenceEmbedder:
 
     def count_tokens(self, texts: list[str]) -> int:
         """Tokens the model sees for ``texts`` (after truncation), for usage accounting."""
+        return sum(self.token_counts(texts))
+
+    def token_counts(self, texts: list[str]) -> list[int]:
+        """Tokens the model sees for each text (after truncation)."""
         if not texts:
-            return 0
-        features = self._model.tokenize(texts)
-        return int(features["attention_mask"].sum().item())
+            return []
+        # The tokenizer alone, unpadded and without tensors, costs a third of a full preprocess
+        # pass; it runs once per micro-batch next to the forward pass.
+        ids = self._model.tokenizer(
+            texts, truncation=True, max_length=self._max_tokens,
+            return_attention_mask=False, return_token_type_ids=False,
+        )["input_ids"]
+        return [len(row) for row in ids]

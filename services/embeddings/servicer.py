@@ -1,55 +1,299 @@
-"""Embeddings: MiniLM (sentence-transformers) in-process; batching and the corpus grow here (issue C2)."""
+"""Embeddings: the model registry with micro-batching, and the corpus (ingest, hybrid search)."""
 
 from __future__ import annotations
 
 import asyncio
+import urllib.parse
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from google.protobuf.timestamp_pb2 import Timestamp
+from psycopg_pool import AsyncConnectionPool
 
 from bev.common.v1 import common_pb2
 from bev.embeddings.v1 import embeddings_pb2
 from bev.embeddings.v1.embeddings_rpc import EmbeddingsServicer
-from bev.rpc import CallContext, RpcError, StatusCode
-from bev.runtime import ServiceRuntime
-from services.embeddings.model import SentenceEmbedder
-from services.embeddings.settings import Settings
+from bev.rpc import CallContext, InstanceInfo, RpcError, StatusCode
+from bev.runtime import ServiceRuntime, StartupError
+from services.embeddings.batching import Embedded, QueueFull
+from services.embeddings.corpus import (
+    Corpus,
+    DocumentTooLarge,
+    IngestResult,
+    NewDocument,
+    SearchMode,
+    UnknownTlp,
+    open_pool,
+    tlp_label,
+)
+from services.embeddings.documents import UnreadableDocument, UnsupportedMediaType
+from services.embeddings.registry import ModelRegistry
+from services.embeddings.schema import migrate
+from services.embeddings.settings import EmbeddingsConfig, Settings
+from services.embeddings.vector_index import (
+    PgVectorIndex,
+    QdrantIndex,
+    SearchFilter,
+    VectorIndex,
+    WeaviateIndex,
+)
+
+MAX_K = 100
+INGEST_STREAM_WINDOW = 4  # documents an IngestStream works on at once
+_MODES = {
+    embeddings_pb2.SEARCH_MODE_HYBRID: SearchMode.HYBRID,
+    embeddings_pb2.SEARCH_MODE_VECTOR: SearchMode.VECTOR,
+    embeddings_pb2.SEARCH_MODE_TEXT: SearchMode.TEXT,
+}
 
 
 class Embeddings(EmbeddingsServicer):
-    def __init__(self, runtime: ServiceRuntime[Settings], embedder: SentenceEmbedder) -> None:
-        super().__init__(runtime.info)
-        self.config = runtime.settings.embeddings
-        self.embedder = embedder
-        # torch runs one forward pass at a time well on 2 cores; queue the rest.
-        self._model_lock = asyncio.Lock()
+    def __init__(self, info: InstanceInfo, config: EmbeddingsConfig, models: ModelRegistry, corpus: Corpus) -> None:
+        super().__init__(info)
+        self.config = config
+        self.models = models
+        self.corpus = corpus
 
     async def health_checks(self) -> list[common_pb2.HealthCheck]:
-        return [common_pb2.HealthCheck(name="model", ok=True, detail=f"{self.embedder.name} on {self.embedder.device}")]
+        checks = [
+            common_pb2.HealthCheck(name=f"model:{m.name}", ok=True, detail=f"{m.name} on {m.embedder.device}")
+            for m in self.models
+        ]
+        try:
+            async with self.corpus.pool.connection(timeout=2) as conn:
+                await conn.execute("select 1")
+            checks.append(common_pb2.HealthCheck(name="postgres", ok=True, detail="corpus schema reachable"))
+        except Exception as exc:  # reported, not raised: Health answers DEGRADED
+            checks.append(common_pb2.HealthCheck(name="postgres", ok=False, detail=_one_line(exc)))
+        return checks
+
+    async def close(self) -> None:
+        await self.models.close()
+        await self.corpus.index.close()
+        await self.corpus.pool.close()
+
+    # -- embeddings -----------------------------------------------------------------------------
 
     async def Embed(self, request: embeddings_pb2.EmbedRequest, ctx: CallContext) -> embeddings_pb2.EmbedResponse:
-        if request.model and request.model != self.embedder.name:
-            raise RpcError(StatusCode.NOT_FOUND, f"unknown model {request.model!r}; this instance serves {self.embedder.name}")
+        try:
+            model = self.models.get(request.model)
+        except KeyError as exc:
+            raise RpcError(StatusCode.NOT_FOUND, str(exc.args[0])) from None
         if not request.texts:
             raise RpcError(StatusCode.INVALID_ARGUMENT, "texts is empty")
         if len(request.texts) > self.config.max_texts:
             raise RpcError(StatusCode.INVALID_ARGUMENT, f"{len(request.texts)} texts; at most {self.config.max_texts} per call")
-        texts = list(request.texts)
-        async with self._model_lock:
-            vectors = await asyncio.to_thread(self.embedder.encode, texts, self.config.batch_size)
-            tokens = await asyncio.to_thread(self.embedder.count_tokens, texts)
+        embedded = await _embed(model.batcher.embed, list(request.texts))
         return embeddings_pb2.EmbedResponse(
-            model=self.embedder.name,
-            dimensions=self.embedder.dimensions,
-            vectors=[embeddings_pb2.Vector(values=row.tolist()) for row in vectors],
-            total_tokens=tokens,
+            model=model.name,
+            dimensions=model.embedder.dimensions,
+            vectors=[embeddings_pb2.Vector(values=row.tolist()) for row in embedded.vectors],
+            total_tokens=embedded.tokens,
         )
 
     async def ListModels(self, request: embeddings_pb2.ListModelsRequest, ctx: CallContext) -> embeddings_pb2.ListModelsResponse:
-        e = self.embedder
-        return embeddings_pb2.ListModelsResponse(
-            models=[embeddings_pb2.EmbeddingModel(name=e.name, dimensions=e.dimensions, max_tokens=e.max_tokens, device=e.device)]
+        return embeddings_pb2.ListModelsResponse(models=[
+            embeddings_pb2.EmbeddingModel(name=m.name, dimensions=m.embedder.dimensions,
+                                          max_tokens=m.embedder.max_tokens, device=m.embedder.device)
+            for m in self.models
+        ])
+
+    # -- corpus ---------------------------------------------------------------------------------
+
+    async def Ingest(self, request: embeddings_pb2.IngestRequest, ctx: CallContext) -> embeddings_pb2.IngestResponse:
+        if not request.HasField("document") or not request.document.content:
+            raise RpcError(StatusCode.INVALID_ARGUMENT, "document.content is empty")
+        result = await self._ingest(request.document)
+        return embeddings_pb2.IngestResponse(document_id=result.document_id, duplicate=result.duplicate,
+                                             chunks=result.chunks, title=result.title)
+
+    async def IngestStream(
+        self, request: embeddings_pb2.IngestStreamRequest, ctx: CallContext
+    ) -> AsyncIterator[embeddings_pb2.IngestProgress]:
+        total = len(request.documents)
+        if total == 0:
+            raise RpcError(StatusCode.INVALID_ARGUMENT, "documents is empty")
+        # A few documents in flight: one's extraction and storage overlap another's embedding, and
+        # their chunks share micro-batches. Events still come in request order.
+        in_flight: deque[asyncio.Task[embeddings_pb2.IngestProgress]] = deque()
+        try:
+            for index, document in enumerate(request.documents):
+                in_flight.append(asyncio.create_task(self._ingest_progress(index, total, document)))
+                if len(in_flight) >= INGEST_STREAM_WINDOW:
+                    yield await in_flight.popleft()
+            while in_flight:
+                yield await in_flight.popleft()
+        finally:
+            for task in in_flight:
+                task.cancel()
+            await asyncio.gather(*in_flight, return_exceptions=True)
+
+    async def _ingest_progress(
+        self, index: int, total: int, document: embeddings_pb2.DocumentInput
+    ) -> embeddings_pb2.IngestProgress:
+        progress = embeddings_pb2.IngestProgress(index=index, total=total, filename=document.filename)
+        try:
+            if not document.content:
+                raise RpcError(StatusCode.INVALID_ARGUMENT, "content is empty")
+            result = await self._ingest(document)
+        except RpcError as exc:
+            if exc.code is not StatusCode.INVALID_ARGUMENT:
+                raise  # the service cannot go on (queue full, store down): the stream ends with it
+            progress.error = exc.message
+        else:
+            progress.document_id = result.document_id
+            progress.duplicate = result.duplicate
+            progress.chunks = result.chunks
+        return progress
+
+    async def _ingest(self, document: embeddings_pb2.DocumentInput) -> IngestResult:
+        new = NewDocument(
+            content=document.content,
+            media_type=document.media_type,
+            filename=document.filename,
+            title=document.title,
+            uri=document.uri,
+            source=document.source,
+            collected_at=document.collected_at.ToDatetime(tzinfo=UTC) if document.HasField("collected_at") else None,
+            tlp=document.tlp or "clear",
+            investigation_id=document.investigation_id,
         )
+        try:
+            return await self.corpus.ingest(new)
+        except (UnsupportedMediaType, UnreadableDocument, DocumentTooLarge, UnknownTlp) as exc:
+            raise RpcError(StatusCode.INVALID_ARGUMENT, str(exc)) from None
+        except QueueFull as exc:
+            raise RpcError(StatusCode.RESOURCE_EXHAUSTED, str(exc)) from None
+
+    async def Search(self, request: embeddings_pb2.SearchRequest, ctx: CallContext) -> embeddings_pb2.SearchResponse:
+        if not request.query.strip():
+            raise RpcError(StatusCode.INVALID_ARGUMENT, "query is empty")
+        k = request.k or 10
+        if not 1 <= k <= MAX_K:
+            raise RpcError(StatusCode.INVALID_ARGUMENT, f"k must be between 1 and {MAX_K}, got {k}")
+        if request.mode not in _MODES:
+            raise RpcError(StatusCode.INVALID_ARGUMENT, f"unknown search mode {request.mode}")
+        f = request.filters
+        try:
+            filters = SearchFilter(
+                sources=list(f.sources),
+                collected_after=f.collected_after.ToDatetime(tzinfo=UTC) if f.HasField("collected_after") else None,
+                collected_before=f.collected_before.ToDatetime(tzinfo=UTC) if f.HasField("collected_before") else None,
+                tlp=[tlp_label(label) for label in f.tlp],
+                investigation_id=f.investigation_id,
+            )
+        except UnknownTlp as exc:
+            raise RpcError(StatusCode.INVALID_ARGUMENT, str(exc)) from None
+        try:
+            hits = await self.corpus.search(request.query, k, filters, _MODES[request.mode])
+        except QueueFull as exc:
+            raise RpcError(StatusCode.RESOURCE_EXHAUSTED, str(exc)) from None
+        return embeddings_pb2.SearchResponse(
+            model=self.corpus.model.name,
+            hits=[
+                embeddings_pb2.SearchHit(
+                    chunk_id=h.chunk_id, document_id=h.document_id, title=h.title, uri=h.uri, start=h.start,
+                    end=h.end, excerpt=h.excerpt, score=h.score, source=h.source, tlp=h.tlp,
+                    investigation_id=h.investigation_id, collected_at=_timestamp(h.collected_at),
+                )
+                for h in hits
+            ],
+        )
+
+    async def GetDocument(self, request: embeddings_pb2.GetDocumentRequest, ctx: CallContext) -> embeddings_pb2.Document:
+        doc = await self.corpus.get_document(request.document_id)
+        if doc is None:
+            raise RpcError(StatusCode.NOT_FOUND, f"no document {request.document_id!r}")
+        return embeddings_pb2.Document(
+            id=doc.id, title=doc.title, uri=doc.uri, source=doc.source, media_type=doc.media_type, tlp=doc.tlp,
+            investigation_id=doc.investigation_id, collected_at=_timestamp(doc.collected_at),
+            ingested_at=_timestamp(doc.ingested_at), content_hash=doc.content_hash, text=doc.text, chunks=doc.chunks,
+        )
+
+    async def DeleteDocument(
+        self, request: embeddings_pb2.DeleteDocumentRequest, ctx: CallContext
+    ) -> embeddings_pb2.DeleteDocumentResponse:
+        chunks = await self.corpus.delete_document(request.document_id)
+        if chunks is None:
+            raise RpcError(StatusCode.NOT_FOUND, f"no document {request.document_id!r}")
+        return embeddings_pb2.DeleteDocumentResponse(deleted=True, chunks=chunks)
+
+    async def Stats(self, request: embeddings_pb2.StatsRequest, ctx: CallContext) -> embeddings_pb2.StatsResponse:
+        documents, chunks = await self.corpus.counts()
+        return embeddings_pb2.StatsResponse(
+            documents=documents,
+            chunks=chunks,
+            vectors=await self.corpus.index.count(self.corpus.model.name),
+            vector_backend=self.corpus.index.name,
+            corpus_model=self.corpus.model.name,
+            queues=[
+                embeddings_pb2.ModelQueueStats(
+                    model=m.name, batches=m.batcher.stats.batches, texts=m.batcher.stats.texts,
+                    mean_batch_size=m.batcher.stats.mean_batch_size, queued_texts=m.batcher.queued_texts,
+                    rejected=m.batcher.stats.rejected,
+                )
+                for m in self.models
+            ],
+        )
+
+
+async def _embed(embed: Callable[[list[str]], Awaitable[Embedded]], texts: list[str]) -> Embedded:
+    try:
+        result: Embedded = await embed(texts)
+    except QueueFull as exc:
+        raise RpcError(StatusCode.RESOURCE_EXHAUSTED, str(exc)) from None
+    return result
+
+
+def _timestamp(value: datetime) -> Timestamp:
+    stamp = Timestamp()
+    stamp.FromDatetime(value)
+    return stamp
+
+
+def _one_line(exc: BaseException) -> str:
+    cause = getattr(exc, "orig", None) or exc  # SQLAlchemy wraps the driver's error: show the driver's
+    return " ".join(str(cause).split())[:300] or type(cause).__name__
+
+
+def _where(dsn: str) -> str:
+    """host:port/db of a DSN, without credentials, for error messages."""
+    parts = urllib.parse.urlsplit(dsn)
+    return f"{parts.hostname}:{parts.port or 5432}{parts.path}"
+
+
+def open_vector_index(config: EmbeddingsConfig, pool: AsyncConnectionPool[Any], data_dir: Path) -> VectorIndex:
+    """The configured backend. Qdrant's local mode locks its directory: one instance only; run
+    replicas against a Qdrant server (qdrant_url)."""
+    match config.vector_backend:
+        case "pgvector":
+            return PgVectorIndex(pool, config.hnsw_ef_search)
+        case "qdrant":
+            return QdrantIndex.open(config.qdrant_url, data_dir / "qdrant")
+        case _:
+            return WeaviateIndex.open(config.weaviate_url, config.weaviate_grpc_port)
 
 
 async def build(runtime: ServiceRuntime[Settings]) -> Embeddings:
     config = runtime.settings.embeddings
-    embedder = await asyncio.to_thread(SentenceEmbedder.load, config.model, config.device or None)
-    return Embeddings(runtime, embedder)
+    dsn = (await asyncio.to_thread(runtime.secrets.read, "postgres")).get("dsn", "")
+    if not dsn:
+        raise StartupError("Vault secret 'postgres' has no dsn; the embeddings service stores its corpus there")
+    try:
+        await asyncio.to_thread(migrate, dsn)
+        pool = await open_pool(dsn)
+    except Exception as exc:  # any driver error at start becomes the one line the operator reads
+        raise StartupError(f"postgres at {_where(dsn)}: {_one_line(exc)}") from None
+    try:
+        models = await asyncio.to_thread(ModelRegistry.load, config)
+        index = open_vector_index(config, pool, runtime.settings.data_dir)
+        corpus = Corpus(pool, index, models.default, chunk_chars=config.chunk_chars,
+                        chunk_overlap=config.chunk_overlap, max_document_bytes=config.max_document_bytes)
+        await corpus.prepare()
+    except Exception as exc:
+        await pool.close()
+        raise StartupError(f"embeddings: {_one_line(exc)}") from None
+    return Embeddings(runtime.info, config, models, corpus)

@@ -11,7 +11,7 @@ from nats.aio.client import Client as NatsClient
 
 from bev.rpc import RpcError, StatusCode
 from services.gateway.clients import Clients
-from services.gateway.routes import avatar, collectors, embeddings, fleet, reasoning, swarm
+from services.gateway.routes import avatar, collectors, embeddings, fleet, openai, reasoning, swarm
 from services.gateway.settings import GatewayConfig
 
 HTTP_STATUS = {
@@ -32,21 +32,22 @@ HTTP_STATUS = {
 def create_app(nc: NatsClient, config: GatewayConfig) -> FastAPI:
     app = FastAPI(title="BEV gateway", version="0.1.0")
     clients = Clients.over_nats(nc, config.rpc_timeout_s)
-    for module in (fleet, reasoning, embeddings, collectors, swarm, avatar):
+    for module in (fleet, reasoning, openai, embeddings, collectors, swarm, avatar):
         app.include_router(module.router(clients))
 
     @app.middleware("http")
     async def limit_body(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
         # Content-Length is checked before reading; chunked bodies are counted as they arrive.
-        too_big = JSONResponse({"error": f"body over {config.max_body_bytes} bytes"}, status_code=413)
+        limit = config.max_upload_bytes if request.url.path in embeddings.UPLOAD_PATHS else config.max_body_bytes
+        too_big = JSONResponse({"error": f"body over {limit} bytes"}, status_code=413)
         declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > config.max_body_bytes:
+        if declared is not None and declared.isdigit() and int(declared) > limit:
             return too_big
         if declared is None and request.method in ("POST", "PUT", "PATCH"):
             body = b""
             async for chunk in request.stream():
                 body += chunk
-                if len(body) > config.max_body_bytes:
+                if len(body) > limit:
                     return too_big
             request._body = body  # let the route read what was already consumed
         return await call_next(request)

@@ -52,11 +52,14 @@ def compose_doc(manifest: Manifest, node: str) -> dict[str, Any]:
 
 
 def owner(manifest: Manifest, compose_name: str) -> tuple[str, str]:
-    """('engine'|'service'|'sidecar', manifest name) for a compose service name."""
+    """('engine'|'service'|'worker'|'sidecar', manifest name) for a compose service name."""
     if compose_name in SIDECARS:
         return "sidecar", compose_name
     if compose_name in manifest.engines:
         return "engine", compose_name
+    for service in manifest.services.values():
+        if any(compose_name == f"{service.name}-{w.name}" for w in service.workers):
+            return "worker", service.name
     base = re.sub(r"-\d+$", "", compose_name)  # replicas are <service>-<n>
     assert base in manifest.services, f"compose service '{compose_name}' comes from nowhere"
     return "service", base
@@ -128,7 +131,8 @@ def test_each_node_runs_its_engines_and_services(manifest: Manifest) -> None:
     for node in manifest.nodes:
         names = set(compose_doc(manifest, node)["services"])
         placed = {e.name for e in manifest.engines_on(node)} | {s.name for s in manifest.services_on(node)}
-        assert names - SIDECARS == placed, node
+        workers = {f"{s.name}-{w.name}" for s in manifest.services_on(node) for w in s.workers_on(node)}
+        assert names - SIDECARS == placed | workers, node
 
 
 def test_gpu_reservations_exactly_for_gpu_services_and_vllm(manifest: Manifest) -> None:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import deque
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
@@ -56,21 +55,28 @@ def _raise_for_headers(headers: Mapping[str, str] | None, subject: str) -> None:
         raise RpcError(code_from_int(int(code)), headers.get(ERROR_HEADER, ""))
 
 
-class _RateWindow:
-    """Requests per second over the last minute, for `bev status`."""
+class _RequestCounter:
+    """Total requests and the last minute's rate for `bev status`, in one-second buckets:
+    O(1) per request and fixed memory however busy the replica is."""
 
-    def __init__(self, window_s: float = 60.0) -> None:
+    def __init__(self, window_s: int = 60) -> None:
         self.window_s = window_s
-        self._stamps: deque[float] = deque()
+        self.total = 0
+        self._counts = [0] * window_s
+        self._seconds = [0] * window_s  # which whole second each bucket currently holds
 
     def hit(self) -> None:
-        self._stamps.append(time.monotonic())
+        self.total += 1
+        second = int(time.monotonic())
+        slot = second % self.window_s
+        if self._seconds[slot] != second:
+            self._seconds[slot], self._counts[slot] = second, 0
+        self._counts[slot] += 1
 
     def rate(self) -> float:
-        now = time.monotonic()
-        while self._stamps and now - self._stamps[0] > self.window_s:
-            self._stamps.popleft()
-        return len(self._stamps) / self.window_s
+        now = int(time.monotonic())
+        recent = sum(c for c, s in zip(self._counts, self._seconds, strict=True) if now - s < self.window_s)
+        return recent / self.window_s
 
 
 class NatsRpcServer:
@@ -99,7 +105,7 @@ class NatsRpcServer:
         self._slots = asyncio.Semaphore(max_concurrency)
         self._tasks: set[asyncio.Task[None]] = set()
         self._errors: dict[str, int] = {}
-        self._rates: dict[str, _RateWindow] = {}
+        self._rates: dict[str, _RequestCounter] = {}
         self._service: Service | None = None
         self._direct: Subscription | None = None
 
@@ -116,7 +122,7 @@ class NatsRpcServer:
         )
         for method in definition.methods.values():
             self._errors[method.name] = 0
-            self._rates[method.name] = _RateWindow()
+            self._rates[method.name] = _RequestCounter()
             await self._service.add_endpoint(
                 name=method.name, subject=method.subject, handler=self._handler(method)
             )
@@ -128,19 +134,27 @@ class NatsRpcServer:
                 await handler(Request(msg))
 
         self._direct = await self._nc.subscribe(f"{definition.package}.*.{self._instance}", cb=direct)
+        # Wait until nats-server has our subscriptions: without it a caller on another connection
+        # could get "no responders" right after start() returned (seen as a flaky first test).
+        await self._nc.flush()
 
     def _endpoint_stats(self, stats: EndpointStats) -> dict[str, Any]:
-        # micro counts a request as failed only if its handler raises; ours hand off to a task
-        # at once, so the real error count and the recent rate travel in `data`.
-        return {"errors": self._errors.get(stats.name, 0), "rate_1m": self._rates[stats.name].rate()}
+        # micro counts only requests on the queue-group subject, and a request as failed only if
+        # its handler raises; ours hand off to a task at once and also serve instance-addressed
+        # subjects, so the real counts and the recent rate travel in `data` (docs/decisions/0002).
+        counter = self._rates[stats.name]
+        return {"requests": counter.total, "errors": self._errors.get(stats.name, 0), "rate_1m": counter.rate()}
 
     def _handler(self, method: MethodDef) -> Any:
+        rate = self._rates[method.name]  # looked up once, not per request
+        tasks = self._tasks
+
         async def handle(request: Request) -> None:
-            self._rates[method.name].hit()
+            rate.hit()
             await self._slots.acquire()
             task = asyncio.create_task(self._serve(method, request))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
 
         return handle
 

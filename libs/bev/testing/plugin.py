@@ -20,7 +20,7 @@ from bev.rpc import InstanceInfo
 from bev.rpc.grpc_transport import GrpcRpcServer
 from bev.rpc.nats_transport import NatsRpcServer
 from bev.telemetry import ensure_tracer_provider
-from bev.testing import engine_fixtures
+from bev.testing import collector_fixtures, embeddings_fixtures, engine_fixtures, reasoning_fixtures
 from bev.testing.echo import Echo
 
 ECHO_MAX_REQUEST_BYTES = 1024 * 1024
@@ -33,6 +33,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 def pytest_configure(config: pytest.Config) -> None:
     config.pluginmanager.register(engine_fixtures, "bev.engines")
+    config.pluginmanager.register(collector_fixtures, "bev.collector_fixtures")
+    config.pluginmanager.register(embeddings_fixtures, "bev.embeddings")
+    config.pluginmanager.register(reasoning_fixtures, "bev.reasoning")
     config.addinivalue_line("markers", "slow: starts the whole fleet or runs a model (deselect with -m 'not slow')")
     ensure_tracer_provider()
 

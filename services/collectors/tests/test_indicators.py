@@ -106,3 +106,14 @@ def test_100kb_base64_blob_is_fast_and_yields_no_false_positives() -> None:
     print(f"\n100 KB base64 blob: {elapsed * 1000:.0f} ms")
     assert found == [Indicator("domain", "evil.org")]
     assert elapsed < 5.0
+
+
+def test_space_runs_and_encoded_tokens_stay_linear() -> None:
+    # ioc-finder alone takes ~16 s on 100 KB of spaces; indented HTML and padded logs look like that.
+    padded = ("<td>" + " " * 5000 + "C2 198.51.100[.]23</td>\n") * 20
+    payload = "data:application/octet-stream;base64," + base64.b64encode(random.Random(5).randbytes(60_000)).decode()
+    began = time.perf_counter()
+    found = extract_indicators(padded + payload + " url hxxps://cdn.example-delivery[.]com/" + "A" * 300)
+    assert time.perf_counter() - began < 1.0
+    assert {(i.type, i.value) for i in found} >= {("ipv4", "198.51.100.23"),
+                                                  ("url", "https://cdn.example-delivery.com/" + "A" * 300)}

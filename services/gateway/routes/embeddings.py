@@ -1,18 +1,48 @@
+"""Embeddings and the corpus over HTTP: embed, the OpenAI-compatible /v1/embeddings, document
+upload and retrieval, hybrid search with citations."""
+
 from __future__ import annotations
 
-from typing import Any
+import base64
+import struct
+from datetime import datetime
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter
+from fastapi import APIRouter, File, Form, HTTPException, Query, UploadFile
+from google.protobuf.timestamp_pb2 import Timestamp
 from pydantic import BaseModel, Field
 
 from bev.embeddings.v1 import embeddings_pb2
+from bev.media_types import UnsupportedMediaType, resolve_media_type
 from services.gateway.clients import Clients
-from services.gateway.routes.common import to_json
+from services.gateway.routes.common import enum_value, to_json
+
+# Paths whose bodies may be up to GatewayConfig.max_upload_bytes (the body-size middleware reads it).
+UPLOAD_PATHS = frozenset({"/api/v1/documents"})
+MAX_OPENAI_INPUTS = 2048
 
 
 class EmbedBody(BaseModel):
     texts: list[str] = Field(min_length=1)
     model: str = ""
+
+
+class OpenAIEmbeddingsBody(BaseModel):
+    """OpenAI's embeddings request. Token-id inputs are refused: our models read text."""
+
+    input: str | list[str] | list[int] | list[list[int]]
+    model: str = ""
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: int | None = Field(default=None, ge=1)
+    user: str | None = None
+
+
+def _timestamp(value: datetime | None) -> Timestamp | None:
+    if value is None:
+        return None
+    stamp = Timestamp()
+    stamp.FromDatetime(value)
+    return stamp
 
 
 def router(clients: Clients) -> APIRouter:
@@ -21,5 +51,89 @@ def router(clients: Clients) -> APIRouter:
     @api.post("/api/v1/embeddings/embed")
     async def embed(body: EmbedBody) -> dict[str, Any]:
         return to_json(await clients.embeddings.Embed(embeddings_pb2.EmbedRequest(texts=body.texts, model=body.model)))
+
+    @api.post("/v1/embeddings")
+    async def openai_embeddings(body: OpenAIEmbeddingsBody) -> dict[str, Any]:
+        texts = [body.input] if isinstance(body.input, str) else body.input
+        if not texts:
+            raise HTTPException(400, "input is empty")
+        if not all(isinstance(t, str) for t in texts):
+            raise HTTPException(400, "token-id input is not supported; send text")
+        if len(texts) > MAX_OPENAI_INPUTS:
+            raise HTTPException(400, f"{len(texts)} inputs; at most {MAX_OPENAI_INPUTS} per request")
+        reply = await clients.embeddings.Embed(embeddings_pb2.EmbedRequest(texts=texts, model=body.model))
+        if body.dimensions is not None and body.dimensions != reply.dimensions:
+            raise HTTPException(400, f"model {reply.model} returns {reply.dimensions} dimensions; "
+                                     f"dimensions={body.dimensions} is not supported")
+        data = []
+        for index, vector in enumerate(reply.vectors):
+            values = list(vector.values)
+            embedding: list[float] | str = (  # base64: little-endian float32, as OpenAI sends it
+                base64.b64encode(struct.pack(f"<{len(values)}f", *values)).decode("ascii")
+                if body.encoding_format == "base64" else values
+            )
+            data.append({"object": "embedding", "index": index, "embedding": embedding})
+        return {
+            "object": "list",
+            "data": data,
+            "model": reply.model,
+            "usage": {"prompt_tokens": reply.total_tokens, "total_tokens": reply.total_tokens},
+        }
+
+    @api.post("/api/v1/documents")
+    async def upload_document(
+        file: Annotated[UploadFile, File(description="the document: text, Markdown, HTML, PDF or a STIX 2.1 bundle")],
+        title: Annotated[str, Form()] = "",
+        uri: Annotated[str, Form()] = "",
+        source: Annotated[str, Form()] = "upload",
+        tlp: Annotated[str, Form()] = "clear",
+        investigation_id: Annotated[str, Form()] = "",
+        collected_at: Annotated[datetime | None, Form()] = None,
+    ) -> dict[str, Any]:
+        content = await file.read()  # bounded by GatewayConfig.max_upload_bytes in the middleware (413)
+        if not content:
+            raise HTTPException(400, "the uploaded file is empty")
+        try:
+            media_type = resolve_media_type(file.content_type or "", file.filename or "", content)
+        except UnsupportedMediaType as exc:
+            raise HTTPException(415, str(exc)) from None
+        document = embeddings_pb2.DocumentInput(
+            content=content, media_type=media_type, filename=file.filename or "", title=title, uri=uri,
+            source=source, tlp=tlp, investigation_id=investigation_id, collected_at=_timestamp(collected_at),
+        )
+        return to_json(await clients.embeddings.Ingest(embeddings_pb2.IngestRequest(document=document)))
+
+    @api.get("/api/v1/documents/{document_id}")
+    async def get_document(document_id: str) -> dict[str, Any]:
+        return to_json(await clients.embeddings.GetDocument(embeddings_pb2.GetDocumentRequest(document_id=document_id)))
+
+    @api.delete("/api/v1/documents/{document_id}")
+    async def delete_document(document_id: str) -> dict[str, Any]:
+        request = embeddings_pb2.DeleteDocumentRequest(document_id=document_id)
+        return to_json(await clients.embeddings.DeleteDocument(request))
+
+    @api.get("/api/v1/search")
+    async def search(
+        q: Annotated[str, Query(min_length=1, description="what to look for")],
+        k: Annotated[int, Query(ge=1, le=100)] = 10,
+        mode: Annotated[str, Query(description="hybrid, vector or text")] = "hybrid",
+        source: Annotated[list[str] | None, Query(description="any of these sources")] = None,
+        tlp: Annotated[list[str] | None, Query(description="any of these TLP labels")] = None,
+        investigation_id: str = "",
+        after: Annotated[datetime | None, Query(description="collected at or after (ISO 8601)")] = None,
+        before: Annotated[datetime | None, Query(description="collected before (ISO 8601)")] = None,
+    ) -> dict[str, Any]:
+        request = embeddings_pb2.SearchRequest(
+            query=q, k=k, mode=enum_value(embeddings_pb2.SearchMode, "SEARCH_MODE_", mode, "search mode"),
+            filters=embeddings_pb2.SearchFilters(
+                sources=source or [], tlp=tlp or [], investigation_id=investigation_id,
+                collected_after=_timestamp(after), collected_before=_timestamp(before),
+            ),
+        )
+        return to_json(await clients.embeddings.Search(request))
+
+    @api.get("/api/v1/corpus/stats")
+    async def stats() -> dict[str, Any]:
+        return to_json(await clients.embeddings.Stats(embeddings_pb2.StatsRequest()))
 
     return api

@@ -7,7 +7,7 @@ from pydantic import BaseModel, Field
 
 from bev.reasoning.v1 import reasoning_pb2
 from services.gateway.clients import Clients
-from services.gateway.routes.common import to_json
+from services.gateway.routes.common import enum_value, to_json
 
 
 class GenerateBody(BaseModel):
@@ -15,6 +15,26 @@ class GenerateBody(BaseModel):
     max_tokens: int = Field(default=64, ge=1, le=4096)
     temperature: float = Field(default=0.0, ge=0.0, le=2.0)
     stop: list[str] = []
+    tier: str = ""
+    session_id: str = ""
+
+
+class DocumentBody(BaseModel):
+    id: str = ""
+    text: str = Field(min_length=1)
+    source: str = ""
+
+
+class AnalyzeBody(BaseModel):
+    question: str = Field(min_length=1)
+    documents: list[DocumentBody] = Field(min_length=1)
+    tier: str = ""
+    session_id: str = ""
+    max_hypotheses: int = Field(default=0, ge=0, le=8)
+
+
+def _tier(name: str) -> int:
+    return enum_value(reasoning_pb2.Tier, "TIER_", name, "tier") if name else reasoning_pb2.TIER_UNSPECIFIED
 
 
 def router(clients: Clients) -> APIRouter:
@@ -23,8 +43,22 @@ def router(clients: Clients) -> APIRouter:
     @api.post("/api/v1/reasoning/generate")
     async def generate(body: GenerateBody) -> dict[str, Any]:
         request = reasoning_pb2.GenerateRequest(
-            prompt=body.prompt, max_tokens=body.max_tokens, temperature=body.temperature, stop=body.stop
+            prompt=body.prompt, max_tokens=body.max_tokens, temperature=body.temperature, stop=body.stop,
+            tier=_tier(body.tier), session_id=body.session_id,
         )
         return to_json(await clients.reasoning.Generate(request))
+
+    @api.post("/api/v1/reasoning/analyze")
+    async def analyze(body: AnalyzeBody) -> dict[str, Any]:
+        request = reasoning_pb2.AnalyzeRequest(
+            question=body.question, tier=_tier(body.tier), session_id=body.session_id,
+            max_hypotheses=body.max_hypotheses,
+            documents=[reasoning_pb2.Document(id=d.id, text=d.text, source=d.source) for d in body.documents],
+        )
+        return to_json(await clients.reasoning.Analyze(request, timeout_s=600))
+
+    @api.get("/api/v1/reasoning/router")
+    async def router_status() -> dict[str, Any]:
+        return to_json(await clients.reasoning.RouterStatus(reasoning_pb2.RouterStatusRequest()))
 
     return api

@@ -23,15 +23,19 @@ class ExtractRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     TEXT_FIELD_NUMBER: _builtins.int
+    SCRUB_PII_FIELD_NUMBER: _builtins.int
     text: _builtins.str
+    scrub_pii: _builtins.bool
+    """replace emails, phone, card and social-security numbers before extracting"""
     def __init__(
         self,
         *,
         text: _builtins.str = ...,
+        scrub_pii: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["text", b"text"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["scrub_pii", b"scrub_pii", "text", b"text"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -66,17 +70,433 @@ class ExtractResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     INDICATORS_FIELD_NUMBER: _builtins.int
+    SCRUBBED_TEXT_FIELD_NUMBER: _builtins.int
+    scrubbed_text: _builtins.str
+    """set when scrub_pii was asked for"""
     @_builtins.property
     def indicators(self) -> _containers.RepeatedCompositeFieldContainer[Global___Indicator]: ...
     def __init__(
         self,
         *,
         indicators: _abc.Iterable[Global___Indicator] | None = ...,
+        scrubbed_text: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["indicators", b"indicators"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["indicators", b"indicators", "scrubbed_text", b"scrubbed_text"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ExtractResponse: _TypeAlias = ExtractResponse  # noqa: Y015
+
+@_typing.final
+class CollectRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COLLECTOR_FIELD_NUMBER: _builtins.int
+    TARGET_TYPE_FIELD_NUMBER: _builtins.int
+    TARGET_FIELD_NUMBER: _builtins.int
+    INVESTIGATION_ID_FIELD_NUMBER: _builtins.int
+    OPSEC_FIELD_NUMBER: _builtins.int
+    TLP_FIELD_NUMBER: _builtins.int
+    CONFIDENCE_FIELD_NUMBER: _builtins.int
+    collector: _builtins.str
+    """a name from ListCollectors"""
+    target_type: _builtins.str
+    """a STIX observable type the collector consumes, e.g. domain-name, url"""
+    target: _builtins.str
+    """its value"""
+    investigation_id: _builtins.str
+    """stream isolation and OPSEC marking are per investigation"""
+    opsec: _builtins.bool
+    """make no direct connection: everything through Tor"""
+    tlp: _builtins.str
+    """clear, green, amber, amber+strict, red; empty = clear"""
+    confidence: _builtins.int
+    """0-100; 0 = the collector's default"""
+    def __init__(
+        self,
+        *,
+        collector: _builtins.str = ...,
+        target_type: _builtins.str = ...,
+        target: _builtins.str = ...,
+        investigation_id: _builtins.str = ...,
+        opsec: _builtins.bool = ...,
+        tlp: _builtins.str = ...,
+        confidence: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["collector", b"collector", "confidence", b"confidence", "investigation_id", b"investigation_id", "opsec", b"opsec", "target", b"target", "target_type", b"target_type", "tlp", b"tlp"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CollectRequest: _TypeAlias = CollectRequest  # noqa: Y015
+
+@_typing.final
+class Entity(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    TYPE_FIELD_NUMBER: _builtins.int
+    VALUE_FIELD_NUMBER: _builtins.int
+    PROPERTIES_JSON_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    """STIX id, e.g. domain-name--<uuidv5>"""
+    type: _builtins.str
+    """STIX type"""
+    value: _builtins.str
+    properties_json: _builtins.str
+    """further STIX properties as a JSON object"""
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        type: _builtins.str = ...,
+        value: _builtins.str = ...,
+        properties_json: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "properties_json", b"properties_json", "type", b"type", "value", b"value"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Entity: _TypeAlias = Entity  # noqa: Y015
+
+@_typing.final
+class Relation(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    SOURCE_ID_FIELD_NUMBER: _builtins.int
+    TARGET_ID_FIELD_NUMBER: _builtins.int
+    TYPE_FIELD_NUMBER: _builtins.int
+    CONFIDENCE_FIELD_NUMBER: _builtins.int
+    EVIDENCE_IDS_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    """relationship--<uuidv5 of source, type, target>"""
+    source_id: _builtins.str
+    target_id: _builtins.str
+    type: _builtins.str
+    """resolves-to, links-to, sent-to, ..."""
+    confidence: _builtins.int
+    @_builtins.property
+    def evidence_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """observation ids that support it"""
+
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        source_id: _builtins.str = ...,
+        target_id: _builtins.str = ...,
+        type: _builtins.str = ...,
+        confidence: _builtins.int = ...,
+        evidence_ids: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["confidence", b"confidence", "evidence_ids", b"evidence_ids", "id", b"id", "source_id", b"source_id", "target_id", b"target_id", "type", b"type"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Relation: _TypeAlias = Relation  # noqa: Y015
+
+@_typing.final
+class Observation(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    ENTITY_FIELD_NUMBER: _builtins.int
+    RELATIONS_FIELD_NUMBER: _builtins.int
+    SOURCE_FIELD_NUMBER: _builtins.int
+    COLLECTOR_FIELD_NUMBER: _builtins.int
+    TLP_FIELD_NUMBER: _builtins.int
+    CONFIDENCE_FIELD_NUMBER: _builtins.int
+    OBSERVED_AT_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    """deterministic: the same finding again is the same observation"""
+    source: _builtins.str
+    """where it was seen (URL, resolver, API)"""
+    collector: _builtins.str
+    tlp: _builtins.str
+    confidence: _builtins.int
+    observed_at: _builtins.float
+    """unix seconds"""
+    @_builtins.property
+    def entity(self) -> Global___Entity: ...
+    @_builtins.property
+    def relations(self) -> _containers.RepeatedCompositeFieldContainer[Global___Relation]: ...
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        entity: Global___Entity | None = ...,
+        relations: _abc.Iterable[Global___Relation] | None = ...,
+        source: _builtins.str = ...,
+        collector: _builtins.str = ...,
+        tlp: _builtins.str = ...,
+        confidence: _builtins.int = ...,
+        observed_at: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["entity", b"entity"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["collector", b"collector", "confidence", b"confidence", "entity", b"entity", "id", b"id", "observed_at", b"observed_at", "relations", b"relations", "source", b"source", "tlp", b"tlp"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Observation: _TypeAlias = Observation  # noqa: Y015
+
+@_typing.final
+class ListCollectorsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListCollectorsRequest: _TypeAlias = ListCollectorsRequest  # noqa: Y015
+
+@_typing.final
+class CollectorInfo(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    CONSUMES_FIELD_NUMBER: _builtins.int
+    PRODUCES_FIELD_NUMBER: _builtins.int
+    RATE_LIMIT_PER_S_FIELD_NUMBER: _builtins.int
+    NEEDS_NETWORK_FIELD_NUMBER: _builtins.int
+    NEEDS_TOR_FIELD_NUMBER: _builtins.int
+    API_KEY_SECRET_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    description: _builtins.str
+    rate_limit_per_s: _builtins.float
+    needs_network: _builtins.bool
+    needs_tor: _builtins.bool
+    api_key_secret: _builtins.str
+    """Vault secret holding its API key; empty = none"""
+    @_builtins.property
+    def consumes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def produces(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        description: _builtins.str = ...,
+        consumes: _abc.Iterable[_builtins.str] | None = ...,
+        produces: _abc.Iterable[_builtins.str] | None = ...,
+        rate_limit_per_s: _builtins.float = ...,
+        needs_network: _builtins.bool = ...,
+        needs_tor: _builtins.bool = ...,
+        api_key_secret: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["api_key_secret", b"api_key_secret", "consumes", b"consumes", "description", b"description", "name", b"name", "needs_network", b"needs_network", "needs_tor", b"needs_tor", "produces", b"produces", "rate_limit_per_s", b"rate_limit_per_s"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CollectorInfo: _TypeAlias = CollectorInfo  # noqa: Y015
+
+@_typing.final
+class ListCollectorsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COLLECTORS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def collectors(self) -> _containers.RepeatedCompositeFieldContainer[Global___CollectorInfo]: ...
+    def __init__(
+        self,
+        *,
+        collectors: _abc.Iterable[Global___CollectorInfo] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["collectors", b"collectors"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListCollectorsResponse: _TypeAlias = ListCollectorsResponse  # noqa: Y015
+
+@_typing.final
+class GetEntityRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetEntityRequest: _TypeAlias = GetEntityRequest  # noqa: Y015
+
+@_typing.final
+class NeighborhoodRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENTITY_ID_FIELD_NUMBER: _builtins.int
+    DEPTH_FIELD_NUMBER: _builtins.int
+    LIMIT_FIELD_NUMBER: _builtins.int
+    entity_id: _builtins.str
+    depth: _builtins.int
+    """1..3; 0 = 1"""
+    limit: _builtins.int
+    """most entities returned; 0 = 200"""
+    def __init__(
+        self,
+        *,
+        entity_id: _builtins.str = ...,
+        depth: _builtins.int = ...,
+        limit: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["depth", b"depth", "entity_id", b"entity_id", "limit", b"limit"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___NeighborhoodRequest: _TypeAlias = NeighborhoodRequest  # noqa: Y015
+
+@_typing.final
+class Subgraph(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENTITIES_FIELD_NUMBER: _builtins.int
+    RELATIONS_FIELD_NUMBER: _builtins.int
+    TRUNCATED_FIELD_NUMBER: _builtins.int
+    truncated: _builtins.bool
+    @_builtins.property
+    def entities(self) -> _containers.RepeatedCompositeFieldContainer[Global___Entity]: ...
+    @_builtins.property
+    def relations(self) -> _containers.RepeatedCompositeFieldContainer[Global___Relation]: ...
+    def __init__(
+        self,
+        *,
+        entities: _abc.Iterable[Global___Entity] | None = ...,
+        relations: _abc.Iterable[Global___Relation] | None = ...,
+        truncated: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["entities", b"entities", "relations", b"relations", "truncated", b"truncated"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Subgraph: _TypeAlias = Subgraph  # noqa: Y015
+
+@_typing.final
+class GraphQueryRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CYPHER_FIELD_NUMBER: _builtins.int
+    PARAMS_JSON_FIELD_NUMBER: _builtins.int
+    LIMIT_FIELD_NUMBER: _builtins.int
+    cypher: _builtins.str
+    params_json: _builtins.str
+    """a JSON object of query parameters"""
+    limit: _builtins.int
+    """most rows returned; 0 = 100"""
+    def __init__(
+        self,
+        *,
+        cypher: _builtins.str = ...,
+        params_json: _builtins.str = ...,
+        limit: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cypher", b"cypher", "limit", b"limit", "params_json", b"params_json"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GraphQueryRequest: _TypeAlias = GraphQueryRequest  # noqa: Y015
+
+@_typing.final
+class GraphQueryResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COLUMNS_FIELD_NUMBER: _builtins.int
+    ROWS_JSON_FIELD_NUMBER: _builtins.int
+    TRUNCATED_FIELD_NUMBER: _builtins.int
+    truncated: _builtins.bool
+    @_builtins.property
+    def columns(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def rows_json(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """one JSON array per row"""
+
+    def __init__(
+        self,
+        *,
+        columns: _abc.Iterable[_builtins.str] | None = ...,
+        rows_json: _abc.Iterable[_builtins.str] | None = ...,
+        truncated: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["columns", b"columns", "rows_json", b"rows_json", "truncated", b"truncated"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GraphQueryResponse: _TypeAlias = GraphQueryResponse  # noqa: Y015
+
+@_typing.final
+class ExportStixRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENTITY_IDS_FIELD_NUMBER: _builtins.int
+    DEPTH_FIELD_NUMBER: _builtins.int
+    depth: _builtins.int
+    """0 = only the entities and the relations between them"""
+    @_builtins.property
+    def entity_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        entity_ids: _abc.Iterable[_builtins.str] | None = ...,
+        depth: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["depth", b"depth", "entity_ids", b"entity_ids"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExportStixRequest: _TypeAlias = ExportStixRequest  # noqa: Y015
+
+@_typing.final
+class ExportStixResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BUNDLE_JSON_FIELD_NUMBER: _builtins.int
+    OBJECTS_FIELD_NUMBER: _builtins.int
+    bundle_json: _builtins.str
+    objects: _builtins.int
+    def __init__(
+        self,
+        *,
+        bundle_json: _builtins.str = ...,
+        objects: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bundle_json", b"bundle_json", "objects", b"objects"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExportStixResponse: _TypeAlias = ExportStixResponse  # noqa: Y015

@@ -20,6 +20,25 @@ class CollectorsServicer(Servicer):
     async def Extract(self, request: collectors_pb2.ExtractRequest, ctx: CallContext) -> collectors_pb2.ExtractResponse:
         raise RpcError(StatusCode.UNIMPLEMENTED, "Collectors.Extract is not implemented")
 
+    async def Collect(self, request: collectors_pb2.CollectRequest, ctx: CallContext) -> AsyncIterator[collectors_pb2.Observation]:
+        raise RpcError(StatusCode.UNIMPLEMENTED, "Collectors.Collect is not implemented")
+        yield  # an async generator, like the overrides
+
+    async def ListCollectors(self, request: collectors_pb2.ListCollectorsRequest, ctx: CallContext) -> collectors_pb2.ListCollectorsResponse:
+        raise RpcError(StatusCode.UNIMPLEMENTED, "Collectors.ListCollectors is not implemented")
+
+    async def GetEntity(self, request: collectors_pb2.GetEntityRequest, ctx: CallContext) -> collectors_pb2.Entity:
+        raise RpcError(StatusCode.UNIMPLEMENTED, "Collectors.GetEntity is not implemented")
+
+    async def Neighborhood(self, request: collectors_pb2.NeighborhoodRequest, ctx: CallContext) -> collectors_pb2.Subgraph:
+        raise RpcError(StatusCode.UNIMPLEMENTED, "Collectors.Neighborhood is not implemented")
+
+    async def GraphQuery(self, request: collectors_pb2.GraphQueryRequest, ctx: CallContext) -> collectors_pb2.GraphQueryResponse:
+        raise RpcError(StatusCode.UNIMPLEMENTED, "Collectors.GraphQuery is not implemented")
+
+    async def ExportStix(self, request: collectors_pb2.ExportStixRequest, ctx: CallContext) -> collectors_pb2.ExportStixResponse:
+        raise RpcError(StatusCode.UNIMPLEMENTED, "Collectors.ExportStix is not implemented")
+
 
 class CollectorsClient(Client):
     """Typed caller of bev.collectors.v1.Collectors: over NATS by default, gRPC when given an address."""
@@ -31,3 +50,21 @@ class CollectorsClient(Client):
 
     async def Extract(self, request: collectors_pb2.ExtractRequest, *, timeout_s: float | None = None, metadata: Mapping[str, str] | None = None) -> collectors_pb2.ExtractResponse:
         return await self._call("Extract", request, collectors_pb2.ExtractResponse, timeout_s, metadata)
+
+    def Collect(self, request: collectors_pb2.CollectRequest, *, timeout_s: float | None = None, metadata: Mapping[str, str] | None = None) -> AsyncIterator[collectors_pb2.Observation]:
+        return self._stream("Collect", request, collectors_pb2.Observation, timeout_s, metadata)
+
+    async def ListCollectors(self, request: collectors_pb2.ListCollectorsRequest, *, timeout_s: float | None = None, metadata: Mapping[str, str] | None = None) -> collectors_pb2.ListCollectorsResponse:
+        return await self._call("ListCollectors", request, collectors_pb2.ListCollectorsResponse, timeout_s, metadata)
+
+    async def GetEntity(self, request: collectors_pb2.GetEntityRequest, *, timeout_s: float | None = None, metadata: Mapping[str, str] | None = None) -> collectors_pb2.Entity:
+        return await self._call("GetEntity", request, collectors_pb2.Entity, timeout_s, metadata)
+
+    async def Neighborhood(self, request: collectors_pb2.NeighborhoodRequest, *, timeout_s: float | None = None, metadata: Mapping[str, str] | None = None) -> collectors_pb2.Subgraph:
+        return await self._call("Neighborhood", request, collectors_pb2.Subgraph, timeout_s, metadata)
+
+    async def GraphQuery(self, request: collectors_pb2.GraphQueryRequest, *, timeout_s: float | None = None, metadata: Mapping[str, str] | None = None) -> collectors_pb2.GraphQueryResponse:
+        return await self._call("GraphQuery", request, collectors_pb2.GraphQueryResponse, timeout_s, metadata)
+
+    async def ExportStix(self, request: collectors_pb2.ExportStixRequest, *, timeout_s: float | None = None, metadata: Mapping[str, str] | None = None) -> collectors_pb2.ExportStixResponse:
+        return await self._call("ExportStix", request, collectors_pb2.ExportStixResponse, timeout_s, metadata)

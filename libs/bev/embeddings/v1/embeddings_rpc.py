@@ -23,6 +23,25 @@ class EmbeddingsServicer(Servicer):
     async def ListModels(self, request: embeddings_pb2.ListModelsRequest, ctx: CallContext) -> embeddings_pb2.ListModelsResponse:
         raise RpcError(StatusCode.UNIMPLEMENTED, "Embeddings.ListModels is not implemented")
 
+    async def Ingest(self, request: embeddings_pb2.IngestRequest, ctx: CallContext) -> embeddings_pb2.IngestResponse:
+        raise RpcError(StatusCode.UNIMPLEMENTED, "Embeddings.Ingest is not implemented")
+
+    async def IngestStream(self, request: embeddings_pb2.IngestStreamRequest, ctx: CallContext) -> AsyncIterator[embeddings_pb2.IngestProgress]:
+        raise RpcError(StatusCode.UNIMPLEMENTED, "Embeddings.IngestStream is not implemented")
+        yield  # an async generator, like the overrides
+
+    async def Search(self, request: embeddings_pb2.SearchRequest, ctx: CallContext) -> embeddings_pb2.SearchResponse:
+        raise RpcError(StatusCode.UNIMPLEMENTED, "Embeddings.Search is not implemented")
+
+    async def GetDocument(self, request: embeddings_pb2.GetDocumentRequest, ctx: CallContext) -> embeddings_pb2.Document:
+        raise RpcError(StatusCode.UNIMPLEMENTED, "Embeddings.GetDocument is not implemented")
+
+    async def DeleteDocument(self, request: embeddings_pb2.DeleteDocumentRequest, ctx: CallContext) -> embeddings_pb2.DeleteDocumentResponse:
+        raise RpcError(StatusCode.UNIMPLEMENTED, "Embeddings.DeleteDocument is not implemented")
+
+    async def Stats(self, request: embeddings_pb2.StatsRequest, ctx: CallContext) -> embeddings_pb2.StatsResponse:
+        raise RpcError(StatusCode.UNIMPLEMENTED, "Embeddings.Stats is not implemented")
+
 
 class EmbeddingsClient(Client):
     """Typed caller of bev.embeddings.v1.Embeddings: over NATS by default, gRPC when given an address."""
@@ -37,3 +56,21 @@ class EmbeddingsClient(Client):
 
     async def ListModels(self, request: embeddings_pb2.ListModelsRequest, *, timeout_s: float | None = None, metadata: Mapping[str, str] | None = None) -> embeddings_pb2.ListModelsResponse:
         return await self._call("ListModels", request, embeddings_pb2.ListModelsResponse, timeout_s, metadata)
+
+    async def Ingest(self, request: embeddings_pb2.IngestRequest, *, timeout_s: float | None = None, metadata: Mapping[str, str] | None = None) -> embeddings_pb2.IngestResponse:
+        return await self._call("Ingest", request, embeddings_pb2.IngestResponse, timeout_s, metadata)
+
+    def IngestStream(self, request: embeddings_pb2.IngestStreamRequest, *, timeout_s: float | None = None, metadata: Mapping[str, str] | None = None) -> AsyncIterator[embeddings_pb2.IngestProgress]:
+        return self._stream("IngestStream", request, embeddings_pb2.IngestProgress, timeout_s, metadata)
+
+    async def Search(self, request: embeddings_pb2.SearchRequest, *, timeout_s: float | None = None, metadata: Mapping[str, str] | None = None) -> embeddings_pb2.SearchResponse:
+        return await self._call("Search", request, embeddings_pb2.SearchResponse, timeout_s, metadata)
+
+    async def GetDocument(self, request: embeddings_pb2.GetDocumentRequest, *, timeout_s: float | None = None, metadata: Mapping[str, str] | None = None) -> embeddings_pb2.Document:
+        return await self._call("GetDocument", request, embeddings_pb2.Document, timeout_s, metadata)
+
+    async def DeleteDocument(self, request: embeddings_pb2.DeleteDocumentRequest, *, timeout_s: float | None = None, metadata: Mapping[str, str] | None = None) -> embeddings_pb2.DeleteDocumentResponse:
+        return await self._call("DeleteDocument", request, embeddings_pb2.DeleteDocumentResponse, timeout_s, metadata)
+
+    async def Stats(self, request: embeddings_pb2.StatsRequest, *, timeout_s: float | None = None, metadata: Mapping[str, str] | None = None) -> embeddings_pb2.StatsResponse:
+        return await self._call("Stats", request, embeddings_pb2.StatsResponse, timeout_s, metadata)

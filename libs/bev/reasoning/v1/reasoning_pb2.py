@@ -25,29 +25,63 @@ _sym_db = _symbol_database.Default()
 from bev.common.v1 import common_pb2 as bev_dot_common_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n bev/reasoning/v1/reasoning.proto\x12\x10\x62\x65v.reasoning.v1\x1a\x1a\x62\x65v/common/v1/common.proto\"\x92\x01\n\x0fGenerateRequest\x12\x0e\n\x06prompt\x18\x01 \x01(\t\x12\x12\n\nmax_tokens\x18\x02 \x01(\x05\x12\x13\n\x0btemperature\x18\x03 \x01(\x02\x12\x0c\n\x04stop\x18\x04 \x03(\t\x12$\n\x04tier\x18\x05 \x01(\x0e\x32\x16.bev.reasoning.v1.Tier\x12\x12\n\nsession_id\x18\x06 \x01(\t\"9\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\x05\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\x05\"\x7f\n\x10GenerateResponse\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x15\n\rfinish_reason\x18\x03 \x01(\t\x12&\n\x05usage\x18\x04 \x01(\x0b\x32\x17.bev.reasoning.v1.Usage\x12\x0f\n\x07\x62\x61\x63kend\x18\x05 \x01(\t\"j\n\rGenerateChunk\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x0c\n\x04\x64one\x18\x02 \x01(\x08\x12\x15\n\rfinish_reason\x18\x03 \x01(\t\x12&\n\x05usage\x18\x04 \x01(\x0b\x32\x17.bev.reasoning.v1.Usage\"\x13\n\x11ListModelsRequest\"h\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12$\n\x04tier\x18\x02 \x01(\x0e\x32\x16.bev.reasoning.v1.Tier\x12\x0f\n\x07\x62\x61\x63kend\x18\x03 \x01(\t\x12\x16\n\x0e\x63ontext_length\x18\x04 \x01(\x05\"A\n\x12ListModelsResponse\x12+\n\x06models\x18\x01 \x03(\x0b\x32\x1b.bev.reasoning.v1.ModelInfo*Q\n\x04Tier\x12\x14\n\x10TIER_UNSPECIFIED\x10\x00\x12\r\n\tTIER_FAST\x10\x01\x12\x11\n\rTIER_BALANCED\x10\x02\x12\x11\n\rTIER_POWERFUL\x10\x03\x32\xd6\x02\n\tReasoning\x12\x45\n\x06Health\x12\x1c.bev.common.v1.HealthRequest\x1a\x1d.bev.common.v1.HealthResponse\x12Q\n\x08Generate\x12!.bev.reasoning.v1.GenerateRequest\x1a\".bev.reasoning.v1.GenerateResponse\x12V\n\x0eGenerateStream\x12!.bev.reasoning.v1.GenerateRequest\x1a\x1f.bev.reasoning.v1.GenerateChunk0\x01\x12W\n\nListModels\x12#.bev.reasoning.v1.ListModelsRequest\x1a$.bev.reasoning.v1.ListModelsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n bev/reasoning/v1/reasoning.proto\x12\x10\x62\x65v.reasoning.v1\x1a\x1a\x62\x65v/common/v1/common.proto\",\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"\xe2\x01\n\x0b\x43hatRequest\x12/\n\x08messages\x18\x01 \x03(\x0b\x32\x1d.bev.reasoning.v1.ChatMessage\x12\x12\n\nmax_tokens\x18\x02 \x01(\x05\x12\x13\n\x0btemperature\x18\x03 \x01(\x02\x12\x0c\n\x04stop\x18\x04 \x03(\t\x12$\n\x04tier\x18\x05 \x01(\x0e\x32\x16.bev.reasoning.v1.Tier\x12\x12\n\nsession_id\x18\x06 \x01(\t\x12\x13\n\x0bjson_schema\x18\x07 \x01(\t\x12\r\n\x05model\x18\x08 \x01(\t\x12\r\n\x05top_p\x18\t \x01(\x02\"9\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\x05\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\x05\"\xa1\x01\n\x0c\x43hatResponse\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x15\n\rfinish_reason\x18\x03 \x01(\t\x12&\n\x05usage\x18\x04 \x01(\x0b\x32\x17.bev.reasoning.v1.Usage\x12\x0f\n\x07\x62\x61\x63kend\x18\x05 \x01(\t\x12$\n\x04tier\x18\x06 \x01(\x0e\x32\x16.bev.reasoning.v1.Tier\"\xac\x01\n\tChatChunk\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x0c\n\x04\x64one\x18\x02 \x01(\x08\x12\x15\n\rfinish_reason\x18\x03 \x01(\t\x12&\n\x05usage\x18\x04 \x01(\x0b\x32\x17.bev.reasoning.v1.Usage\x12\x0f\n\x07\x62\x61\x63kend\x18\x05 \x01(\t\x12\r\n\x05model\x18\x06 \x01(\t\x12$\n\x04tier\x18\x07 \x01(\x0e\x32\x16.bev.reasoning.v1.Tier\"\x92\x01\n\x0fGenerateRequest\x12\x0e\n\x06prompt\x18\x01 \x01(\t\x12\x12\n\nmax_tokens\x18\x02 \x01(\x05\x12\x13\n\x0btemperature\x18\x03 \x01(\x02\x12\x0c\n\x04stop\x18\x04 \x03(\t\x12$\n\x04tier\x18\x05 \x01(\x0e\x32\x16.bev.reasoning.v1.Tier\x12\x12\n\nsession_id\x18\x06 \x01(\t\"\x7f\n\x10GenerateResponse\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x15\n\rfinish_reason\x18\x03 \x01(\t\x12&\n\x05usage\x18\x04 \x01(\x0b\x32\x17.bev.reasoning.v1.Usage\x12\x0f\n\x07\x62\x61\x63kend\x18\x05 \x01(\t\"j\n\rGenerateChunk\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x0c\n\x04\x64one\x18\x02 \x01(\x08\x12\x15\n\rfinish_reason\x18\x03 \x01(\t\x12&\n\x05usage\x18\x04 \x01(\x0b\x32\x17.bev.reasoning.v1.Usage\"4\n\x08\x44ocument\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x0e\n\x06source\x18\x03 \x01(\t\"\xa3\x01\n\x0e\x41nalyzeRequest\x12\x10\n\x08question\x18\x01 \x01(\t\x12-\n\tdocuments\x18\x02 \x03(\x0b\x32\x1a.bev.reasoning.v1.Document\x12$\n\x04tier\x18\x03 \x01(\x0e\x32\x16.bev.reasoning.v1.Tier\x12\x12\n\nsession_id\x18\x04 \x01(\t\x12\x16\n\x0emax_hypotheses\x18\x05 \x01(\x05\"L\n\nProvenance\x12\x13\n\x0b\x64ocument_id\x18\x01 \x01(\t\x12\r\n\x05\x63hunk\x18\x02 \x01(\x05\x12\r\n\x05start\x18\x03 \x01(\x05\x12\x0b\n\x03\x65nd\x18\x04 \x01(\x05\"{\n\x05\x43laim\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05quote\x18\x02 \x01(\t\x12\x30\n\nprovenance\x18\x03 \x01(\x0b\x32\x1c.bev.reasoning.v1.Provenance\x12\r\n\x05score\x18\x04 \x01(\x02\x12\x16\n\x0emodel_selected\x18\x05 \x01(\x08\"x\n\nHypothesis\x12\n\n\x02id\x18\x01 \x01(\t\x12\x11\n\tstatement\x18\x02 \x01(\t\x12\x12\n\nconfidence\x18\x03 \x01(\x02\x12\x19\n\x11supporting_claims\x18\x04 \x03(\t\x12\x1c\n\x14\x63ontradicting_claims\x18\x05 \x03(\t\"N\n\x0e\x43ounterfactual\x12\x15\n\rhypothesis_id\x18\x01 \x01(\t\x12\x11\n\tcondition\x18\x02 \x01(\t\x12\x12\n\nobservable\x18\x03 \x01(\t\"b\n\tSynthesis\x12\x0f\n\x07summary\x18\x01 \x01(\t\x12\x14\n\x0ckey_findings\x18\x02 \x03(\t\x12\x1a\n\x12\x62\x65st_hypothesis_id\x18\x03 \x01(\t\x12\x12\n\nconfidence\x18\x04 \x01(\x02\"\x8c\x01\n\x0bPhaseReport\x12&\n\x05phase\x18\x01 \x01(\x0e\x32\x17.bev.reasoning.v1.Phase\x12&\n\x05usage\x18\x02 \x01(\x0b\x32\x17.bev.reasoning.v1.Usage\x12\r\n\x05\x63\x61lls\x18\x03 \x01(\x05\x12\r\n\x05\x65rror\x18\x04 \x01(\t\x12\x0f\n\x07seconds\x18\x05 \x01(\x01\"\x83\x03\n\x0f\x41nalyzeResponse\x12\'\n\x06\x63laims\x18\x01 \x03(\x0b\x32\x17.bev.reasoning.v1.Claim\x12\x30\n\nhypotheses\x18\x02 \x03(\x0b\x32\x1c.bev.reasoning.v1.Hypothesis\x12\x39\n\x0f\x63ounterfactuals\x18\x03 \x03(\x0b\x32 .bev.reasoning.v1.Counterfactual\x12.\n\tsynthesis\x18\x04 \x01(\x0b\x32\x1b.bev.reasoning.v1.Synthesis\x12-\n\x06phases\x18\x05 \x03(\x0b\x32\x1d.bev.reasoning.v1.PhaseReport\x12\x14\n\x0c\x63hunks_total\x18\x06 \x01(\x05\x12\x15\n\rchunks_mapped\x18\x07 \x01(\x05\x12\x13\n\x0binput_chars\x18\x08 \x01(\x03\x12\r\n\x05model\x18\t \x01(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\n \x01(\t\x12\x19\n\x11sentences_scanned\x18\x0b \x01(\x05\"\x13\n\x11ListModelsRequest\"\x87\x01\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12$\n\x04tier\x18\x02 \x01(\x0e\x32\x16.bev.reasoning.v1.Tier\x12\x0f\n\x07\x62\x61\x63kend\x18\x03 \x01(\t\x12\x16\n\x0e\x63ontext_length\x18\x04 \x01(\x05\x12\x0c\n\x04node\x18\x05 \x01(\t\x12\x0f\n\x07healthy\x18\x06 \x01(\x08\"A\n\x12ListModelsResponse\x12+\n\x06models\x18\x01 \x03(\x0b\x32\x1b.bev.reasoning.v1.ModelInfo\"\x15\n\x13RouterStatusRequest\"\xec\x02\n\rBackendStatus\x12\x0c\n\x04name\x18\x01 \x01(\t\x12$\n\x04tier\x18\x02 \x01(\x0e\x32\x16.bev.reasoning.v1.Tier\x12\x0c\n\x04node\x18\x03 \x01(\t\x12\x0b\n\x03url\x18\x04 \x01(\t\x12\r\n\x05model\x18\x05 \x01(\t\x12\x0f\n\x07healthy\x18\x06 \x01(\x08\x12\x12\n\nlast_error\x18\x07 \x01(\t\x12\x11\n\tin_flight\x18\x08 \x01(\x05\x12\x0e\n\x06queued\x18\t \x01(\x05\x12\x15\n\rmax_in_flight\x18\n \x01(\x05\x12\x12\n\nmax_queued\x18\x0b \x01(\x05\x12\x16\n\x0e\x65ngine_waiting\x18\x0c \x01(\x01\x12\x16\n\x0ekv_cache_usage\x18\r \x01(\x01\x12\x10\n\x08requests\x18\x0e \x01(\x03\x12\x10\n\x08\x66\x61ilures\x18\x0f \x01(\x03\x12\x10\n\x08rejected\x18\x10 \x01(\x03\x12\x16\n\x0e\x63ontext_length\x18\x11 \x01(\x05\x12\x0c\n\x04kind\x18\x12 \x01(\t\"\xa2\x01\n\x14RouterStatusResponse\x12\x31\n\x08\x62\x61\x63kends\x18\x01 \x03(\x0b\x32\x1f.bev.reasoning.v1.BackendStatus\x12,\n\x0c\x64\x65\x66\x61ult_tier\x18\x02 \x01(\x0e\x32\x16.bev.reasoning.v1.Tier\x12\x11\n\tfailovers\x18\x03 \x01(\x03\x12\x16\n\x0etier_fallbacks\x18\x04 \x01(\x03*Q\n\x04Tier\x12\x14\n\x10TIER_UNSPECIFIED\x10\x00\x12\r\n\tTIER_FAST\x10\x01\x12\x11\n\rTIER_BALANCED\x10\x02\x12\x11\n\rTIER_POWERFUL\x10\x03*\x90\x01\n\x05Phase\x12\x15\n\x11PHASE_UNSPECIFIED\x10\x00\x12\x13\n\x0fPHASE_INGESTION\x10\x01\x12\x14\n\x10PHASE_HYPOTHESES\x10\x02\x12\x15\n\x11PHASE_CORRELATION\x10\x03\x12\x19\n\x15PHASE_COUNTERFACTUALS\x10\x04\x12\x13\n\x0fPHASE_SYNTHESIS\x10\x05\x32\x98\x05\n\tReasoning\x12\x45\n\x06Health\x12\x1c.bev.common.v1.HealthRequest\x1a\x1d.bev.common.v1.HealthResponse\x12\x45\n\x04\x43hat\x12\x1d.bev.reasoning.v1.ChatRequest\x1a\x1e.bev.reasoning.v1.ChatResponse\x12J\n\nChatStream\x12\x1d.bev.reasoning.v1.ChatRequest\x1a\x1b.bev.reasoning.v1.ChatChunk0\x01\x12Q\n\x08Generate\x12!.bev.reasoning.v1.GenerateRequest\x1a\".bev.reasoning.v1.GenerateResponse\x12V\n\x0eGenerateStream\x12!.bev.reasoning.v1.GenerateRequest\x1a\x1f.bev.reasoning.v1.GenerateChunk0\x01\x12N\n\x07\x41nalyze\x12 .bev.reasoning.v1.AnalyzeRequest\x1a!.bev.reasoning.v1.AnalyzeResponse\x12W\n\nListModels\x12#.bev.reasoning.v1.ListModelsRequest\x1a$.bev.reasoning.v1.ListModelsResponse\x12]\n\x0cRouterStatus\x12%.bev.reasoning.v1.RouterStatusRequest\x1a&.bev.reasoning.v1.RouterStatusResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'bev.reasoning.v1.reasoning_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_TIER']._serialized_start=721
-  _globals['_TIER']._serialized_end=802
-  _globals['_GENERATEREQUEST']._serialized_start=83
-  _globals['_GENERATEREQUEST']._serialized_end=229
-  _globals['_USAGE']._serialized_start=231
-  _globals['_USAGE']._serialized_end=288
-  _globals['_GENERATERESPONSE']._serialized_start=290
-  _globals['_GENERATERESPONSE']._serialized_end=417
-  _globals['_GENERATECHUNK']._serialized_start=419
-  _globals['_GENERATECHUNK']._serialized_end=525
-  _globals['_LISTMODELSREQUEST']._serialized_start=527
-  _globals['_LISTMODELSREQUEST']._serialized_end=546
-  _globals['_MODELINFO']._serialized_start=548
-  _globals['_MODELINFO']._serialized_end=652
-  _globals['_LISTMODELSRESPONSE']._serialized_start=654
-  _globals['_LISTMODELSRESPONSE']._serialized_end=719
-  _globals['_REASONING']._serialized_start=805
-  _globals['_REASONING']._serialized_end=1147
+  _globals['_TIER']._serialized_start=3180
+  _globals['_TIER']._serialized_end=3261
+  _globals['_PHASE']._serialized_start=3264
+  _globals['_PHASE']._serialized_end=3408
+  _globals['_CHATMESSAGE']._serialized_start=82
+  _globals['_CHATMESSAGE']._serialized_end=126
+  _globals['_CHATREQUEST']._serialized_start=129
+  _globals['_CHATREQUEST']._serialized_end=355
+  _globals['_USAGE']._serialized_start=357
+  _globals['_USAGE']._serialized_end=414
+  _globals['_CHATRESPONSE']._serialized_start=417
+  _globals['_CHATRESPONSE']._serialized_end=578
+  _globals['_CHATCHUNK']._serialized_start=581
+  _globals['_CHATCHUNK']._serialized_end=753
+  _globals['_GENERATEREQUEST']._serialized_start=756
+  _globals['_GENERATEREQUEST']._serialized_end=902
+  _globals['_GENERATERESPONSE']._serialized_start=904
+  _globals['_GENERATERESPONSE']._serialized_end=1031
+  _globals['_GENERATECHUNK']._serialized_start=1033
+  _globals['_GENERATECHUNK']._serialized_end=1139
+  _globals['_DOCUMENT']._serialized_start=1141
+  _globals['_DOCUMENT']._serialized_end=1193
+  _globals['_ANALYZEREQUEST']._serialized_start=1196
+  _globals['_ANALYZEREQUEST']._serialized_end=1359
+  _globals['_PROVENANCE']._serialized_start=1361
+  _globals['_PROVENANCE']._serialized_end=1437
+  _globals['_CLAIM']._serialized_start=1439
+  _globals['_CLAIM']._serialized_end=1562
+  _globals['_HYPOTHESIS']._serialized_start=1564
+  _globals['_HYPOTHESIS']._serialized_end=1684
+  _globals['_COUNTERFACTUAL']._serialized_start=1686
+  _globals['_COUNTERFACTUAL']._serialized_end=1764
+  _globals['_SYNTHESIS']._serialized_start=1766
+  _globals['_SYNTHESIS']._serialized_end=1864
+  _globals['_PHASEREPORT']._serialized_start=1867
+  _globals['_PHASEREPORT']._serialized_end=2007
+  _globals['_ANALYZERESPONSE']._serialized_start=2010
+  _globals['_ANALYZERESPONSE']._serialized_end=2397
+  _globals['_LISTMODELSREQUEST']._serialized_start=2399
+  _globals['_LISTMODELSREQUEST']._serialized_end=2418
+  _globals['_MODELINFO']._serialized_start=2421
+  _globals['_MODELINFO']._serialized_end=2556
+  _globals['_LISTMODELSRESPONSE']._serialized_start=2558
+  _globals['_LISTMODELSRESPONSE']._serialized_end=2623
+  _globals['_ROUTERSTATUSREQUEST']._serialized_start=2625
+  _globals['_ROUTERSTATUSREQUEST']._serialized_end=2646
+  _globals['_BACKENDSTATUS']._serialized_start=2649
+  _globals['_BACKENDSTATUS']._serialized_end=3013
+  _globals['_ROUTERSTATUSRESPONSE']._serialized_start=3016
+  _globals['_ROUTERSTATUSRESPONSE']._serialized_end=3178
+  _globals['_REASONING']._serialized_start=3411
+  _globals['_REASONING']._serialized_end=4075
 # @@protoc_insertion_point(module_scope)

@@ -17,6 +17,13 @@ class ReasoningServicer(Servicer):
 
     SERVICE = service_def(reasoning_pb2.DESCRIPTOR.services_by_name["Reasoning"])
 
+    async def Chat(self, request: reasoning_pb2.ChatRequest, ctx: CallContext) -> reasoning_pb2.ChatResponse:
+        raise RpcError(StatusCode.UNIMPLEMENTED, "Reasoning.Chat is not implemented")
+
+    async def ChatStream(self, request: reasoning_pb2.ChatRequest, ctx: CallContext) -> AsyncIterator[reasoning_pb2.ChatChunk]:
+        raise RpcError(StatusCode.UNIMPLEMENTED, "Reasoning.ChatStream is not implemented")
+        yield  # an async generator, like the overrides
+
     async def Generate(self, request: reasoning_pb2.GenerateRequest, ctx: CallContext) -> reasoning_pb2.GenerateResponse:
         raise RpcError(StatusCode.UNIMPLEMENTED, "Reasoning.Generate is not implemented")
 
@@ -24,8 +31,14 @@ class ReasoningServicer(Servicer):
         raise RpcError(StatusCode.UNIMPLEMENTED, "Reasoning.GenerateStream is not implemented")
         yield  # an async generator, like the overrides
 
+    async def Analyze(self, request: reasoning_pb2.AnalyzeRequest, ctx: CallContext) -> reasoning_pb2.AnalyzeResponse:
+        raise RpcError(StatusCode.UNIMPLEMENTED, "Reasoning.Analyze is not implemented")
+
     async def ListModels(self, request: reasoning_pb2.ListModelsRequest, ctx: CallContext) -> reasoning_pb2.ListModelsResponse:
         raise RpcError(StatusCode.UNIMPLEMENTED, "Reasoning.ListModels is not implemented")
+
+    async def RouterStatus(self, request: reasoning_pb2.RouterStatusRequest, ctx: CallContext) -> reasoning_pb2.RouterStatusResponse:
+        raise RpcError(StatusCode.UNIMPLEMENTED, "Reasoning.RouterStatus is not implemented")
 
 
 class ReasoningClient(Client):
@@ -36,11 +49,23 @@ class ReasoningClient(Client):
     async def Health(self, request: common_pb2.HealthRequest, *, timeout_s: float | None = None, metadata: Mapping[str, str] | None = None) -> common_pb2.HealthResponse:
         return await self._call("Health", request, common_pb2.HealthResponse, timeout_s, metadata)
 
+    async def Chat(self, request: reasoning_pb2.ChatRequest, *, timeout_s: float | None = None, metadata: Mapping[str, str] | None = None) -> reasoning_pb2.ChatResponse:
+        return await self._call("Chat", request, reasoning_pb2.ChatResponse, timeout_s, metadata)
+
+    def ChatStream(self, request: reasoning_pb2.ChatRequest, *, timeout_s: float | None = None, metadata: Mapping[str, str] | None = None) -> AsyncIterator[reasoning_pb2.ChatChunk]:
+        return self._stream("ChatStream", request, reasoning_pb2.ChatChunk, timeout_s, metadata)
+
     async def Generate(self, request: reasoning_pb2.GenerateRequest, *, timeout_s: float | None = None, metadata: Mapping[str, str] | None = None) -> reasoning_pb2.GenerateResponse:
         return await self._call("Generate", request, reasoning_pb2.GenerateResponse, timeout_s, metadata)
 
     def GenerateStream(self, request: reasoning_pb2.GenerateRequest, *, timeout_s: float | None = None, metadata: Mapping[str, str] | None = None) -> AsyncIterator[reasoning_pb2.GenerateChunk]:
         return self._stream("GenerateStream", request, reasoning_pb2.GenerateChunk, timeout_s, metadata)
 
+    async def Analyze(self, request: reasoning_pb2.AnalyzeRequest, *, timeout_s: float | None = None, metadata: Mapping[str, str] | None = None) -> reasoning_pb2.AnalyzeResponse:
+        return await self._call("Analyze", request, reasoning_pb2.AnalyzeResponse, timeout_s, metadata)
+
     async def ListModels(self, request: reasoning_pb2.ListModelsRequest, *, timeout_s: float | None = None, metadata: Mapping[str, str] | None = None) -> reasoning_pb2.ListModelsResponse:
         return await self._call("ListModels", request, reasoning_pb2.ListModelsResponse, timeout_s, metadata)
+
+    async def RouterStatus(self, request: reasoning_pb2.RouterStatusRequest, *, timeout_s: float | None = None, metadata: Mapping[str, str] | None = None) -> reasoning_pb2.RouterStatusResponse:
+        return await self._call("RouterStatus", request, reasoning_pb2.RouterStatusResponse, timeout_s, metadata)

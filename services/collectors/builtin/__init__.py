@@ -1,0 +1,1 @@
+"""The built-in collectors, one module each (registered in services.collectors.contract)."""

@@ -1,0 +1,84 @@
+"""Collectors test wiring: a graph store per test (FalkorDB, and Neo4j when NEO4J_URI is set),
+the observations schema in the session's PostgreSQL, and a Collection over local fixture servers."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator
+
+import neo4j
+import pytest
+import pytest_asyncio
+
+from bev.engines import FalkorDB, Postgres
+from bev.testing.collector_fixtures import DnsFixture, HttpFixture, WhoisFixture
+from services.collectors.collection import Collection
+from services.collectors.contract import load_collectors
+from services.collectors.fetch import Fetcher
+from services.collectors.graph import CypherGraphStore, FalkorGraphStore, Neo4jGraphStore
+from services.collectors.observations import ObservationStore, migrate
+from services.collectors.settings import CollectorsConfig, FetchConfig
+
+
+@pytest.fixture(params=["falkordb", "neo4j"])
+async def graph_store(request: pytest.FixtureRequest, falkordb_server: FalkorDB) -> AsyncIterator[CypherGraphStore]:
+    """A fresh, empty graph per test, on each backend the conformance suite covers."""
+    name = f"test-{uuid.uuid4().hex[:10]}"
+    store: CypherGraphStore
+    if request.param == "neo4j":
+        uri = os.environ.get("NEO4J_URI", "")
+        if not uri:
+            pytest.skip("Neo4j conformance runs when NEO4J_URI (and NEO4J_USER/NEO4J_PASSWORD) are set")
+        auth = (os.environ.get("NEO4J_USER", "neo4j"), os.environ.get("NEO4J_PASSWORD", ""))
+        async with neo4j.AsyncGraphDatabase.driver(uri, auth=auth) as driver:
+            await driver.execute_query("MATCH (e:Entity) DETACH DELETE e")  # the suite owns this database
+        store = Neo4jGraphStore(uri, *auth)
+    else:
+        store = FalkorGraphStore(falkordb_server.host, falkordb_server.port, falkordb_server.password, name)
+    await store.ensure_schema()
+    yield store
+    if isinstance(store, FalkorGraphStore):
+        await store.delete_graph()
+    await store.close()
+
+
+@pytest.fixture(scope="session")
+def observations_dsn(postgres_server: Postgres) -> str:
+    migrate(postgres_server.dsn)
+    return postgres_server.dsn
+
+
+@pytest_asyncio.fixture
+async def observation_store(observations_dsn: str) -> AsyncIterator[ObservationStore]:
+    store = ObservationStore(observations_dsn)
+    await store.open()
+    yield store
+    await store.close()
+
+
+@pytest.fixture
+def collectors_config(dns_fixture: DnsFixture, http_fixture: HttpFixture, whois_fixture: WhoisFixture) -> CollectorsConfig:
+    """Every external base URL, resolver and server points at a local fixture."""
+    return CollectorsConfig.model_validate({
+        "fetch": FetchConfig(allow_ranges=["127.0.0.0/8"], nameservers=[dns_fixture.nameserver],
+                             per_domain_rate_per_s=1000, tor_socks_url=""),
+        "dns": {"nameservers": [dns_fixture.nameserver], "timeout_s": 2},
+        "whois": {"server": whois_fixture.server, "timeout_s": 2},
+        "bitcoin": {"esplora_url": http_fixture.url("/esplora/api"), "max_depth": 2, "max_fanout": 5,
+                    "rate_limit_per_s": 1000},
+        "ethereum": {"rpc_url": http_fixture.url("/eth-rpc"), "rate_limit_per_s": 1000},
+    })
+
+
+@pytest_asyncio.fixture
+async def collection(collectors_config: CollectorsConfig, falkordb_server: FalkorDB,
+                     observation_store: ObservationStore) -> AsyncIterator[Collection]:
+    graph = FalkorGraphStore(falkordb_server.host, falkordb_server.port, falkordb_server.password,
+                             f"test-{uuid.uuid4().hex[:10]}")
+    await graph.ensure_schema()
+    fetcher = Fetcher(collectors_config.fetch)
+    yield Collection(load_collectors(collectors_config), fetcher, graph, observation_store)
+    await fetcher.close()
+    await graph.delete_graph()
+    await graph.close()

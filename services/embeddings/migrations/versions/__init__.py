@@ -1,0 +1,1 @@
+"""Alembic revisions of the corpus schema, applied by services.embeddings.schema.migrate()."""

@@ -1,0 +1,147 @@
+"""A real Celery worker (its own process, Vault login, Redis broker) killed with SIGKILL mid-task:
+the task is delivered again and completes exactly once; running it again adds nothing."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import asdict
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from bev.engines import FalkorDB, OpenBao, Postgres, Redis, new_secret_id, seed_fleet
+from bev.testing.collector_fixtures import HttpFixture
+from services.collectors.observations import migrate
+from services.collectors.settings import Settings
+from services.collectors.tasks import COLLECT_TASK, CollectJob, create_app
+
+REPO = Path(__file__).resolve().parents[2]
+BLOG = REPO / "services" / "collectors" / "tests" / "data" / "threat-blog.html"
+
+
+def _wait(predicate: object, timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():  # type: ignore[operator]
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.1)
+
+
+@pytest.mark.slow
+def test_worker_killed_mid_task_completes_exactly_once(
+        openbao_server: OpenBao, redis_server: Redis, postgres_server: Postgres, falkordb_server: FalkorDB,
+        http_fixture: HttpFixture, tmp_path: Path) -> None:
+    secrets = {
+        "redis": {"url": redis_server.url},
+        "postgres": {"dsn": postgres_server.dsn},
+        "falkordb": {"host": falkordb_server.host, "port": str(falkordb_server.port),
+                     "password": falkordb_server.password},
+    }
+    role_id, _ = seed_fleet(openbao_server.addr, openbao_server.root_token, ["collectors"], secrets,
+                            {"collectors": sorted(secrets)})["collectors"]
+    migrate(postgres_server.dsn)
+    graph = f"celery-{uuid.uuid4().hex[:8]}"
+    env = {
+        **os.environ,
+        "BEV_DATA_DIR": str(tmp_path),
+        "BEV_VAULT__ADDR": openbao_server.addr,
+        "BEV_VAULT__ROLE_ID": role_id,
+        "BEV_COLLECTORS__CELERY__POOL": "solo",
+        "BEV_COLLECTORS__CELERY__VISIBILITY_TIMEOUT_S": "3",
+        "BEV_COLLECTORS__FETCH__ALLOW_RANGES": '["127.0.0.0/8"]',
+        "BEV_COLLECTORS__FETCH__TOR_SOCKS_URL": "",
+        "BEV_COLLECTORS__GRAPH__NAME": graph,
+        "BEV_TELEMETRY__LOG_JSON": "false",
+    }
+    env.pop("BEV_VAULT__TOKEN", None)
+
+    def start_worker(log: str) -> subprocess.Popen[bytes]:
+        worker_env = {**env, "BEV_VAULT__SECRET_ID": new_secret_id(openbao_server.addr, openbao_server.root_token,
+                                                                   "collectors")}
+        with (tmp_path / log).open("wb") as out:
+            return subprocess.Popen([sys.executable, "-m", "services.collectors.worker"], cwd=REPO, env=worker_env,
+                                    stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+
+    page = f"/celery/{uuid.uuid4().hex[:6]}.html"
+    url = http_fixture.serve(page, BLOG.read_bytes(), delay_s=2.0)  # slow enough to be killed mid-task
+    job = CollectJob("web", "url", url, investigation_id="inv-celery")
+    app = create_app(Settings(collectors={"celery": {"visibility_timeout_s": 3}}), lambda name: secrets[name])
+
+    first = start_worker("worker-1.log")
+    try:
+        result = app.send_task(COLLECT_TASK, args=[asdict(job)])
+        _wait(lambda: http_fixture.peers(page), 60, "the worker to start fetching")
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait(10)
+    finally:
+        if first.poll() is None:
+            os.killpg(first.pid, signal.SIGKILL)
+    second = start_worker("worker-2.log")
+    try:
+        outcome = result.get(timeout=90)
+        assert outcome["key"] == job.key and not outcome["already_done"] and outcome["observations"] > 10
+        assert len(http_fixture.peers(page)) == 2  # killed once, then delivered again
+
+        again = app.send_task(COLLECT_TASK, args=[asdict(job)]).get(timeout=60)
+        assert again == {"key": job.key, "observations": outcome["observations"], "already_done": True}
+        assert len(http_fixture.peers(page)) == 2  # the completed task is not run again
+    finally:
+        os.killpg(second.pid, signal.SIGTERM)
+        second.wait(20)
+
+    with psycopg.connect(postgres_server.dsn) as conn:
+        runs = conn.execute("select count(*) from collectors.task_runs where task_key = %s", (job.key,)).fetchone()
+    assert runs == (1,)
+    assert (tmp_path / "run" / "collectors-worker.alive").exists()  # its healthcheck file
+
+
+@pytest.mark.slow
+def test_beat_polls_configured_feeds_through_the_worker(
+        openbao_server: OpenBao, redis_server: Redis, postgres_server: Postgres, falkordb_server: FalkorDB,
+        http_fixture: HttpFixture, tmp_path: Path) -> None:
+    secrets = {
+        "redis": {"url": redis_server.url.rsplit("/", 1)[0] + "/3"},  # its own queue, apart from other tests
+        "postgres": {"dsn": postgres_server.dsn},
+        "falkordb": {"host": falkordb_server.host, "port": str(falkordb_server.port),
+                     "password": falkordb_server.password},
+    }
+    role_id, _ = seed_fleet(openbao_server.addr, openbao_server.root_token, ["collectors"], secrets,
+                            {"collectors": sorted(secrets)})["collectors"]
+    migrate(postgres_server.dsn)
+    feed = f"/beat/{uuid.uuid4().hex[:6]}.rss"
+    url = http_fixture.serve(feed, (REPO / "services/collectors/tests/data/feed.rss").read_bytes(),
+                             "application/rss+xml")
+    env = {
+        **os.environ, "BEV_DATA_DIR": str(tmp_path), "BEV_VAULT__ADDR": openbao_server.addr,
+        "BEV_VAULT__ROLE_ID": role_id, "BEV_COLLECTORS__CELERY__POOL": "solo",
+        "BEV_COLLECTORS__FETCH__ALLOW_RANGES": '["127.0.0.0/8"]', "BEV_COLLECTORS__FETCH__TOR_SOCKS_URL": "",
+        "BEV_COLLECTORS__GRAPH__NAME": f"beat-{uuid.uuid4().hex[:8]}",
+        "BEV_COLLECTORS__FEEDS": f'[{{"name": "cert-example", "url": "{url}", "interval_s": 2}}]',
+    }
+    env.pop("BEV_VAULT__TOKEN", None)
+    with psycopg.connect(postgres_server.dsn) as conn:
+        before = conn.execute("select count(*) from collectors.task_runs").fetchone()
+    processes = []
+    try:
+        for module in ("services.collectors.worker", "services.collectors.beat"):
+            secret_id = new_secret_id(openbao_server.addr, openbao_server.root_token, "collectors")
+            with (tmp_path / f"{module}.log").open("wb") as out:
+                processes.append(subprocess.Popen(
+                    [sys.executable, "-m", module], cwd=REPO, env={**env, "BEV_VAULT__SECRET_ID": secret_id},
+                    stdout=out, stderr=subprocess.STDOUT, start_new_session=True))
+        _wait(lambda: len(http_fixture.peers(feed)) >= 2, 60, "two polls of the feed")
+    finally:
+        for process in processes:
+            os.killpg(process.pid, signal.SIGTERM)
+        for process in processes:
+            process.wait(20)
+    with psycopg.connect(postgres_server.dsn) as conn:
+        after = conn.execute("select count(*) from collectors.task_runs").fetchone()
+    assert before is not None and after is not None and after[0] - before[0] >= 1  # a completed run per interval
+    assert (tmp_path / "run" / "collectors-beat.alive").exists()
