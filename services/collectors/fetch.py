@@ -79,13 +79,19 @@ class FetchResult:
     via_tor: bool
 
 
+def _canonical_address(text: str) -> IPAddress | None:
+    try:
+        return ipaddress.ip_address(text)
+    except ValueError:  # not a canonical literal; the caller tries the C library's spellings
+        return None
+
+
 def parse_numeric_host(host: str) -> IPAddress | None:
     """A literal address in any spelling the C library accepts, or None for a name."""
     bare = host.strip("[]")
-    try:
-        return ipaddress.ip_address(bare.split("%")[0])
-    except ValueError:
-        pass
+    canonical = _canonical_address(bare.split("%")[0])
+    if canonical is not None:
+        return canonical
     if all(part and (part.isdigit() or part.lower().startswith("0x")) for part in bare.split(".")):
         try:
             return ipaddress.IPv4Address(socket.inet_aton(bare))

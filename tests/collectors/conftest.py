@@ -3,24 +3,19 @@ the gateway's HTTP API on a free port in front of it."""
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-import nats
 import pytest_asyncio
-import uvicorn
 
 from bev.collectors.v1.collectors_rpc import CollectorsClient
-from bev.engines import FalkorDB, NatsServer, Postgres, free_port
+from bev.engines import FalkorDB, NatsServer, Postgres
 from bev.rpc import InstanceInfo
-from bev.rpc.nats_transport import NatsRpcServer
 from bev.testing.collector_fixtures import DnsFixture
+from bev.testing.serving import gateway_on_free_port, serving_on_nats
 from services.collectors.servicer import Collectors, open_collection
 from services.collectors.settings import CollectorsConfig, FetchConfig
-from services.gateway.api import create_app
-from services.gateway.settings import GatewayConfig
 
 
 @dataclass
@@ -44,25 +39,7 @@ async def collectors_stack(nats_server: NatsServer, postgres_server: Postgres, f
     }
     collection = await open_collection(config, lambda name: secrets[name])
     servicer = Collectors(InstanceInfo(service="collectors"), config, collection)
-    server_nc = await nats.connect(nats_server.url)
-    client_nc = await nats.connect(nats_server.url)
-    on_nats = NatsRpcServer(server_nc, servicer, max_request_bytes=4 * 1024 * 1024, default_timeout_s=30,
-                            max_concurrency=16, instance=servicer.info.instance)
-    await on_nats.start()
-    port = free_port()
-    gateway = uvicorn.Server(uvicorn.Config(create_app(client_nc, GatewayConfig(rpc_timeout_s=30)),
-                                            host="127.0.0.1", port=port, log_level="warning", lifespan="off"))
-    serving = asyncio.create_task(gateway.serve())
-    while not gateway.started:
-        if serving.done():
-            serving.result()
-        await asyncio.sleep(0.02)
-    yield CollectorsStack(servicer, CollectorsClient.over_nats(client_nc, timeout_s=30), f"http://127.0.0.1:{port}")
-    gateway.should_exit = True
-    await serving
-    await on_nats.stop()
-    graph = collection.graph
-    await graph.delete_graph()  # type: ignore[attr-defined]
-    await servicer.close()
-    await client_nc.close()
-    await server_nc.close()
+    async with serving_on_nats(servicer, nats_server.url, default_timeout_s=30, max_concurrency=16) as nc, \
+            gateway_on_free_port(nc, rpc_timeout_s=30) as gateway:
+        yield CollectorsStack(servicer, CollectorsClient.over_nats(nc, timeout_s=30), gateway)
+        await collection.graph.delete_graph()  # type: ignore[attr-defined]

@@ -18,10 +18,10 @@ from nats.aio.client import Client as NatsClient
 from bev.engines import NatsServer
 from bev.rpc import InstanceInfo
 from bev.rpc.grpc_transport import GrpcRpcServer
-from bev.rpc.nats_transport import NatsRpcServer
 from bev.telemetry import ensure_tracer_provider
 from bev.testing import collector_fixtures, embeddings_fixtures, engine_fixtures, reasoning_fixtures
 from bev.testing.echo import Echo
+from bev.testing.serving import serving_on_nats
 
 ECHO_MAX_REQUEST_BYTES = 1024 * 1024
 
@@ -58,18 +58,11 @@ class EchoEndpoints:
 @pytest_asyncio.fixture(scope="session", loop_scope="session")
 async def echo_service(nats_server: NatsServer) -> AsyncIterator[EchoEndpoints]:
     """The Echo servicer served over NATS (own connection, as a separate process would) and gRPC."""
-    server_nc = await nats.connect(nats_server.url)
-    client_nc = await nats.connect(nats_server.url)
-    info = InstanceInfo(service="echo")
-    servicer = Echo(info)
-    on_nats = NatsRpcServer(server_nc, servicer, max_request_bytes=ECHO_MAX_REQUEST_BYTES, default_timeout_s=10,
-                            max_concurrency=64, instance=info.instance)
+    servicer = Echo(InstanceInfo(service="echo"))
     on_grpc = GrpcRpcServer(servicer, host="127.0.0.1", port=0, max_request_bytes=ECHO_MAX_REQUEST_BYTES,
                             default_timeout_s=10)
-    await on_nats.start()
     port = await on_grpc.start()
-    yield EchoEndpoints(client_nc, f"127.0.0.1:{port}", servicer, info.instance)
-    await on_nats.stop()
+    async with serving_on_nats(servicer, nats_server.url, default_timeout_s=10,
+                               max_request_bytes=ECHO_MAX_REQUEST_BYTES) as nc:
+        yield EchoEndpoints(nc, f"127.0.0.1:{port}", servicer, servicer.info.instance)
     await on_grpc.stop(1)
-    await client_nc.close()
-    await server_nc.close()

@@ -14,7 +14,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
-import nats
 import numpy as np
 import pytest
 import pytest_asyncio
@@ -24,7 +23,7 @@ from bev.embeddings.v1 import embeddings_pb2
 from bev.embeddings.v1.embeddings_rpc import EmbeddingsClient
 from bev.engines import NatsServer
 from bev.rpc import CallContext, InstanceInfo, RpcError, StatusCode
-from bev.rpc.nats_transport import NatsRpcServer
+from bev.testing.serving import serving_on_nats
 from services.embeddings.corpus import Corpus, open_pool
 from services.embeddings.model import SentenceEmbedder
 from services.embeddings.registry import ModelRegistry
@@ -60,19 +59,11 @@ async def service(
                     chunk_overlap=config.chunk_overlap, max_document_bytes=config.max_document_bytes)
     await corpus.prepare()
     servicer = Embeddings(InstanceInfo(service="embeddings"), config, models, corpus)
-    server_nc = await nats.connect(nats_server.url)
-    client_nc = await nats.connect(nats_server.url)
-    server = NatsRpcServer(server_nc, servicer, max_request_bytes=4 * 1024 * 1024, default_timeout_s=30,
-                           max_concurrency=256, instance=servicer.info.instance)
-    await server.start()
-    app = create_app(client_nc, GatewayConfig())
-    http = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gateway", timeout=60)
-    yield Service(EmbeddingsClient.over_nats(client_nc, timeout_s=60), http, servicer, nats_server.url)
-    await http.aclose()
-    await server.stop()
-    await servicer.close()
-    await server_nc.close()
-    await client_nc.close()
+    async with serving_on_nats(servicer, nats_server.url, default_timeout_s=30, max_concurrency=256) as nc:
+        app = create_app(nc, GatewayConfig())
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gateway",
+                                     timeout=60) as http:
+            yield Service(EmbeddingsClient.over_nats(nc, timeout_s=60), http, servicer, nats_server.url)
 
 
 def _doc(content: bytes, **fields: object) -> embeddings_pb2.DocumentInput:

@@ -57,11 +57,12 @@ def router(clients: Clients) -> APIRouter:
         texts = [body.input] if isinstance(body.input, str) else body.input
         if not texts:
             raise HTTPException(400, "input is empty")
-        if not all(isinstance(t, str) for t in texts):
+        strings = [t for t in texts if isinstance(t, str)]
+        if len(strings) != len(texts):
             raise HTTPException(400, "token-id input is not supported; send text")
-        if len(texts) > MAX_OPENAI_INPUTS:
-            raise HTTPException(400, f"{len(texts)} inputs; at most {MAX_OPENAI_INPUTS} per request")
-        reply = await clients.embeddings.Embed(embeddings_pb2.EmbedRequest(texts=texts, model=body.model))
+        if len(strings) > MAX_OPENAI_INPUTS:
+            raise HTTPException(400, f"{len(strings)} inputs; at most {MAX_OPENAI_INPUTS} per request")
+        reply = await clients.embeddings.Embed(embeddings_pb2.EmbedRequest(texts=strings, model=body.model))
         if body.dimensions is not None and body.dimensions != reply.dimensions:
             raise HTTPException(400, f"model {reply.model} returns {reply.dimensions} dimensions; "
                                      f"dimensions={body.dimensions} is not supported")

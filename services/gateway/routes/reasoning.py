@@ -33,7 +33,7 @@ class AnalyzeBody(BaseModel):
     max_hypotheses: int = Field(default=0, ge=0, le=8)
 
 
-def _tier(name: str) -> int:
+def _tier(name: str) -> reasoning_pb2.Tier.ValueType:
     return enum_value(reasoning_pb2.Tier, "TIER_", name, "tier") if name else reasoning_pb2.TIER_UNSPECIFIED
 
 
