@@ -91,7 +91,7 @@ class Child:
     spec: ServiceSpec
     env: dict[str, str]
     log_path: Path
-    module: str = ""  # what `python -m` runs; "" = services.<spec.name>
+    module: str  # what `python -m` runs: services.<name>, or one of its workers
     process: asyncio.subprocess.Process | None = None
     started: float = 0.0
     restarts: int = 0
@@ -205,7 +205,7 @@ class Supervisor:
         child.log_path.parent.mkdir(parents=True, exist_ok=True)
         with child.log_path.open("ab") as out:
             child.process = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", child.module or f"services.{child.spec.name}",
+                sys.executable, "-m", child.module,
                 stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=asyncio.subprocess.STDOUT,
                 env=child.env, cwd=str(_repo_root()), start_new_session=True,
             )
@@ -220,7 +220,8 @@ class Supervisor:
         )
         for spec in self.plan.services:
             role_id, secret_id = creds[spec.name]
-            child = Child(spec, self._service_env(spec, role_id, secret_id), self.log_dir / f"{spec.name}.log")
+            child = Child(spec, self._service_env(spec, role_id, secret_id), self.log_dir / f"{spec.name}.log",
+                          module=f"services.{spec.name}")
             self.children[spec.name] = child
             await self._spawn(child)
         for spec, worker in self.plan.workers:
@@ -243,10 +244,10 @@ class Supervisor:
         delay = min(MAX_BACKOFF_S, 2.0 ** child.restarts)
         child.restarts += 1
         tail = _tail(child.log_path)
-        log.error("service exited; restarting", service=child.module or child.spec.name, code=code, ran_s=round(ran, 1),
+        log.error("service exited; restarting", process=child.module, code=code, ran_s=round(ran, 1),
                   restart_in_s=delay, last_log=tail)
         await self._event("fleet.service_exited", {"service": child.spec.name,
-                                                    "process": child.module or f"services.{child.spec.name}", "code": code,
+                                                    "process": child.module, "code": code,
                                                     "restart_in_s": delay, "restarts": child.restarts, "last_log": tail})
         await asyncio.sleep(delay)
         if self.stopping:
