@@ -37,7 +37,7 @@ def test_bad_setting_is_one_line_and_exit_2() -> None:
 
 def test_nats_unreachable_is_one_line_and_exit_1(openbao_server: OpenBao) -> None:
     creds = seed_fleet(openbao_server.addr, openbao_server.root_token, ["avatar"],
-                       {"nats": {"user": "bev", "password": "x"}}, {"avatar": ["nats"]})
+                       {"nats/avatar": {"user": "bev-avatar", "password": "x"}}, {"avatar": ["nats/avatar"]})
     role_id, secret_id = creds["avatar"]
     port = free_port()
     started = time.monotonic()

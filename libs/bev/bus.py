@@ -1,4 +1,8 @@
-"""The NATS connection every process shares: fail fast at start with one line, reconnect forever after."""
+"""The NATS connection every process shares: fail fast at start with one line, reconnect forever after.
+
+Also who may use which subjects: each service connects as its own NATS user (credentials from
+Vault, secret `nats/<service>`) whose permissions `nats_permissions` derives from CALLS below.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +15,39 @@ from bev.settings import NatsSettings
 from bev.telemetry import get_logger
 
 log = get_logger(__name__)
+
+
+SERVICES = ("gateway", "reasoning", "embeddings", "swarm", "collectors", "avatar", "monitoring")
+
+# The services each service calls over the bus; its NATS user may publish requests to nothing else.
+CALLS: dict[str, tuple[str, ...]] = {
+    "gateway": ("reasoning", "embeddings", "swarm", "collectors", "avatar", "monitoring"),
+    "monitoring": SERVICES,  # asks every instance for its Health
+    "swarm": ("reasoning", "embeddings", "collectors"),
+    "collectors": ("embeddings",),  # hands fetched documents to the corpus
+    "reasoning": (),
+    "embeddings": (),
+    "avatar": (),
+}
+
+
+def inbox_prefix(connection_name: str) -> str:
+    """Replies to a connection arrive under its own prefix, so its user may subscribe to those alone."""
+    return f"_INBOX.{connection_name}"
+
+
+def nats_permissions(service: str) -> dict[str, dict[str, list[str]]]:
+    """NATS publish/subscribe allow-lists for a service's user (server config `permissions`)."""
+    me = f"bev-{service}"
+    publish = ["_INBOX.>", *(f"bev.{callee}.v1.>" for callee in CALLS[service])]
+    if service == "monitoring":
+        publish.append("$SRV.>")  # discovery: $SRV.PING/INFO/STATS to every instance
+    subscribe = [
+        f"bev.{service}.v1.>",  # its methods, queue group and instance-addressed
+        "$SRV.PING", "$SRV.INFO", "$SRV.STATS", f"$SRV.*.{me}", f"$SRV.*.{me}.>",  # micro discovery
+        f"{inbox_prefix(me)}.>",  # replies to its own requests, and stream cancellations
+    ]
+    return {"publish": {"allow": publish}, "subscribe": {"allow": subscribe}}
 
 
 class BusUnavailable(Exception):
@@ -47,6 +84,7 @@ async def connect_nats(settings: NatsSettings, name: str, user: str = "", passwo
                 max_reconnect_attempts=-1,
                 reconnect_time_wait=1,
                 connect_timeout=2,
+                inbox_prefix=inbox_prefix(name),
             ),
             timeout=settings.connect_timeout_s,
         )

@@ -201,7 +201,7 @@ def _nats(f: _NodeFile, engine: EngineSpec) -> dict[str, Any]:
         "    verify: true\n"
         "  }\n"
         "}\n"
-        "# One user per service with subject permissions; written by the operator from Vault.\n"
+        "# One user per service with subject permissions: `bev deploy nats-auth secrets/nats-auth.conf`.\n"
         "include ./auth.conf\n"
     )
     f.sidecars["nats-exporter"] = {

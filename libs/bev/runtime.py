@@ -75,7 +75,7 @@ async def _serve(name: str, settings: S, build: Build[S]) -> None:
 
     secrets = VaultSecrets(settings.vault, name)
     await asyncio.to_thread(secrets.login)
-    nats_creds = await asyncio.to_thread(secrets.read, "nats")
+    nats_creds = await asyncio.to_thread(secrets.read, f"nats/{name}")  # this service's own NATS user
     nc = await connect_nats(settings.nats, f"bev-{name}", nats_creds.get("user", ""), nats_creds.get("password", ""))
     info = InstanceInfo(service=name, node=settings.node, version=__version__)
     servicer = await build(ServiceRuntime(settings, info, nc, secrets))

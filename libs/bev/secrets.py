@@ -36,13 +36,13 @@ SECRET_PREFIX = "bev"
 
 # Which secrets each fleet service reads; the embedded fleet seeds its policies from this.
 SERVICE_SECRETS: dict[str, list[str]] = {
-    "gateway": ["nats", "redis", "jwt"],
-    "reasoning": ["nats"],
-    "embeddings": ["nats", "postgres"],
-    "swarm": ["nats", "redis"],
-    "collectors": ["nats", "postgres", "redis", "falkordb"],
-    "avatar": ["nats"],
-    "monitoring": ["nats", "redis"],
+    "gateway": ["nats/gateway", "redis", "jwt"],
+    "reasoning": ["nats/reasoning"],
+    "embeddings": ["nats/embeddings", "postgres"],
+    "swarm": ["nats/swarm", "redis"],
+    "collectors": ["nats/collectors", "postgres", "redis", "falkordb"],
+    "avatar": ["nats/avatar"],
+    "monitoring": ["nats/monitoring", "redis"],
 }
 
 # Never renew more often than this, even for very short TTLs.

@@ -23,11 +23,12 @@ from typing import Any
 
 from nats.aio.client import Client as NatsClient
 
-from bev.bus import connect_nats
+from bev.bus import connect_nats, nats_permissions
 from bev.engines import (
     Engine,
     FalkorDB,
     NatsServer,
+    NatsUser,
     OpenBao,
     Postgres,
     Redis,
@@ -109,8 +110,9 @@ class Supervisor:
         self.workers: dict[str, Child] = {}  # "<service>-<worker>" -> process
         self.nc: NatsClient | None = None
         self.stopping = False
-        self._nats_user = "bev"
+        self._nats_user = "bev"  # the supervisor's and operator's user: not limited
         self._nats_password = secrets.token_urlsafe(24)
+        self._service_nats_passwords: dict[str, str] = {}
 
     # --- engines -------------------------------------------------------------------------------
 
@@ -121,7 +123,7 @@ class Supervisor:
                 return OpenBao(d / "openbao", port)
             case "nats":
                 return NatsServer(d / "nats", port, user=self._nats_user, password=self._nats_password,
-                                  monitor_port=self.plan.nats_monitor_port)
+                                  monitor_port=self.plan.nats_monitor_port, users=self._service_nats_users())
             case "postgres":
                 return Postgres(d / "postgres", port)
             case "redis":
@@ -129,6 +131,14 @@ class Supervisor:
             case "falkordb":
                 return FalkorDB(d / "falkordb", port, password=self._stable_secret("falkordb"))
         raise FleetStartError(f"no embedded engine for {name!r}")
+
+    def _service_nats_users(self) -> list[NatsUser]:
+        """One NATS user per planned service, limited to its subjects; passwords new at each start."""
+        return [
+            NatsUser(f"bev-{spec.name}", self._service_nats_passwords.setdefault(spec.name, secrets.token_urlsafe(24)),
+                     nats_permissions(spec.name))
+            for spec in self.plan.services
+        ]
 
     @property
     def vault(self) -> OpenBao:
@@ -156,8 +166,9 @@ class Supervisor:
     def _fleet_secrets(self) -> dict[str, dict[str, str]]:
         out: dict[str, dict[str, str]] = {
             "jwt": {"signing_key": self._stable_secret("jwt")},
-            "nats": {"user": self._nats_user, "password": self._nats_password},
         }
+        for service, password in self._service_nats_passwords.items():
+            out[f"nats/{service}"] = {"user": f"bev-{service}", "password": password}
         for engine in self.engines.values():
             if isinstance(engine, Postgres):
                 out["postgres"] = {"dsn": engine.dsn}

@@ -14,8 +14,8 @@ def test_postgres_unreachable_is_one_line_and_exit_1(openbao_server: OpenBao, na
     port = free_port()
     dsn = f"postgresql://bev:s3cret-pw@127.0.0.1:{port}/bev"
     creds = seed_fleet(openbao_server.addr, openbao_server.root_token, ["embeddings"],
-                       {"nats": {"user": "", "password": ""}, "postgres": {"dsn": dsn}},
-                       {"embeddings": ["nats", "postgres"]})
+                       {"nats/embeddings": {"user": "", "password": ""}, "postgres": {"dsn": dsn}},
+                       {"embeddings": ["nats/embeddings", "postgres"]})
     role_id, secret_id = creds["embeddings"]
     result = subprocess.run(
         [sys.executable, "-m", "services.embeddings"], capture_output=True, text=True, timeout=120,

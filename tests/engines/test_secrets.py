@@ -15,7 +15,8 @@ from bev.settings import VaultSettings
 SECRETS = {
     "postgres": {"dsn": "postgresql://bev:pg-pw@127.0.0.1:5432/bev"},
     "redis": {"url": "redis://:redis-pw@127.0.0.1:6379/0"},
-    "nats": {"user": "fleet", "password": "nats-pw"},
+    "nats/embeddings": {"user": "bev-embeddings", "password": "nats-pw-e"},
+    "nats/gateway": {"user": "bev-gateway", "password": "nats-pw-g"},
     "jwt": {"signing_key": "jwt-key"},
 }
 SERVICES = ["embeddings", "gateway"]
@@ -45,8 +46,8 @@ def test_service_secrets_table() -> None:
         "avatar",
         "monitoring",
     }
-    assert all("nats" in names for names in SERVICE_SECRETS.values())
-    assert set(SERVICE_SECRETS["collectors"]) == {"nats", "postgres", "redis", "falkordb"}
+    assert all(f"nats/{service}" in names for service, names in SERVICE_SECRETS.items())  # its own NATS user
+    assert set(SERVICE_SECRETS["collectors"]) == {"nats/collectors", "postgres", "redis", "falkordb"}
 
 
 def test_each_service_reads_its_own_secrets(
@@ -55,7 +56,7 @@ def test_each_service_reads_its_own_secrets(
     embeddings = _session(openbao_server, seeded, "embeddings")
     embeddings.login()
     assert embeddings.read("postgres") == SECRETS["postgres"]
-    assert embeddings.read("nats") == SECRETS["nats"]
+    assert embeddings.read("nats/embeddings") == SECRETS["nats/embeddings"]
 
     gateway = _session(openbao_server, seeded, "gateway")
     gateway.login()
@@ -85,10 +86,12 @@ def test_reading_a_secret_not_granted_fails(
         embeddings.read("jwt")
     message = str(raised.value)
     assert message == "Vault read of 'secret/bev/jwt' for service 'embeddings' failed: permission denied"
+    with pytest.raises(SecretsUnavailable, match="permission denied"):
+        embeddings.read("nats/gateway")  # another service's NATS user
 
 
 def test_read_logs_in_on_first_use(openbao_server: OpenBao, seeded: dict[str, tuple[str, str]]) -> None:
-    assert _session(openbao_server, seeded, "gateway").read("nats") == SECRETS["nats"]
+    assert _session(openbao_server, seeded, "gateway").read("nats/gateway") == SECRETS["nats/gateway"]
 
 
 def test_seeding_again_is_idempotent(openbao_server: OpenBao, seeded: dict[str, tuple[str, str]]) -> None:

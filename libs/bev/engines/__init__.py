@@ -12,7 +12,7 @@ and stdout into `log_path`, and polls `healthy()`.
 """
 
 from bev.engines._base import Engine, EngineStartError, free_port
-from bev.engines.nats_server import NatsServer
+from bev.engines.nats_server import NatsServer, NatsUser
 from bev.engines.openbao import OpenBao
 from bev.engines.postgres import Postgres
 from bev.engines.redis_server import FalkorDB, Redis
@@ -23,6 +23,7 @@ __all__ = [
     "EngineStartError",
     "FalkorDB",
     "NatsServer",
+    "NatsUser",
     "OpenBao",
     "Postgres",
     "Redis",

