@@ -46,3 +46,12 @@ def test_prod_refuses_placeholders(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("BEV_VAULT__ADDR", "http://vault:8200")
     with pytest.raises(ValidationError, match="https"):
         BevSettings()
+
+
+def test_grpc_tls_needs_all_three_files(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("BEV_RPC__GRPC_TLS_CERT", str(tmp_path / "svc.crt"))
+    with pytest.raises(ValidationError, match="grpc_tls_cert, grpc_tls_key and grpc_tls_ca"):
+        BevSettings()
+    monkeypatch.setenv("BEV_RPC__GRPC_TLS_KEY", str(tmp_path / "svc.key"))
+    monkeypatch.setenv("BEV_RPC__GRPC_TLS_CA", str(tmp_path / "ca.crt"))
+    assert BevSettings().rpc.grpc_tls == (tmp_path / "svc.crt", tmp_path / "svc.key", tmp_path / "ca.crt")

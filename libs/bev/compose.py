@@ -38,6 +38,7 @@ SECRETS_DIR = "secrets"
 TLS_DIR = "tls"
 # Inside service containers: the fleet CA that signed Vault's certificate.
 CA_CERT_IN_CONTAINER = "/run/bev/tls/ca.crt"
+GRPC_TLS_IN_CONTAINER = "/run/bev/tls/grpc"  # <service>.crt/.key from the operator (Vault PKI)
 
 # NATS ports that are not client ports (the manifest's nats.port): cluster routes, monitoring.
 NATS_CLUSTER_PORT = 6222
@@ -518,10 +519,17 @@ def _render_service(f: _NodeFile, service: ServiceSpec) -> None:
             "stop_grace_period": "30s",
             # BEV_VAULT__ROLE_ID and BEV_VAULT__SECRET_ID: written by the operator, never committed.
             "env_file": [{"path": f"{SECRETS_DIR}/{service.name}.env", "required": True}],
-            "environment": _service_env(f, service),
+            # gRPC is reachable from other programs over the mesh: mTLS with the fleet's CA.
+            "environment": {
+                **_service_env(f, service),
+                "BEV_RPC__GRPC_TLS_CERT": f"{GRPC_TLS_IN_CONTAINER}/{service.name}.crt",
+                "BEV_RPC__GRPC_TLS_KEY": f"{GRPC_TLS_IN_CONTAINER}/{service.name}.key",
+                "BEV_RPC__GRPC_TLS_CA": CA_CERT_IN_CONTAINER,
+            },
             "volumes": [
                 f.volume(f"{service.name}-data", "/data"),
                 _bind(f"./{TLS_DIR}/ca.crt", CA_CERT_IN_CONTAINER),
+                _bind(f"./{TLS_DIR}/{service.name}", GRPC_TLS_IN_CONTAINER),
             ],
             "ports": ports,
         }

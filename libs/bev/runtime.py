@@ -19,7 +19,7 @@ from pydantic import ValidationError
 
 from bev import __version__
 from bev.bus import BusUnavailable, connect_nats
-from bev.rpc.grpc_transport import GrpcRpcServer
+from bev.rpc.grpc_transport import GrpcRpcServer, TlsFiles
 from bev.rpc.nats_transport import NatsRpcServer
 from bev.rpc.servicer import InstanceInfo, Servicer
 from bev.secrets import SecretsUnavailable, VaultSecrets
@@ -86,8 +86,12 @@ async def _serve(name: str, settings: S, build: Build[S]) -> None:
         port=rpc.grpc_port,
         max_request_bytes=rpc.max_request_bytes,
         default_timeout_s=rpc.default_timeout_s,
+        tls=TlsFiles(*rpc.grpc_tls) if rpc.grpc_tls else None,
     )
-    grpc_port = await grpc_server.start()
+    try:
+        grpc_port = await grpc_server.start()
+    except OSError as exc:  # unreadable certificate files
+        raise StartupError(f"gRPC TLS files: {exc}") from None
     metrics_port = start_metrics_server(settings.telemetry.metrics_host, settings.telemetry.metrics_port)
     nats_server = NatsRpcServer(
         nc,

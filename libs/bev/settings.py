@@ -45,6 +45,24 @@ class RpcSettings(BaseModel):
     max_concurrency: int = 64
     grpc_host: str = "127.0.0.1"
     grpc_port: int = 0  # 0 = pick a free port; the port is published in $SRV metadata
+    # mTLS for gRPC (production): PEM files of this service's certificate and key, and the CA that
+    # signs the clients allowed in. All three, or none (plaintext on the node's own address).
+    grpc_tls_cert: Path | None = None
+    grpc_tls_key: Path | None = None
+    grpc_tls_ca: Path | None = None
+
+    @model_validator(mode="after")
+    def _all_or_no_tls_files(self) -> RpcSettings:
+        given = [f is not None for f in (self.grpc_tls_cert, self.grpc_tls_key, self.grpc_tls_ca)]
+        if any(given) and not all(given):
+            raise ValueError("set all of grpc_tls_cert, grpc_tls_key and grpc_tls_ca, or none")
+        return self
+
+    @property
+    def grpc_tls(self) -> tuple[Path, Path, Path] | None:
+        if self.grpc_tls_cert and self.grpc_tls_key and self.grpc_tls_ca:
+            return self.grpc_tls_cert, self.grpc_tls_key, self.grpc_tls_ca
+        return None
 
 
 class TelemetrySettings(BaseModel):

@@ -24,6 +24,7 @@ import yaml
 
 from bev.compose import (
     GENERATED,
+    GRPC_TLS_IN_CONTAINER,
     NATS_CLUSTER_PORT,
     main,
     render_node,
@@ -246,10 +247,11 @@ def test_no_literal_secrets(manifest: Manifest) -> None:
         for name, service in doc["services"].items():
             for key, value in service.get("environment", {}).items():
                 if SECRET_WORDS.search(key):
-                    # Only pointers to mounted secret files, never the secret itself.
-                    assert key.endswith("_FILE") and value.startswith("/run/secrets/"), (
-                        f"{node}/{name}: {key}"
-                    )
+                    # Only pointers to mounted secret files (Docker secrets, or the TLS folder the
+                    # operator fills from Vault's PKI), never the secret itself.
+                    pointer = (key.endswith("_FILE") and value.startswith("/run/secrets/")) or (
+                        key.startswith("BEV_RPC__GRPC_TLS_") and value.startswith(f"{GRPC_TLS_IN_CONTAINER}/"))
+                    assert pointer, f"{node}/{name}: {key}"
                 assert not re.search(r"://[^/@\s]+@", str(value)), f"{node}/{name}: credentials in {key}"
             for env_file in service.get("env_file", []):
                 assert env_file["path"].startswith("secrets/"), f"{node}/{name}"
@@ -431,3 +433,14 @@ def test_dockerfile_passes_hadolint() -> None:
         [hadolint, "--no-color", str(dockerfile)], capture_output=True, text=True, timeout=60, check=False
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_grpc_uses_mtls_in_production(manifest: Manifest) -> None:
+    for node in manifest.nodes:
+        services = compose_doc(manifest, node)["services"]
+        for spec in manifest.services_on(node):
+            env = services[spec.name]["environment"]
+            assert env["BEV_RPC__GRPC_TLS_CERT"] == f"{GRPC_TLS_IN_CONTAINER}/{spec.name}.crt"
+            assert env["BEV_RPC__GRPC_TLS_KEY"] == f"{GRPC_TLS_IN_CONTAINER}/{spec.name}.key"
+            assert any(v.get("target") == GRPC_TLS_IN_CONTAINER for v in services[spec.name]["volumes"]
+                       if isinstance(v, dict)), f"{node}/{spec.name}: TLS folder not mounted"

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Mapping
 from typing import ClassVar, Protocol, Self, TypeVar
 
+import grpc
 from google.protobuf.message import DecodeError, Message
 from nats.aio.client import Client as NatsClient
 from opentelemetry import trace
@@ -44,8 +45,11 @@ class Client:
         return cls(NatsTransport(nc), timeout_s=timeout_s)
 
     @classmethod
-    def over_grpc(cls, address: str, *, timeout_s: float = 30.0) -> Self:
-        return cls(GrpcTransport(address), timeout_s=timeout_s)
+    def over_grpc(
+        cls, address: str, *, timeout_s: float = 30.0, credentials: grpc.ChannelCredentials | None = None
+    ) -> Self:
+        """`credentials`: grpc.ssl_channel_credentials(...) for a server that requires mTLS."""
+        return cls(GrpcTransport(address, credentials=credentials), timeout_s=timeout_s)
 
     async def close(self) -> None:
         await self.transport.close()
