@@ -65,8 +65,15 @@ def create_app(settings: Settings, read_secret: Callable[[str], Mapping[str, str
         accept_content=["json"],
         result_expires=config.celery.result_expires_s,
         broker_connection_retry_on_startup=True,
-        # How long an unacknowledged task (its worker died) waits before Redis hands it out again.
-        broker_transport_options={"visibility_timeout": config.celery.visibility_timeout_s},
+        # How long an unacknowledged task (its worker died) waits before Redis hands it out again,
+        # and how often workers look for such tasks: kombu's default sweep is every 10 s x 10 polls
+        # (~100 s), which would hold a task long past a short visibility timeout. Sweep at a
+        # third of the timeout (1-10 s), on every poll.
+        broker_transport_options={
+            "visibility_timeout": config.celery.visibility_timeout_s,
+            "unacked_restore_interval": max(1, min(10, int(config.celery.visibility_timeout_s / 3))),
+            "unacked_restore_throttle": 1,
+        },
         worker_hijack_root_logger=False,
         beat_schedule={
             f"poll-{source.name}": {"task": POLL_TASK, "schedule": source.interval_s, "args": (source.name,)}
