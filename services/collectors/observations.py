@@ -1,9 +1,7 @@
 """Observations and their provenance in PostgreSQL (schema `collectors`, owned by this service).
 
-The schema is versioned with Alembic and applied at every start, the way the embeddings service
-does it (services/embeddings/schema.py): each migration in one transaction, under an advisory
-lock so replicas starting together take turns, with the version table in our own schema so the
-two services' migrations in one database never collide.
+The schema is versioned with Alembic and applied at every start through bev.migrations, like the
+embeddings service's corpus schema.
 """
 
 from __future__ import annotations
@@ -17,12 +15,11 @@ from pathlib import Path
 from psycopg.rows import tuple_row
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
+from bev import migrations
 from services.collectors.observables import BEV_NAMESPACE, TLP_LEVELS
 
 SCHEMA = "collectors"
-VERSION_TABLE = "alembic_version"
 MIGRATIONS = Path(__file__).parent / "migrations"
-_MIGRATION_LOCK = 0x62657663 + 1  # next to the embeddings service's key
 
 
 class ObservationStoreUnavailable(Exception):
@@ -31,38 +28,10 @@ class ObservationStoreUnavailable(Exception):
 
 def migrate(dsn: str) -> str:
     """Bring the collectors schema to the newest revision (idempotent, blocking); returns the revision."""
-    from alembic import command
-    from alembic.config import Config
-    from alembic.runtime.migration import MigrationContext
-    from sqlalchemy import create_engine, text
-    from sqlalchemy.exc import OperationalError
-    from sqlalchemy.pool import NullPool
-
-    config = Config()
-    config.set_main_option("script_location", str(MIGRATIONS))
-    engine = create_engine(sqlalchemy_url(dsn), poolclass=NullPool)
     try:
-        with engine.begin() as connection:
-            connection.execute(text("select pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK})
-            connection.execute(text(f"create schema if not exists {SCHEMA}"))
-            config.attributes["connection"] = connection
-            command.upgrade(config, "head")
-            context = MigrationContext.configure(
-                connection, opts={"version_table": VERSION_TABLE, "version_table_schema": SCHEMA})
-            revision = context.get_current_revision()
-    except OperationalError as exc:
-        raise ObservationStoreUnavailable(f"cannot reach PostgreSQL: {str(exc.orig).strip().splitlines()[0]}") from None
-    finally:
-        engine.dispose()
-    return revision or ""
-
-
-def sqlalchemy_url(dsn: str) -> str:
-    """postgresql://... (libpq form, as Vault hands it out) -> SQLAlchemy with the psycopg 3 driver."""
-    scheme, sep, rest = dsn.partition("://")
-    if not sep or scheme not in ("postgresql", "postgres"):
-        raise ValueError("the postgres secret's dsn must start with postgresql://")
-    return f"postgresql+psycopg://{rest}"
+        return migrations.migrate(dsn, SCHEMA, MIGRATIONS)
+    except migrations.DatabaseUnavailable as exc:
+        raise ObservationStoreUnavailable(str(exc)) from None
 
 
 def observation_id(collector: str, source: str, entity_id: str, investigation_id: str) -> str:

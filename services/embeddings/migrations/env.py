@@ -1,19 +1,5 @@
-"""Alembic environment for the corpus schema; run through services.embeddings.schema.migrate().
+"""Alembic environment: see bev.migrations (the connection, lock and schema come from migrate())."""
 
-The connection comes from Config.attributes (opened and locked by migrate()), so this file never
-reads URLs or ini files itself.
-"""
+from bev.migrations import run_in_alembic_env
 
-from alembic import context
-
-from services.embeddings.schema import SCHEMA, VERSION_TABLE
-
-connection = context.config.attributes["connection"]
-context.configure(
-    connection=connection,
-    version_table=VERSION_TABLE,
-    version_table_schema=SCHEMA,
-    transactional_ddl=True,
-)
-with context.begin_transaction():
-    context.run_migrations()
+run_in_alembic_env()
