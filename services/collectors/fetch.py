@@ -34,6 +34,7 @@ import httpx
 from httpx_socks import AsyncProxyTransport
 from python_socks import ProxyConnectionError, ProxyError, ProxyTimeoutError
 
+from services.collectors.contract import CollectorError, TargetRefused
 from services.collectors.ratelimit import SlotLimiter
 from services.collectors.settings import FetchConfig
 
@@ -55,11 +56,13 @@ _BLOCKED_NAMES = ("localhost", "localhost.localdomain", "ip6-localhost", "ip6-lo
 _BLOCKED_SUFFIXES = (".localhost", ".local", ".internal", ".localdomain", ".home.arpa")
 
 
-class FetchRefused(Exception):
+# A collector lets these through as they are: a refusal is its TargetRefused, a failure its
+# CollectorError, and their one-line messages already name the URL.
+class FetchRefused(TargetRefused):
     """The request was not made (or not finished) by policy; str() says which rule."""
 
 
-class FetchFailed(Exception):
+class FetchFailed(CollectorError):
     """The other side failed (unreachable, timeout, bad status); str() is one line."""
 
 

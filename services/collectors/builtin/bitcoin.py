@@ -14,8 +14,7 @@ from collections import deque
 from collections.abc import AsyncIterator
 from typing import Any
 
-from services.collectors.contract import CollectContext, CollectorError, Finding, InvalidTarget, TargetRefused
-from services.collectors.fetch import FetchFailed, FetchRefused
+from services.collectors.contract import CollectContext, CollectorError, Finding, InvalidTarget
 from services.collectors.indicators import is_valid_bitcoin_address
 from services.collectors.observables import Observable, Relation
 from services.collectors.settings import CollectorsConfig
@@ -45,10 +44,6 @@ class BitcoinCollector:
             result = await ctx.fetcher.get(url, investigation_id=ctx.investigation_id, opsec=ctx.opsec,
                                            accept=["application/json"], api=True)
             return json.loads(result.body)
-        except FetchRefused as exc:
-            raise TargetRefused(f"Esplora: {exc}") from None
-        except FetchFailed as exc:
-            raise CollectorError(f"Esplora: {exc}") from None
         except ValueError as exc:
             raise CollectorError(f"Esplora {url}: not JSON ({exc})") from None
 

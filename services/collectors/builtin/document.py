@@ -5,8 +5,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
-from services.collectors.contract import CollectContext, CollectorError, Document, Finding, TargetRefused
-from services.collectors.fetch import FetchFailed, FetchRefused
+from services.collectors.contract import CollectContext, Document, Finding
 from services.collectors.indicators import extract_indicators
 from services.collectors.observables import Observable, Relation, from_indicator
 from services.collectors.settings import CollectorsConfig
@@ -31,13 +30,8 @@ class DocumentCollector:
         self.config = config
 
     async def collect(self, target: Observable, ctx: CollectContext) -> AsyncIterator[Finding]:
-        try:
-            fetched = await ctx.fetcher.get(target.value, investigation_id=ctx.investigation_id, opsec=ctx.opsec,
-                                            accept=DOCUMENT_TYPES)
-        except FetchRefused as exc:
-            raise TargetRefused(str(exc)) from None
-        except FetchFailed as exc:
-            raise CollectorError(str(exc)) from None
+        fetched = await ctx.fetcher.get(target.value, investigation_id=ctx.investigation_id, opsec=ctx.opsec,
+                                        accept=DOCUMENT_TYPES)
         filename = fetched.url.rstrip("/").rsplit("/", 1)[-1]
         document = Document(fetched.body, fetched.content_type, fetched.url, filename)
         source = Observable("url", fetched.url, {"media_type": fetched.content_type})

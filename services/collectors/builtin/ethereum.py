@@ -10,8 +10,7 @@ import re
 from collections.abc import AsyncIterator
 from typing import Any
 
-from services.collectors.contract import CollectContext, CollectorError, Finding, InvalidTarget, TargetRefused
-from services.collectors.fetch import FetchFailed, FetchRefused
+from services.collectors.contract import CollectContext, CollectorError, Finding, InvalidTarget
 from services.collectors.observables import Observable
 from services.collectors.settings import CollectorsConfig
 
@@ -34,13 +33,8 @@ class EthereumCollector:
 
     async def _call(self, method: str, params: list[Any], ctx: CollectContext, call_id: int) -> str:
         payload = {"jsonrpc": "2.0", "id": call_id, "method": method, "params": params}
-        try:
-            answer = await ctx.fetcher.post_json(self.config.rpc_url, payload, investigation_id=ctx.investigation_id,
-                                                 opsec=ctx.opsec)
-        except FetchRefused as exc:
-            raise TargetRefused(f"Ethereum JSON-RPC: {exc}") from None
-        except FetchFailed as exc:
-            raise CollectorError(f"Ethereum JSON-RPC: {exc}") from None
+        answer = await ctx.fetcher.post_json(self.config.rpc_url, payload, investigation_id=ctx.investigation_id,
+                                             opsec=ctx.opsec)
         if not isinstance(answer, dict) or "error" in answer or "result" not in answer:
             error = answer.get("error") if isinstance(answer, dict) else answer
             raise CollectorError(f"Ethereum JSON-RPC {method}: {error}")

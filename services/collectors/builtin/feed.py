@@ -6,8 +6,7 @@ from collections.abc import AsyncIterator
 
 import feedparser
 
-from services.collectors.contract import CollectContext, CollectorError, Finding, TargetRefused
-from services.collectors.fetch import FetchFailed, FetchRefused
+from services.collectors.contract import CollectContext, CollectorError, Finding
 from services.collectors.indicators import extract_indicators
 from services.collectors.observables import Observable, Relation, from_indicator
 from services.collectors.settings import CollectorsConfig
@@ -31,13 +30,8 @@ class FeedCollector:
         self.config = config
 
     async def collect(self, target: Observable, ctx: CollectContext) -> AsyncIterator[Finding]:
-        try:
-            fetched = await ctx.fetcher.get(target.value, investigation_id=ctx.investigation_id, opsec=ctx.opsec,
-                                            accept=FEED_TYPES)
-        except FetchRefused as exc:
-            raise TargetRefused(str(exc)) from None
-        except FetchFailed as exc:
-            raise CollectorError(str(exc)) from None
+        fetched = await ctx.fetcher.get(target.value, investigation_id=ctx.investigation_id, opsec=ctx.opsec,
+                                        accept=FEED_TYPES)
         parsed = feedparser.parse(fetched.body)
         if parsed.bozo and not parsed.entries:
             raise CollectorError(f"{target.value}: not a readable feed ({parsed.bozo_exception})")

@@ -22,8 +22,7 @@ from urllib.parse import urlencode
 import stix2
 import stix2.exceptions
 
-from services.collectors.contract import CollectContext, CollectorError, Finding, TargetRefused
-from services.collectors.fetch import FetchFailed, FetchRefused
+from services.collectors.contract import CollectContext, CollectorError, Finding
 from services.collectors.observables import NAMED_SDO_TYPES, Observable, ObservableError, Relation
 from services.collectors.settings import CollectorsConfig
 
@@ -68,10 +67,6 @@ class TaxiiCollector:
                     headers={"accept": f"{TAXII_TYPE};version=2.1, application/stix+json;version=2.1, application/json"},
                     api=True)
                 envelope = json.loads(page.body)
-            except FetchRefused as exc:
-                raise TargetRefused(str(exc)) from None
-            except FetchFailed as exc:
-                raise CollectorError(str(exc)) from None
             except ValueError as exc:
                 raise CollectorError(f"{next_url}: not JSON ({exc})") from None
             if not isinstance(envelope, dict):

@@ -12,8 +12,7 @@ from urllib.parse import urldefrag, urljoin
 import lxml.html
 import trafilatura
 
-from services.collectors.contract import CollectContext, CollectorError, Document, Finding, TargetRefused
-from services.collectors.fetch import FetchFailed, FetchRefused
+from services.collectors.contract import CollectContext, Document, Finding
 from services.collectors.indicators import extract_indicators
 from services.collectors.observables import Observable, Relation, from_indicator
 from services.collectors.settings import CollectorsConfig
@@ -38,14 +37,8 @@ class WebCollector:
         self.config = config
 
     async def collect(self, target: Observable, ctx: CollectContext) -> AsyncIterator[Finding]:
-        try:
-            page = await ctx.fetcher.get(target.value, investigation_id=ctx.investigation_id,
-                                         opsec=ctx.opsec or self.needs_tor,
-                                         accept=[*HTML_TYPES, "text/plain"])
-        except FetchRefused as exc:
-            raise TargetRefused(str(exc)) from None
-        except FetchFailed as exc:
-            raise CollectorError(str(exc)) from None
+        page = await ctx.fetcher.get(target.value, investigation_id=ctx.investigation_id,
+                                     opsec=ctx.opsec or self.needs_tor, accept=[*HTML_TYPES, "text/plain"])
         html = page.body.decode("utf-8", "replace")
         if page.content_type in HTML_TYPES:
             text = trafilatura.extract(html, url=page.url, include_comments=False) or ""
