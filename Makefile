@@ -25,8 +25,8 @@ test: ## run the whole test suite against real engines
 test-fast: ## the suite without the slow end-to-end fleet test
 	$(PY) -m pytest -m "not slow"
 
-lint: ## ruff + mypy (strict for libs/)
-	$(VENV)/bin/ruff check libs services tests bench
+lint: ## ruff + mypy --strict over libs and services (CI runs it)
+	$(VENV)/bin/ruff check libs services tests bench conftest.py
 	$(VENV)/bin/mypy
 
 protos: ## regenerate typed stubs and RPC classes from protos/ into libs/

@@ -87,22 +87,12 @@ async def _serve(nats_url: str, dsn: str, conn: Connection) -> None:
     from bev.rpc import InstanceInfo
     from bev.rpc.nats_transport import NatsRpcServer
     from bev.telemetry import ensure_tracer_provider
-    from services.embeddings.corpus import Corpus, open_pool
-    from services.embeddings.registry import ModelRegistry
-    from services.embeddings.schema import migrate
-    from services.embeddings.servicer import Embeddings
+    from services.embeddings.servicer import EmbeddingsDeps, assemble
     from services.embeddings.settings import EmbeddingsConfig
-    from services.embeddings.vector_index import PgVectorIndex
 
     ensure_tracer_provider()
-    config = EmbeddingsConfig()
-    await asyncio.to_thread(migrate, dsn)
-    pool = await open_pool(dsn)
-    models = await asyncio.to_thread(ModelRegistry.load, config)
-    corpus = Corpus(pool, PgVectorIndex(pool), models.default, chunk_chars=config.chunk_chars,
-                    chunk_overlap=config.chunk_overlap, max_document_bytes=config.max_document_bytes)
-    await corpus.prepare()
-    servicer = Embeddings(InstanceInfo(service="embeddings"), config, models, corpus)
+    servicer = await assemble(InstanceInfo(service="embeddings"), EmbeddingsConfig(),
+                              EmbeddingsDeps(dsn, Path(tempfile.mkdtemp(prefix="bev-bench-embeddings-"))))
     nc = await nats.connect(nats_url)
     server = NatsRpcServer(nc, servicer, max_request_bytes=4 * 1024 * 1024, default_timeout_s=60,
                            max_concurrency=256, instance=servicer.info.instance)

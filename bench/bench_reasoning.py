@@ -80,12 +80,14 @@ def _gateway_process(nats_url: str, port: int) -> None:
     import nats
     import uvicorn
 
+    from bev.manifest import load_manifest
     from services.gateway.api import create_app
     from services.gateway.settings import GatewayConfig
 
     async def main() -> None:
         nc = await nats.connect(nats_url)
-        server = uvicorn.Server(uvicorn.Config(create_app(nc, GatewayConfig()), host="127.0.0.1", port=port,
+        app = create_app(nc, GatewayConfig(), load_manifest().callees("gateway"))
+        server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port,
                                                log_level="warning", lifespan="off"))
         await server.serve()
 
@@ -135,23 +137,24 @@ async def wait_http(url: str, timeout_s: float = 60) -> None:
 async def router_cost(iterations: int) -> dict[str, float]:
     """Microseconds per request spent in the router itself: candidates (tier, health, load, affinity)
     plus taking and releasing a slot, over a 6-backend table in three tiers."""
+    from bev.vocab import Tier
     from services.reasoning.backends import Backend
     from services.reasoning.router import Router
     from services.reasoning.settings import BackendConfig
 
     async with httpx.AsyncClient(trust_env=False) as http:
-        backends = [Backend(BackendConfig(name=f"b{i}", tier=("fast", "balanced", "powerful")[i % 3],
+        backends = [Backend(BackendConfig(name=f"b{i}", tier=Tier.ordered()[i % 3],
                                           url=f"http://127.0.0.1:{9000 + i}/v1", model="m"), http) for i in range(6)]
         for backend in backends:
             backend.mark_up()
-        router = Router(backends, "balanced")
+        router = Router(backends, Tier.BALANCED)
         for session in range(1000):
             router._remember(f"inv-{session}", backends[session % 6])
         samples = []
         for block in range(5):
             started = time.perf_counter()
             for i in range(iterations // 5):
-                plan = router.candidates("powerful", session_id=f"inv-{(i + block) % 1000}")
+                plan = router.candidates(Tier.POWERFUL, session_id=f"inv-{(i + block) % 1000}")
                 async with plan[0][0].slot():
                     pass
             samples.append((time.perf_counter() - started) / (iterations // 5) * 1e6)

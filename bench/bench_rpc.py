@@ -35,6 +35,10 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
+# The Echo servicer is test code (tests/rpc/echo.py), not shipped: make the checkout importable,
+# also in the spawned server processes, which inherit sys.path through multiprocessing.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 RAW_SUBJECT = "bench.raw.echo"
 RAW_QUEUE = "bench.raw"
 RAW_GRPC_SERVICE = "bench.raw.Echo"
@@ -80,7 +84,7 @@ async def _serve(kind: str, nats_url: str, max_concurrency: int, tracing: bool, 
         from bev.rpc.grpc_transport import GrpcRpcServer
         from bev.rpc.nats_transport import NatsRpcServer
         from bev.telemetry import ensure_tracer_provider
-        from bev.testing.echo import Echo
+        from tests.rpc.echo import Echo
 
         if tracing:
             ensure_tracer_provider()  # the fleet always has a TracerProvider: spans are real
@@ -230,7 +234,7 @@ async def run_client(
     from bev.echo.v1.echo_rpc import EchoClient
     from bev.rpc import CallContext, InstanceInfo
     from bev.telemetry import ensure_tracer_provider
-    from bev.testing.echo import Echo
+    from tests.rpc.echo import Echo
 
     if args.tracing:
         ensure_tracer_provider()

@@ -25,7 +25,8 @@ from bev.avatar.v1 import avatar_pb2
 from bev.collectors.v1 import collectors_pb2
 from bev.common.v1 import common_pb2
 from bev.embeddings.v1 import embeddings_pb2
-from bev.fleet import FLEET_SERVICES, client_for, discover
+from bev.fleet import client_for, discover
+from bev.manifest import load_manifest
 from bev.monitoring.v1 import monitoring_pb2
 from bev.reasoning.v1 import reasoning_pb2
 from bev.rpc.grpc_transport import GrpcTransport
@@ -36,6 +37,7 @@ async_test = pytest.mark.asyncio(loop_scope="module")
 
 BEV = Path(sys.executable).parent / "bev"
 START_TIMEOUT_S = 180  # the bar: healthy within 3 minutes on 2 cores
+FLEET = load_manifest().service_names()
 
 
 @dataclass
@@ -95,11 +97,11 @@ def test_bev_status_lists_all_seven(fleet: Fleet) -> None:
     result = subprocess.run([str(BEV), "status", "--json", "--data-dir", str(fleet.data_dir)],
                             capture_output=True, text=True, timeout=30, check=True)
     instances = json.loads(result.stdout)["instances"]
-    assert {i["service"] for i in instances} == set(FLEET_SERVICES)
+    assert {i["service"] for i in instances} == set(FLEET)
     assert all(i["state"] == "serving" for i in instances), instances
     table = subprocess.run([str(BEV), "status", "--data-dir", str(fleet.data_dir)],
                            capture_output=True, text=True, timeout=30, check=True).stdout
-    for service in FLEET_SERVICES:
+    for service in FLEET:
         assert service in table
 
 
@@ -108,7 +110,7 @@ def test_gateway_health_and_services(fleet: Fleet) -> None:
     assert health.status_code == 200, health.text
     assert health.json()["status"] == "serving"
     services = httpx.get(f"{fleet.gateway}/api/v1/services", timeout=15).json()
-    assert {i["service"] for i in services["instances"]} == set(FLEET_SERVICES)
+    assert {i["service"] for i in services["instances"]} == set(FLEET)
 
 
 def test_every_service_through_the_gateway(fleet: Fleet) -> None:

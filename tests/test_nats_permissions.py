@@ -16,17 +16,19 @@ import pytest
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 
-from bev.bus import CALLS, inbox_prefix, nats_permissions
+from bev.bus import inbox_prefix
 from bev.engines import NatsServer, NatsUser, OpenBao, free_port
 from bev.engines.nats_server import nats_server_binary
+from bev.manifest import load_manifest
 
 async_test = pytest.mark.asyncio(loop_scope="session")
 SERVICES = ("gateway", "avatar", "monitoring", "reasoning")
+MANIFEST = load_manifest()
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer]:
-    users = [NatsUser(f"bev-{s}", f"pw-{s}", nats_permissions(s)) for s in SERVICES]
+    users = [NatsUser(f"bev-{s}", f"pw-{s}", MANIFEST.nats_permissions(s)) for s in SERVICES]
     with NatsServer(Path(tmp_path_factory.mktemp("nats")), user="bev", password="operator", users=users) as nats_server:
         yield nats_server
 
@@ -66,9 +68,16 @@ async def gateway(server: NatsServer) -> AsyncIterator[Connected]:
         yield connected
 
 
-def test_the_call_table_names_only_fleet_services() -> None:
-    assert set(CALLS) == {"gateway", "reasoning", "embeddings", "swarm", "collectors", "avatar", "monitoring"}
-    assert all(set(callees) <= set(CALLS) for callees in CALLS.values())
+def test_permissions_follow_the_declared_calls() -> None:
+    fleet = set(MANIFEST.service_names())
+    assert fleet == {"gateway", "reasoning", "embeddings", "swarm", "collectors", "avatar", "monitoring"}
+    for service in fleet:
+        publish = MANIFEST.nats_permissions(service)["publish"]["allow"]
+        called = {subject.split(".")[1] for subject in publish if subject.startswith("bev.")}
+        assert called == set(MANIFEST.callees(service)), service
+        assert ("$SRV.>" in publish) == (service == "monitoring"), service  # only `calls: all` discovers
+    assert set(MANIFEST.callees("monitoring")) == fleet
+    assert MANIFEST.callees("avatar") == () and MANIFEST.callees("collectors") == ("embeddings",)
 
 
 @async_test
@@ -113,7 +122,7 @@ async def test_only_monitoring_may_run_discovery(server: NatsServer, avatar: Con
 def test_production_users_file_from_vault(openbao_server: OpenBao, tmp_path: Path) -> None:
     """`bev deploy nats-auth` writes users nats-server accepts, with the same permissions as above."""
     client = hvac.Client(url=openbao_server.addr, token=openbao_server.root_token)
-    for name in ("operator", *CALLS):
+    for name in ("operator", *MANIFEST.service_names()):
         client.secrets.kv.v2.create_or_update_secret(
             path=f"bev/nats/{name}", secret={"user": f"bev-{name}", "password": f"pw-{name}"}, mount_point="secret")
     out = tmp_path / "secrets" / "nats-auth.conf"
@@ -123,8 +132,8 @@ def test_production_users_file_from_vault(openbao_server: OpenBao, tmp_path: Pat
     assert result.returncode == 0, result.stderr
     assert out.stat().st_mode & 0o777 == 0o600
     text = out.read_text()
-    for service in CALLS:
-        assert json.dumps(nats_permissions(service)) in text
+    for service in MANIFEST.service_names():
+        assert json.dumps(MANIFEST.nats_permissions(service)) in text
     conf = tmp_path / "nats.conf"
     conf.write_text(f"listen: 127.0.0.1:{free_port()}\ninclude ./secrets/nats-auth.conf\n")
     checked = subprocess.run([str(nats_server_binary()), "-t", "-c", str(conf)], capture_output=True, text=True,

@@ -20,9 +20,10 @@ def test_generated_code_is_current(tmp_path: Path) -> None:
 
 
 def test_every_fleet_service_has_a_contract_with_health() -> None:
-    from bev.fleet import FLEET_SERVICES, client_class
+    from bev.fleet import client_class
+    from bev.manifest import load_manifest
 
-    for service in FLEET_SERVICES:
+    for service in load_manifest().service_names():
         definition = client_class(service).SERVICE
         assert "Health" in definition.methods, service
         assert definition.methods["Health"].subject == f"bev.{service}.v1.Health"

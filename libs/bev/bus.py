@@ -1,12 +1,14 @@
 """The NATS connection every process shares: fail fast at start with one line, reconnect forever after.
 
 Also who may use which subjects: each service connects as its own NATS user (credentials from
-Vault, secret `nats/<service>`) whose permissions `nats_permissions` derives from CALLS below.
+Vault, secret `nats/<service>`) whose permissions `nats_permissions` derives from the services it
+calls, as its entry in deploy/manifest.yaml declares them (`Manifest.callees`).
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterable
 
 import nats
 from nats.aio.client import Client as NatsClient
@@ -17,31 +19,22 @@ from bev.telemetry import get_logger
 log = get_logger(__name__)
 
 
-SERVICES = ("gateway", "reasoning", "embeddings", "swarm", "collectors", "avatar", "monitoring")
-
-# The services each service calls over the bus; its NATS user may publish requests to nothing else.
-CALLS: dict[str, tuple[str, ...]] = {
-    "gateway": ("reasoning", "embeddings", "swarm", "collectors", "avatar", "monitoring"),
-    "monitoring": SERVICES,  # asks every instance for its Health
-    "swarm": ("reasoning", "embeddings", "collectors"),
-    "collectors": ("embeddings",),  # hands fetched documents to the corpus
-    "reasoning": (),
-    "embeddings": (),
-    "avatar": (),
-}
-
-
 def inbox_prefix(connection_name: str) -> str:
     """Replies to a connection arrive under its own prefix, so its user may subscribe to those alone."""
     return f"_INBOX.{connection_name}"
 
 
-def nats_permissions(service: str) -> dict[str, dict[str, list[str]]]:
-    """NATS publish/subscribe allow-lists for a service's user (server config `permissions`)."""
+def nats_permissions(service: str, callees: Iterable[str], *, discovery: bool = False,
+                     ) -> dict[str, dict[str, list[str]]]:
+    """NATS publish/subscribe allow-lists for a service's user (server config `permissions`).
+
+    `callees`: the services it calls; `discovery`: it may also ask every instance of every service
+    ($SRV.PING/INFO/STATS). `Manifest.nats_permissions` fills both in from the service's entry.
+    """
     me = f"bev-{service}"
-    publish = ["_INBOX.>", *(f"bev.{callee}.v1.>" for callee in CALLS[service])]
-    if service == "monitoring":
-        publish.append("$SRV.>")  # discovery: $SRV.PING/INFO/STATS to every instance
+    publish = ["_INBOX.>", *(f"bev.{callee}.v1.>" for callee in callees)]
+    if discovery:
+        publish.append("$SRV.>")
     subscribe = [
         f"bev.{service}.v1.>",  # its methods, queue group and instance-addressed
         "$SRV.PING", "$SRV.INFO", "$SRV.STATS", f"$SRV.*.{me}", f"$SRV.*.{me}.>",  # micro discovery

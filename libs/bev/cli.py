@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from nats.aio.client import Client as NatsClient
 
     from bev.embeddings.v1 import embeddings_pb2
+    from bev.vocab import Tlp
 
 app = typer.Typer(help="BEV: self-hosted OSINT and threat-intelligence research fleet.", no_args_is_help=True)
 deploy_app = typer.Typer(help="Deployment files generated from deploy/manifest.yaml.", no_args_is_help=True)
@@ -37,6 +38,16 @@ def _settings(data_dir: Path | None) -> BevSettings:
 def _fail(message: str) -> typer.Exit:
     Console(stderr=True).print(f"bev: {message}", highlight=False, markup=False)
     return typer.Exit(1)
+
+
+def _tlp(label: str) -> Tlp:
+    """A --tlp value ("green", "TLP:AMBER", "white") as its Tlp; a usage error listing the labels otherwise."""
+    from bev.vocab import Tlp, UnknownTlp
+
+    try:
+        return Tlp.parse(label)
+    except UnknownTlp as exc:
+        raise typer.BadParameter(str(exc), param_hint="'--tlp'") from None
 
 
 @app.command()
@@ -94,11 +105,12 @@ def status(
 ) -> None:
     """Every service instance the bus knows: node, state, uptime, RPC rate, errors."""
     from bev.bus import BusUnavailable
-    from bev.fleet import FLEET_SERVICES
+    from bev.manifest import ManifestError, load_manifest
 
     try:
+        expected = load_manifest().service_names()
         instances = asyncio.run(_status(_settings(data_dir).data_dir))
-    except (FileNotFoundError, BusUnavailable) as exc:
+    except (FileNotFoundError, BusUnavailable, ManifestError) as exc:
         raise _fail(str(exc)) from None
     if as_json:
         print(json.dumps({"instances": instances}, indent=2))
@@ -115,7 +127,7 @@ def status(
     if not console.is_terminal:
         console = Console(width=160)  # piped output: do not squeeze columns to 80
     console.print(table)
-    missing = [s for s in FLEET_SERVICES if s not in {i["service"] for i in instances}]
+    missing = [s for s in expected if s not in {i["service"] for i in instances}]
     if missing:
         console.print(f"[red]missing: {', '.join(missing)}[/red]")
 
@@ -190,7 +202,7 @@ def _ingest_batches(files: list[Path]) -> list[list[Path]]:
     return [b for b in batches if b]
 
 
-async def _ingest(data_dir: Path, files: list[Path], source: str, tlp: str, investigation: str) -> tuple[int, int, list[str]]:
+async def _ingest(data_dir: Path, files: list[Path], source: str, tlp: Tlp, investigation: str) -> tuple[int, int, list[str]]:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from bev.embeddings.v1 import embeddings_pb2
@@ -215,7 +227,7 @@ async def _ingest(data_dir: Path, files: list[Path], source: str, tlp: str, inve
                     continue
                 request = embeddings_pb2.IngestStreamRequest(documents=[
                     embeddings_pb2.DocumentInput(content=p.read_bytes(), filename=p.name, uri=p.resolve().as_uri(),
-                                                 source=source, tlp=tlp, investigation_id=investigation)
+                                                 source=source, tlp=tlp.to_proto(), investigation_id=investigation)
                     for p in batch
                 ])
                 async for event in client.IngestStream(request):
@@ -244,6 +256,7 @@ def ingest(
     from bev.bus import BusUnavailable
     from bev.rpc import RpcError
 
+    label = _tlp(tlp)
     try:
         files = _files_to_ingest(paths)
     except FileNotFoundError as exc:
@@ -251,7 +264,7 @@ def ingest(
     if not files:
         raise _fail("no files to ingest (directories are searched for .txt .md .html .pdf .json .stix)")
     try:
-        stored, duplicates, failures = asyncio.run(_ingest(_settings(data_dir).data_dir, files, source, tlp, investigation))
+        stored, duplicates, failures = asyncio.run(_ingest(_settings(data_dir).data_dir, files, source, label, investigation))
     except (FileNotFoundError, BusUnavailable, RpcError) as exc:
         raise _fail(str(exc)) from None
     console = Console(stderr=True)
@@ -283,20 +296,19 @@ def search(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table")] = False,
 ) -> None:
     """Hybrid search of the corpus; every hit cites its document and character offsets."""
-    from google.protobuf.json_format import MessageToDict
-
     from bev.bus import BusUnavailable
     from bev.embeddings.v1 import embeddings_pb2
     from bev.rpc import RpcError
+    from bev.vocab import message_to_dict
 
     request = embeddings_pb2.SearchRequest(query=query, k=k, filters=embeddings_pb2.SearchFilters(
-        sources=source or [], tlp=tlp or [], investigation_id=investigation))
+        sources=source or [], tlp=[_tlp(label).to_proto() for label in tlp or []], investigation_id=investigation))
     try:
         response = asyncio.run(_search(_settings(data_dir).data_dir, request))
     except (FileNotFoundError, BusUnavailable, RpcError) as exc:
         raise _fail(str(exc)) from None
     if as_json:
-        print(json.dumps(MessageToDict(response, preserving_proto_field_name=True), indent=2))
+        print(json.dumps(message_to_dict(response), indent=2))  # TLP as labels: "green"
         return
     table = Table(title=f"{len(response.hits)} hits for {query!r}")
     for column in ("score", "title", "cite", "excerpt"):
@@ -318,19 +330,23 @@ def deploy_nats_auth(
     """Write the production NATS users file from Vault: an operator user (secret `nats/operator`) and
     one user per service (secret `nats/<service>`) limited to that service's subjects. Needs
     BEV_VAULT__ADDR and an operator's BEV_VAULT__TOKEN."""
-    from bev.bus import SERVICES, nats_permissions
     from bev.engines.nats_server import NatsUser, authorization_block
+    from bev.manifest import ManifestError, load_manifest
     from bev.secrets import SecretsUnavailable, VaultSecrets
 
     vault = VaultSecrets(BevSettings().vault, "operator")
     try:
+        manifest = load_manifest()
         operator = vault.read("nats/operator")
-        users = [NatsUser(f"bev-{s}", vault.read(f"nats/{s}")["password"], nats_permissions(s)) for s in SERVICES]
+        users = [NatsUser(f"bev-{s.name}", vault.read(s.nats_secret())["password"], manifest.nats_permissions(s.name))
+                 for s in manifest.services.values()]
+    except ManifestError as exc:
+        raise _fail(str(exc)) from None
     except (SecretsUnavailable, KeyError) as exc:
         raise _fail(f"cannot read the NATS users from Vault: {exc}") from None
     out.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     out.touch(mode=0o600)
-    out.write_text("# generated by `bev deploy nats-auth` from Vault and bev.bus.nats_permissions\n"
+    out.write_text("# generated by `bev deploy nats-auth` from Vault and deploy/manifest.yaml\n"
                    + authorization_block(operator["user"], operator["password"], users))
     print(f"wrote {out} ({len(users)} service users)")
 

@@ -7,6 +7,7 @@ import asyncio
 import importlib
 import json
 import time
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -17,7 +18,6 @@ from bev.rpc.client import Client, Transport
 from bev.rpc.errors import RpcError
 from bev.rpc.nats_transport import NatsTransport
 
-FLEET_SERVICES = ("gateway", "reasoning", "embeddings", "swarm", "collectors", "avatar", "monitoring")
 _STATUS_NAMES = {
     common_pb2.HealthResponse.STATUS_SERVING: "serving",
     common_pb2.HealthResponse.STATUS_DEGRADED: "degraded",
@@ -120,6 +120,7 @@ async def _fill_health(nc: NatsClient, instance: Instance, timeout_s: float) -> 
     instance.checks = [{"name": c.name, "ok": c.ok, "detail": c.detail} for c in health.checks]
 
 
-def missing_services(instances: list[Instance], expected: tuple[str, ...] = FLEET_SERVICES) -> list[str]:
+def missing_services(instances: list[Instance], expected: Iterable[str]) -> list[str]:
+    """Expected services (the manifest's, `Manifest.service_names()`) with no live instance."""
     live = {i.service for i in instances if i.state in ("serving", "degraded")}
     return [s for s in expected if s not in live]

@@ -16,6 +16,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from bev.bus import nats_permissions
+
 # libs/bev/manifest.py -> repository root.
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_MANIFEST = REPO_ROOT / "deploy" / "manifest.yaml"
@@ -63,6 +65,18 @@ class EngineSpec(_Spec):
     image: str  # image used in compose
     gpu: bool = False
     models: dict[str, ModelSpec] = {}  # node -> model served there (inference engines only)
+    # The Vault secret (under bev/) holding this engine's address and credentials; a service that
+    # lists the engine reads it. Empty: services reach it without one (NATS users and Vault
+    # logins are per service; inference engines are open on the mesh).
+    secret: str = ""
+
+
+class HealthSpec(_Spec):
+    """How a deployment tells that a service instance is up (the compose healthcheck)."""
+
+    # Grace before failed probes count: model loads (MiniLM, llama.cpp) take longer than the rest.
+    start_period_s: int = Field(default=30, ge=0)
+    interval_s: int = Field(default=15, ge=1)
 
 
 class WorkerSpec(_Spec):
@@ -75,9 +89,24 @@ class WorkerSpec(_Spec):
         return f"services.{service}.{self.name}"
 
 
+ALL_SERVICES = "all"
+
+
 class ServiceSpec(_Spec):
+    """One service, declared once: where it runs, its ports, what it calls and which secrets it reads.
+
+    NATS permissions (bev.bus), Vault policies and AppRoles (bev.supervisor, `bev deploy`), the
+    fleet list (bev.fleet), the gateway's clients and the compose files are all derived from it.
+    """
+
     name: str
     nodes: list[str]
+    # Services it calls over the bus; its NATS user may publish requests to nothing else.
+    # `all`: every service in the manifest (monitoring asks each instance for its Health).
+    calls: list[str] | Literal["all"] = []
+    # Vault secrets it reads besides its own NATS user and the secrets of its engines.
+    secrets: list[str] = []
+    health: HealthSpec = HealthSpec()
     replicas: int = Field(default=1, ge=1)  # per node
     grpc_port: int = Field(ge=1, le=65535)
     metrics_port: int = Field(ge=1, le=65535)
@@ -92,6 +121,10 @@ class ServiceSpec(_Spec):
     # Processes that run beside the service and share its AppRole, but serve no RPC (so `bev
     # status` does not list them); the supervisor restarts them like services.
     workers: list[WorkerSpec] = []
+
+    def nats_secret(self) -> str:
+        """Its own NATS user's credentials (every service connects as itself)."""
+        return f"nats/{self.name}"
 
     def workers_on(self, node: str | None) -> list[WorkerSpec]:
         """Workers placed on `node`; None = each worker once (the local fleet)."""
@@ -208,6 +241,13 @@ class Manifest(_Spec):
                     problems.append(
                         f"service '{service.name}' references unknown engine '{engine_name}' (known: {known_engines})"
                     )
+            if service.calls != ALL_SERVICES:
+                for callee in service.calls:
+                    if callee not in self.services:
+                        problems.append(f"service '{service.name}' calls unknown service '{callee}' "
+                                        f"(known: {', '.join(self.services)})")
+                    elif callee == service.name:
+                        problems.append(f"service '{service.name}' lists itself in calls")
             for worker in service.workers:
                 for node in worker.nodes:
                     if node not in service.nodes:
@@ -261,6 +301,28 @@ class Manifest(_Spec):
         """Engines placed on `node`, in manifest order; None = every engine once (the local fleet)."""
         self._require_node(node)
         return [e for e in self.engines.values() if node is None or node in e.nodes]
+
+    def service_names(self) -> tuple[str, ...]:
+        """Every service of the fleet, in manifest order."""
+        return tuple(self.services)
+
+    def callees(self, service: str) -> tuple[str, ...]:
+        """The services `service` calls over the bus, in manifest order."""
+        calls = self.services[service].calls
+        if calls == ALL_SERVICES:
+            return self.service_names()
+        return tuple(name for name in self.services if name in calls)
+
+    def nats_permissions(self, service: str) -> dict[str, dict[str, list[str]]]:
+        """Its NATS user's permissions: its own subjects and those of the services it calls."""
+        return nats_permissions(service, self.callees(service),
+                                discovery=self.services[service].calls == ALL_SERVICES)
+
+    def secrets_of(self, service: str) -> list[str]:
+        """Every Vault secret `service` may read: its NATS user, its engines' secrets, its own extras."""
+        spec = self.services[service]
+        engine_secrets = [self.engines[e].secret for e in spec.engines if e in self.engines and self.engines[e].secret]
+        return list(dict.fromkeys([spec.nats_secret(), *engine_secrets, *spec.secrets]))
 
 
 def default_manifest_path() -> Path:

@@ -100,14 +100,8 @@ async def _serve(name: str, settings: S, build: Build[S]) -> None:
         default_timeout_s=rpc.default_timeout_s,
         max_concurrency=rpc.max_concurrency,
         instance=info.instance,
-        metadata={
-            "node": info.node,
-            "instance": info.instance,
-            "pid": str(info.pid),
-            "started": f"{info.started:.3f}",
-            "grpc": f"{rpc.grpc_host}:{grpc_port}",
-            "metrics": f"{settings.telemetry.metrics_host}:{metrics_port}",
-        },
+        metadata=info.discovery_metadata(f"{rpc.grpc_host}:{grpc_port}",
+                                         f"{settings.telemetry.metrics_host}:{metrics_port}"),
     )
     await servicer.start()
     await nats_server.start()

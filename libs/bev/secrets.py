@@ -2,8 +2,8 @@
 
 Every credential lives in KV v2 under `<mount>/bev/<name>` (mount from `VaultSettings.mount`).
 A service logs in with its role_id and a single-use secret_id, reads the secrets it is granted
-(see SERVICE_SECRETS) and keeps its token alive with `renew_forever`. Anything that goes wrong
-becomes SecretsUnavailable with one line that says what to do, because it is printed at start.
+(its manifest entry declares which: `Manifest.secrets_of`) and keeps its token alive with
+`renew_forever`. Anything that goes wrong becomes SecretsUnavailable with one line that says what to do, because it is printed at start.
 
 The API is synchronous: login() and read() run once while a service starts, before it serves
 anything, so blocking there is harmless. From a running event loop wrap them in
@@ -14,7 +14,6 @@ in a worker thread itself.
 from __future__ import annotations
 
 import asyncio
-import logging
 import re
 import time
 from collections.abc import Iterator
@@ -26,24 +25,14 @@ import hvac.exceptions
 import requests
 
 from bev.settings import VaultSettings
+from bev.telemetry import get_logger
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 _MULTIERROR_HEADER = re.compile(r"^\s*\d+ errors? occurred:\s*")
 
 # Folder under the KV mount that holds the fleet's secrets.
 SECRET_PREFIX = "bev"
-
-# Which secrets each fleet service reads; the embedded fleet seeds its policies from this.
-SERVICE_SECRETS: dict[str, list[str]] = {
-    "gateway": ["nats/gateway", "redis", "jwt"],
-    "reasoning": ["nats/reasoning"],
-    "embeddings": ["nats/embeddings", "postgres"],
-    "swarm": ["nats/swarm", "redis"],
-    "collectors": ["nats/collectors", "postgres", "redis", "falkordb"],
-    "avatar": ["nats/avatar"],
-    "monitoring": ["nats/monitoring", "redis"],
-}
 
 # Never renew more often than this, even for very short TTLs.
 MIN_RENEW_INTERVAL_S = 1.0
@@ -223,16 +212,16 @@ class VaultSecrets:
             except SecretsUnavailable as exc:
                 remaining = self._remaining()
                 if remaining <= 0:
-                    log.error(
-                        "Vault token of service %r expired; restart it to log in again: %s", self.service, exc
-                    )
+                    log.error("vault token expired; restart the service to log in again",
+                              service=self.service, error=str(exc))
                     return
                 delay = max(MIN_RENEW_INTERVAL_S, min(MAX_RETRY_INTERVAL_S, remaining / 3))
-                log.warning("%s; retrying in %.0fs", exc, delay)
+                log.warning("vault token renewal failed; retrying", service=self.service, error=str(exc),
+                            retry_in_s=round(delay))
             else:
-                log.debug("Vault token of service %r renewed for %.0fs", self.service, self._ttl)
+                log.debug("vault token renewed", service=self.service, ttl_s=round(self._ttl))
                 delay = self._renew_delay()
-        log.info("Vault token of service %r does not expire or is not renewable; not renewing", self.service)
+        log.info("vault token does not expire or is not renewable; not renewing", service=self.service)
 
     def _set_lease(self, ttl: float, renewable: bool) -> None:
         self._ttl = ttl

@@ -23,7 +23,7 @@ from typing import Any
 
 from nats.aio.client import Client as NatsClient
 
-from bev.bus import connect_nats, nats_permissions
+from bev.bus import connect_nats
 from bev.engines import (
     Engine,
     FalkorDB,
@@ -38,7 +38,6 @@ from bev.engines import (
 )
 from bev.fleet import discover
 from bev.manifest import Manifest, ServiceSpec, WorkerSpec
-from bev.secrets import SERVICE_SECRETS
 from bev.settings import BevSettings, NatsSettings
 from bev.telemetry import get_logger
 
@@ -58,6 +57,7 @@ class FleetStartError(Exception):
 class FleetPlan:
     """Everything the supervisor decided before starting anything: ports, nodes, services."""
 
+    manifest: Manifest  # what each service is: its calls and secrets become NATS users and AppRoles
     data_dir: Path
     node: str  # manifest node name, or "local" for the whole fleet on one machine
     engine_ports: dict[str, int]
@@ -72,16 +72,18 @@ class FleetPlan:
         cls, manifest: Manifest, data_dir: Path, node: str | None = None, free_ports: bool = False,
         only: list[str] | None = None,
     ) -> FleetPlan:
-        engines = {e.name: e for e in manifest.engines_on(node)}
+        services = [s for s in manifest.services_on(node) if only is None or s.name in only]
+        # Only the engines the planned services use (NATS and Vault always: the supervisor needs both).
+        used = {"nats", "vault"}.union(*(s.engines for s in services))
+        engines = {e.name: e for e in manifest.engines_on(node) if e.name in used}
         engine_ports = {
             name: (free_port() if free_ports else engines[name].port) for name in ENGINE_ORDER if name in engines
         }
-        services = [s for s in manifest.services_on(node) if only is None or s.name in only]
         service_ports = {
             s.name: {role: (free_port() if free_ports else port) for role, port in s.ports().items()} for s in services
         }
         workers = [(s, w) for s in services for w in s.workers_on(node)]
-        return cls(data_dir.absolute(), node or "local", engine_ports, services, service_ports,
+        return cls(manifest, data_dir.absolute(), node or "local", engine_ports, services, service_ports,
                    nats_monitor_port=free_port() if free_ports else 8222, workers=workers)
 
 
@@ -136,7 +138,7 @@ class Supervisor:
         """One NATS user per planned service, limited to its subjects; passwords new at each start."""
         return [
             NatsUser(f"bev-{spec.name}", self._service_nats_passwords.setdefault(spec.name, secrets.token_urlsafe(24)),
-                     nats_permissions(spec.name))
+                     self.plan.manifest.nats_permissions(spec.name))
             for spec in self.plan.services
         ]
 
@@ -164,18 +166,21 @@ class Supervisor:
         return value
 
     def _fleet_secrets(self) -> dict[str, dict[str, str]]:
-        out: dict[str, dict[str, str]] = {
-            "jwt": {"signing_key": self._stable_secret("jwt")},
-        }
+        """Every secret the planned services read, by the names the manifest gives them."""
+        manifest = self.plan.manifest
+        out: dict[str, dict[str, str]] = {}
         for service, password in self._service_nats_passwords.items():
-            out[f"nats/{service}"] = {"user": f"bev-{service}", "password": password}
-        for engine in self.engines.values():
+            out[manifest.services[service].nats_secret()] = {"user": f"bev-{service}", "password": password}
+        for name, engine in self.engines.items():
+            secret = manifest.engines[name].secret
+            if not secret:
+                continue
             if isinstance(engine, Postgres):
-                out["postgres"] = {"dsn": engine.dsn}
+                out[secret] = {"dsn": engine.dsn}
             elif isinstance(engine, FalkorDB):  # before Redis: FalkorDB is a Redis subclass
-                out["falkordb"] = {"host": engine.host, "port": str(engine.port), "password": engine.password}
+                out[secret] = {"host": engine.host, "port": str(engine.port), "password": engine.password}
             elif isinstance(engine, Redis):
-                out["redis"] = {"url": engine.url}
+                out[secret] = {"url": engine.url}
         return out
 
     async def start_engines(self) -> None:
@@ -227,7 +232,7 @@ class Supervisor:
         names = [s.name for s in self.plan.services]
         creds = await asyncio.to_thread(
             seed_fleet, self.vault.addr, self.vault.root_token, names, self._fleet_secrets(),
-            {n: SERVICE_SECRETS.get(n, ["nats"]) for n in names},
+            {n: self.plan.manifest.secrets_of(n) for n in names},
         )
         for spec in self.plan.services:
             role_id, secret_id = creds[spec.name]

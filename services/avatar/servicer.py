@@ -6,10 +6,10 @@ from collections import OrderedDict
 
 from bev.avatar.v1 import avatar_pb2
 from bev.avatar.v1.avatar_rpc import AvatarServicer
-from bev.rpc import CallContext, RpcError, StatusCode
+from bev.rpc import CallContext, InstanceInfo, RpcError, StatusCode
 from bev.runtime import ServiceRuntime
 from services.avatar.expressions import ExpressionStateMachine, Personality, ResearchEvent, ResearchState
-from services.avatar.settings import Settings
+from services.avatar.settings import AvatarConfig, Settings
 
 _STATE_BY_PROTO = {
     avatar_pb2.RESEARCH_STATE_IDLE: ResearchState.IDLE,
@@ -25,9 +25,9 @@ _PROTO_BY_STATE = {state: proto for proto, state in _STATE_BY_PROTO.items()}
 
 
 class Avatar(AvatarServicer):
-    def __init__(self, runtime: ServiceRuntime[Settings]) -> None:
-        super().__init__(runtime.info)
-        self.config = runtime.settings.avatar
+    def __init__(self, info: InstanceInfo, config: AvatarConfig) -> None:
+        super().__init__(info)
+        self.config = config
         self._sessions: OrderedDict[str, ExpressionStateMachine] = OrderedDict()
 
     def _machine(self, session_id: str, personality: str) -> ExpressionStateMachine:
@@ -70,4 +70,4 @@ class Avatar(AvatarServicer):
 
 
 async def build(runtime: ServiceRuntime[Settings]) -> Avatar:
-    return Avatar(runtime)
+    return Avatar(runtime.info, runtime.settings.avatar)

@@ -11,10 +11,11 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
 
+from bev.vocab import Tlp, UnknownTlp
 from services.collectors.contract import CollectContext, Collector, Document, Finding, InvalidTarget
 from services.collectors.fetch import Fetcher
 from services.collectors.graph import EntityRow, GraphStore, RelationRow
-from services.collectors.observables import TLP_LEVELS, Observable
+from services.collectors.observables import Observable
 from services.collectors.observations import ObservationRow, ObservationStore, now, observation_id
 from services.collectors.pii import scrub_pii
 from services.collectors.ratelimit import SlotLimiter
@@ -26,12 +27,14 @@ class CollectionRequest:
     target: Observable
     investigation_id: str = ""
     opsec: bool = False
-    tlp: str = "clear"
+    tlp: Tlp = Tlp.CLEAR  # a label ("amber", "TLP:AMBER") becomes its Tlp; an unknown one is InvalidTarget
     confidence: int = 0  # 0 = the collector's default
 
     def __post_init__(self) -> None:
-        if self.tlp not in TLP_LEVELS:
-            raise InvalidTarget(f"TLP must be one of {', '.join(TLP_LEVELS)}, not {self.tlp!r}")
+        try:
+            object.__setattr__(self, "tlp", Tlp(self.tlp))
+        except UnknownTlp as exc:
+            raise InvalidTarget(str(exc)) from None
         if not 0 <= self.confidence <= 100:
             raise InvalidTarget(f"confidence must be 0-100, not {self.confidence}")
 

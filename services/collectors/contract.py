@@ -22,24 +22,21 @@ from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
+from services.collectors.errors import CollectorError, InvalidTarget, TargetRefused
 from services.collectors.observables import Observable, Relation
 
 if TYPE_CHECKING:
     from services.collectors.fetch import Fetcher
     from services.collectors.settings import CollectorsConfig
 
+# The errors are part of the contract a collector is written against; they live in their own
+# module so that fetch.py (which the contract names) can raise them without importing the contract.
+__all__ = [
+    "ENTRY_POINT_GROUP", "CollectContext", "Collector", "CollectorError", "CollectorFactory", "Document",
+    "Finding", "InvalidTarget", "TargetRefused", "collector_factories", "load_collectors",
+]
+
 ENTRY_POINT_GROUP = "bev.collectors"
-
-class CollectorError(Exception):
-    """A collection that cannot go on; str() is one line naming the cause (bad target, unreachable)."""
-
-
-class TargetRefused(CollectorError):
-    """Policy refused the request (SSRF guard, robots.txt, Content-Type, size, OPSEC)."""
-
-
-class InvalidTarget(CollectorError):
-    """The target is malformed or not something this collector consumes."""
 
 
 @dataclass(frozen=True)

@@ -34,7 +34,7 @@ import httpx
 from httpx_socks import AsyncProxyTransport
 from python_socks import ProxyConnectionError, ProxyError, ProxyTimeoutError
 
-from services.collectors.contract import CollectorError, TargetRefused
+from services.collectors.errors import CollectorError, TargetRefused
 from services.collectors.ratelimit import SlotLimiter
 from services.collectors.settings import FetchConfig
 

@@ -53,9 +53,6 @@ OBSERVABLE_TYPES: frozenset[str] = frozenset(
      "autonomous-system", "note"}
 ) | NAMED_SDO_TYPES
 
-TLP_LEVELS = ("clear", "green", "amber", "amber+strict", "red")
-
-
 class ObservableError(ValueError):
     """An observable that cannot be represented (unknown type, empty value)."""
 

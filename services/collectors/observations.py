@@ -16,7 +16,8 @@ from psycopg.rows import tuple_row
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from bev import migrations
-from services.collectors.observables import BEV_NAMESPACE, TLP_LEVELS
+from bev.vocab import Tlp
+from services.collectors.observables import BEV_NAMESPACE
 
 SCHEMA = "collectors"
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -47,13 +48,12 @@ class ObservationRow:
     source: str
     collector: str
     investigation_id: str
-    tlp: str
+    tlp: Tlp  # a label read back from PostgreSQL becomes its Tlp (an unknown one: bev.vocab.UnknownTlp)
     confidence: int
     seen: datetime
 
     def __post_init__(self) -> None:
-        if self.tlp not in TLP_LEVELS:
-            raise ValueError(f"TLP must be one of {', '.join(TLP_LEVELS)}, not {self.tlp!r}")
+        object.__setattr__(self, "tlp", Tlp(self.tlp))
         if not 0 <= self.confidence <= 100:
             raise ValueError(f"confidence must be 0-100, not {self.confidence}")
 
@@ -88,7 +88,7 @@ class ObservationStore:
             return
         async with self._pool.connection() as conn, conn.cursor() as cur:
             await cur.executemany(_UPSERT, [
-                (r.id, r.entity_id, r.entity_type, r.value, r.source, r.collector, r.investigation_id, r.tlp,
+                (r.id, r.entity_id, r.entity_type, r.value, r.source, r.collector, r.investigation_id, r.tlp.value,
                  r.confidence, r.seen, r.seen) for r in rows])
 
     async def for_entity(self, entity_id: str) -> list[ObservationRow]:

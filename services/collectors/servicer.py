@@ -15,6 +15,7 @@ from bev.embeddings.v1 import embeddings_pb2
 from bev.embeddings.v1.embeddings_rpc import EmbeddingsClient
 from bev.rpc import CallContext, InstanceInfo, RpcError, StatusCode
 from bev.runtime import ServiceRuntime, StartupError
+from bev.vocab import Tlp, UnknownTlp
 from services.collectors.collection import Collection, CollectionRequest, DocumentSink, StoredFinding
 from services.collectors.contract import (
     CollectorError,
@@ -74,7 +75,7 @@ def observation_pb(stored: StoredFinding) -> collectors_pb2.Observation:
     obs = stored.observation
     return collectors_pb2.Observation(
         id=obs.id, entity=entity_pb(stored.entity), relations=[relation_pb(r) for r in stored.relations],
-        source=obs.source, collector=obs.collector, tlp=obs.tlp, confidence=obs.confidence,
+        source=obs.source, collector=obs.collector, tlp=obs.tlp.to_proto(), confidence=obs.confidence,
         observed_at=obs.seen.timestamp())
 
 
@@ -113,10 +114,10 @@ class Collectors(CollectorsServicer):
         try:
             target = Observable(request.target_type, request.target.strip())
             job = CollectionRequest(request.collector, target, request.investigation_id, request.opsec,
-                                    request.tlp or self.config.default_tlp, request.confidence)
+                                    Tlp.from_proto(request.tlp, self.config.default_tlp), request.confidence)
             async for stored in self.collection.run(job):
                 yield observation_pb(stored)
-        except (InvalidTarget, ObservableError) as exc:
+        except (InvalidTarget, ObservableError, UnknownTlp) as exc:
             raise RpcError(StatusCode.INVALID_ARGUMENT, str(exc)) from None
         except TargetRefused as exc:
             raise RpcError(StatusCode.PERMISSION_DENIED, str(exc)) from None
@@ -218,7 +219,7 @@ def corpus_sink(client: EmbeddingsClient) -> DocumentSink:
         try:
             response = await client.Ingest(embeddings_pb2.IngestRequest(document=embeddings_pb2.DocumentInput(
                 content=document.content, media_type=document.media_type, uri=document.uri, title=document.title,
-                source=collector, tlp=request.tlp, investigation_id=request.investigation_id)))
+                source=collector, tlp=request.tlp.to_proto(), investigation_id=request.investigation_id)))
         except RpcError as exc:
             raise CollectorError(f"embeddings corpus: {exc.code.name}: {exc.message}") from None
         return response.document_id
@@ -248,8 +249,16 @@ async def open_collection(config: CollectorsConfig, read_secret: SecretReader,
                       scrub_pii=config.scrub_pii, document_sink=document_sink)
 
 
+async def assemble(info: InstanceInfo, config: CollectorsConfig, read_secret: SecretReader,
+                   document_sink: DocumentSink | None = None) -> Collectors:
+    """The service from its config and dependencies: `read_secret` gives the stores' credentials (and
+    collectors' API keys as they run), `document_sink` takes fetched documents to the corpus. The
+    service and its tests start it this way; any failure is a StartupError with one line."""
+    return Collectors(info, config, await open_collection(config, read_secret, document_sink))
+
+
 async def build(runtime: ServiceRuntime[Settings]) -> Collectors:
+    """Wire the service to Vault (its secrets) and to the embeddings service (the corpus), then assemble it."""
     config = runtime.settings.collectors
     sink = corpus_sink(EmbeddingsClient.over_nats(runtime.nc)) if config.send_documents else None
-    collection = await open_collection(config, runtime.secrets.read, sink)
-    return Collectors(runtime.info, runtime.settings.collectors, collection)
+    return await assemble(runtime.info, config, runtime.secrets.read, sink)

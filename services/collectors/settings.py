@@ -3,6 +3,7 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from bev.settings import BevSettings
+from bev.vocab import Tlp
 
 
 class FetchConfig(BaseModel):
@@ -60,7 +61,7 @@ class PolledSource(BaseModel):
     name: str
     url: str
     interval_s: float = Field(default=3600.0, gt=0)
-    tlp: str = "clear"
+    tlp: Tlp = Tlp.CLEAR
 
 
 class GraphConfig(BaseModel):
@@ -87,7 +88,7 @@ class CeleryConfig(BaseModel):
 class CollectorsConfig(BaseModel):
     max_extract_bytes: int = 2 * 1024 * 1024  # text larger than this is refused, not truncated
     scrub_pii: bool = False  # scrub emails, phones, cards and SSNs from stored text by default
-    default_tlp: str = "clear"
+    default_tlp: Tlp = Tlp.CLEAR  # for a CollectRequest without one (TLP_UNSPECIFIED)
     # Hand collected documents (web pages) to the embeddings service's corpus during collection.
     send_documents: bool = True
     fetch: FetchConfig = FetchConfig()

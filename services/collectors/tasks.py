@@ -23,6 +23,7 @@ from typing import Any
 
 from celery import Celery
 
+from bev.vocab import Tlp
 from services.collectors.collection import CollectionRequest
 from services.collectors.observables import Observable
 from services.collectors.settings import CollectorsConfig, Settings
@@ -38,10 +39,13 @@ class CollectJob:
     target: str
     investigation_id: str = ""
     opsec: bool = False
-    tlp: str = "clear"
+    tlp: Tlp = Tlp.CLEAR  # JSON (Celery) carries the label; it is read back into its Tlp
     confidence: int = 0
     # Distinguishes deliberate re-runs (a feed poll per interval); equal jobs are one job.
     run_key: str = ""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "tlp", Tlp(self.tlp))
 
     @property
     def key(self) -> str:

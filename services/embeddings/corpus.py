@@ -22,13 +22,12 @@ from psycopg import sql
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
+from bev.vocab import Tlp
 from services.embeddings.chunking import chunk_text
 from services.embeddings.documents import extract
 from services.embeddings.registry import ServedModel
 from services.embeddings.vector_index import ChunkPayload, SearchFilter, VectorIndex, Vectors, pg_filter_sql
 
-TLP_LABELS = ("clear", "green", "amber", "amber+strict", "red")
-_TLP_ALIASES = {"white": "clear", "": "clear"}
 RRF_K = 60  # the constant from Cormack et al. (2009); dampens the weight of the very top ranks
 # Embed a long document in slices so it never holds more than this many texts of the shared queue.
 _INGEST_SLICE = 128
@@ -36,19 +35,6 @@ _INGEST_SLICE = 128
 
 class DocumentTooLarge(ValueError):
     pass
-
-
-class UnknownTlp(ValueError):
-    pass
-
-
-def tlp_label(value: str) -> str:
-    """A TLP 2.0 label, lower case ("TLP:AMBER" and "white" accepted); UnknownTlp otherwise."""
-    label = value.strip().lower().removeprefix("tlp:")
-    label = _TLP_ALIASES.get(label, label)
-    if label not in TLP_LABELS:
-        raise UnknownTlp(f"unknown TLP label {value!r}; use one of {', '.join(TLP_LABELS)}")
-    return label
 
 
 @dataclass(frozen=True)
@@ -60,7 +46,7 @@ class NewDocument:
     uri: str = ""
     source: str = ""
     collected_at: datetime | None = None
-    tlp: str = "clear"
+    tlp: Tlp = Tlp.CLEAR
     investigation_id: str = ""
 
 
@@ -159,10 +145,10 @@ class Corpus:
 
     async def ingest(self, doc: NewDocument) -> IngestResult:
         """Store ``doc`` unless its normalised text is already stored. Raises UnsupportedMediaType,
-        UnreadableDocument, DocumentTooLarge or UnknownTlp for the caller's mistakes."""
+        UnreadableDocument or DocumentTooLarge for the caller's mistakes."""
         if len(doc.content) > self.max_document_bytes:
             raise DocumentTooLarge(f"document is {len(doc.content)} bytes; at most {self.max_document_bytes}")
-        tlp = tlp_label(doc.tlp)
+        tlp = Tlp(doc.tlp).value  # stored, and in vector payloads, as its lower-case label
         extracted = await asyncio.to_thread(extract, doc.content, doc.media_type, doc.filename, doc.title)
         existing = await self._find_by_hash(extracted.content_hash)
         if existing is not None:

@@ -6,6 +6,7 @@ import asyncio
 import urllib.parse
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from bev.embeddings.v1 import embeddings_pb2
 from bev.embeddings.v1.embeddings_rpc import EmbeddingsServicer
 from bev.rpc import CallContext, InstanceInfo, RpcError, StatusCode
 from bev.runtime import ServiceRuntime, StartupError
+from bev.vocab import Tlp, UnknownTlp
 from services.embeddings.batching import Embedded, QueueFull
 from services.embeddings.corpus import (
     Corpus,
@@ -25,9 +27,7 @@ from services.embeddings.corpus import (
     IngestResult,
     NewDocument,
     SearchMode,
-    UnknownTlp,
     open_pool,
-    tlp_label,
 )
 from services.embeddings.documents import UnreadableDocument, UnsupportedMediaType
 from services.embeddings.registry import ModelRegistry
@@ -150,6 +150,10 @@ class Embeddings(EmbeddingsServicer):
         return progress
 
     async def _ingest(self, document: embeddings_pb2.DocumentInput) -> IngestResult:
+        try:
+            tlp = Tlp.from_proto(document.tlp, Tlp.CLEAR)
+        except UnknownTlp as exc:
+            raise RpcError(StatusCode.INVALID_ARGUMENT, str(exc)) from None
         new = NewDocument(
             content=document.content,
             media_type=document.media_type,
@@ -158,12 +162,12 @@ class Embeddings(EmbeddingsServicer):
             uri=document.uri,
             source=document.source,
             collected_at=document.collected_at.ToDatetime(tzinfo=UTC) if document.HasField("collected_at") else None,
-            tlp=document.tlp or "clear",
+            tlp=tlp,
             investigation_id=document.investigation_id,
         )
         try:
             return await self.corpus.ingest(new)
-        except (UnsupportedMediaType, UnreadableDocument, DocumentTooLarge, UnknownTlp) as exc:
+        except (UnsupportedMediaType, UnreadableDocument, DocumentTooLarge) as exc:
             raise RpcError(StatusCode.INVALID_ARGUMENT, str(exc)) from None
         except QueueFull as exc:
             raise RpcError(StatusCode.RESOURCE_EXHAUSTED, str(exc)) from None
@@ -182,7 +186,7 @@ class Embeddings(EmbeddingsServicer):
                 sources=list(f.sources),
                 collected_after=f.collected_after.ToDatetime(tzinfo=UTC) if f.HasField("collected_after") else None,
                 collected_before=f.collected_before.ToDatetime(tzinfo=UTC) if f.HasField("collected_before") else None,
-                tlp=[tlp_label(label) for label in f.tlp],
+                tlp=[Tlp.from_proto(value, Tlp.CLEAR).value for value in f.tlp],  # stored labels
                 investigation_id=f.investigation_id,
             )
         except UnknownTlp as exc:
@@ -196,7 +200,7 @@ class Embeddings(EmbeddingsServicer):
             hits=[
                 embeddings_pb2.SearchHit(
                     chunk_id=h.chunk_id, document_id=h.document_id, title=h.title, uri=h.uri, start=h.start,
-                    end=h.end, excerpt=h.excerpt, score=h.score, source=h.source, tlp=h.tlp,
+                    end=h.end, excerpt=h.excerpt, score=h.score, source=h.source, tlp=Tlp(h.tlp).to_proto(),
                     investigation_id=h.investigation_id, collected_at=_timestamp(h.collected_at),
                 )
                 for h in hits
@@ -208,7 +212,8 @@ class Embeddings(EmbeddingsServicer):
         if doc is None:
             raise RpcError(StatusCode.NOT_FOUND, f"no document {request.document_id!r}")
         return embeddings_pb2.Document(
-            id=doc.id, title=doc.title, uri=doc.uri, source=doc.source, media_type=doc.media_type, tlp=doc.tlp,
+            id=doc.id, title=doc.title, uri=doc.uri, source=doc.source, media_type=doc.media_type,
+            tlp=Tlp(doc.tlp).to_proto(),
             investigation_id=doc.investigation_id, collected_at=_timestamp(doc.collected_at),
             ingested_at=_timestamp(doc.ingested_at), content_hash=doc.content_hash, text=doc.text, chunks=doc.chunks,
         )
@@ -277,23 +282,40 @@ def open_vector_index(config: EmbeddingsConfig, pool: AsyncConnectionPool[Any], 
             return WeaviateIndex.open(config.weaviate_url, config.weaviate_grpc_port)
 
 
-async def build(runtime: ServiceRuntime[Settings]) -> Embeddings:
-    config = runtime.settings.embeddings
-    dsn = (await asyncio.to_thread(runtime.secrets.read, "postgres")).get("dsn", "")
-    if not dsn:
-        raise StartupError("Vault secret 'postgres' has no dsn; the embeddings service stores its corpus there")
+@dataclass
+class EmbeddingsDeps:
+    """What the embeddings service takes from outside: its database, its data directory and, when the
+    caller has them loaded already (tests, benches), the models."""
+
+    dsn: str
+    data_dir: Path
+    models: ModelRegistry | None = None  # None: load the configured models
+
+
+async def assemble(info: InstanceInfo, config: EmbeddingsConfig, deps: EmbeddingsDeps) -> Embeddings:
+    """The service from its config and dependencies: the corpus schema migrated, the pool, models and
+    vector index open. The service, its tests and bench_embeddings all start it this way; any failure
+    is a StartupError with one line."""
     try:
-        await asyncio.to_thread(migrate, dsn)
-        pool = await open_pool(dsn)
+        await asyncio.to_thread(migrate, deps.dsn)
+        pool = await open_pool(deps.dsn)
     except Exception as exc:  # any driver error at start becomes the one line the operator reads
-        raise StartupError(f"postgres at {_where(dsn)}: {_one_line(exc)}") from None
+        raise StartupError(f"postgres at {_where(deps.dsn)}: {_one_line(exc)}") from None
     try:
-        models = await asyncio.to_thread(ModelRegistry.load, config)
-        index = open_vector_index(config, pool, runtime.settings.data_dir)
+        models = deps.models if deps.models is not None else await asyncio.to_thread(ModelRegistry.load, config)
+        index = open_vector_index(config, pool, deps.data_dir)
         corpus = Corpus(pool, index, models.default, chunk_chars=config.chunk_chars,
                         chunk_overlap=config.chunk_overlap, max_document_bytes=config.max_document_bytes)
         await corpus.prepare()
     except Exception as exc:
         await pool.close()
         raise StartupError(f"embeddings: {_one_line(exc)}") from None
-    return Embeddings(runtime.info, config, models, corpus)
+    return Embeddings(info, config, models, corpus)
+
+
+async def build(runtime: ServiceRuntime[Settings]) -> Embeddings:
+    """Read the service's secrets (its database's DSN), then assemble it."""
+    dsn = (await asyncio.to_thread(runtime.secrets.read, "postgres")).get("dsn", "")
+    if not dsn:
+        raise StartupError("Vault secret 'postgres' has no dsn; the embeddings service stores its corpus there")
+    return await assemble(runtime.info, runtime.settings.embeddings, EmbeddingsDeps(dsn, runtime.settings.data_dir))

@@ -3,35 +3,23 @@ routes live in services/gateway/routes/, one module per domain."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 
 from fastapi import FastAPI, HTTPException, Request, Response
 from fastapi.responses import JSONResponse
 from nats.aio.client import Client as NatsClient
 
-from bev.rpc import RpcError, StatusCode
+from bev.rpc import RpcError
 from services.gateway.clients import Clients
 from services.gateway.routes import avatar, collectors, embeddings, fleet, openai, reasoning, swarm
+from services.gateway.routes.common import HTTP_STATUS
 from services.gateway.settings import GatewayConfig
 
-HTTP_STATUS = {
-    StatusCode.INVALID_ARGUMENT: 400,
-    StatusCode.OUT_OF_RANGE: 400,
-    StatusCode.FAILED_PRECONDITION: 409,
-    StatusCode.UNAUTHENTICATED: 401,
-    StatusCode.PERMISSION_DENIED: 403,
-    StatusCode.NOT_FOUND: 404,
-    StatusCode.ALREADY_EXISTS: 409,
-    StatusCode.RESOURCE_EXHAUSTED: 429,
-    StatusCode.UNIMPLEMENTED: 501,
-    StatusCode.UNAVAILABLE: 503,
-    StatusCode.DEADLINE_EXCEEDED: 504,
-}
 
-
-def create_app(nc: NatsClient, config: GatewayConfig) -> FastAPI:
+def create_app(nc: NatsClient, config: GatewayConfig, callees: Iterable[str]) -> FastAPI:
+    """The HTTP API over `nc`; `callees` are the services the gateway's manifest entry calls."""
     app = FastAPI(title="BEV gateway", version="0.1.0")
-    clients = Clients.over_nats(nc, config.rpc_timeout_s)
+    clients = Clients.over_nats(nc, config.rpc_timeout_s, callees)
     for module in (fleet, reasoning, openai, embeddings, collectors, swarm, avatar):
         app.include_router(module.router(clients))
 

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 import uvicorn
 
 from bev.gateway.v1.gateway_rpc import GatewayServicer
+from bev.manifest import ManifestError, load_manifest
 from bev.runtime import ServiceRuntime, StartupError
 from services.gateway.api import create_app
+from services.gateway.clients import ClientsMismatch
 from services.gateway.settings import Settings
 
 
@@ -22,10 +24,10 @@ class _EmbeddedServer(uvicorn.Server):
 
 
 class Gateway(GatewayServicer):
-    def __init__(self, runtime: ServiceRuntime[Settings]) -> None:
+    def __init__(self, runtime: ServiceRuntime[Settings], callees: Iterable[str]) -> None:
         super().__init__(runtime.info)
         config = runtime.settings.gateway
-        self.app = create_app(runtime.nc, config)
+        self.app = create_app(runtime.nc, config, callees)
         self._server = _EmbeddedServer(
             uvicorn.Config(self.app, host=config.host, port=config.port, log_config=None, access_log=False)
         )
@@ -46,4 +48,8 @@ class Gateway(GatewayServicer):
 
 
 async def build(runtime: ServiceRuntime[Settings]) -> Gateway:
-    return Gateway(runtime)
+    try:
+        callees = load_manifest().callees("gateway")
+        return Gateway(runtime, callees)
+    except (ManifestError, ClientsMismatch) as exc:
+        raise StartupError(str(exc)) from None

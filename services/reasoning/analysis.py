@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,7 +45,7 @@ class PhaseFailed(Exception):
 
 @dataclass
 class PhaseLog:
-    phase: int
+    phase: reasoning_pb2.Phase.ValueType
     calls: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
@@ -57,6 +58,33 @@ class PhaseLog:
             usage=reasoning_pb2.Usage(prompt_tokens=self.prompt_tokens, completion_tokens=self.completion_tokens),
             calls=self.calls, error="; ".join(self.errors), seconds=time.perf_counter() - self.started,
         )
+
+
+@dataclass
+class _State:
+    """One Analyze call: its input, the response being filled, and what each phase leaves for the next."""
+
+    request: reasoning_pb2.AnalyzeRequest
+    tier: str
+    texts: list[str]
+    ids: list[str]  # document ids, parallel to texts
+    response: reasoning_pb2.AnalyzeResponse
+    backends: list[str] = field(default_factory=list)  # every answer's backend; the last one names the response's
+    claims: list[reasoning_pb2.Claim] = field(default_factory=list)
+    evidence: str = ""  # the claims as "C1: quote" lines, for prompts
+    hypotheses: list[reasoning_pb2.Hypothesis] = field(default_factory=list)
+
+    @property
+    def claim_ids(self) -> list[str]:
+        return [c.id for c in self.claims]
+
+    @property
+    def hypothesis_ids(self) -> list[str]:
+        return [h.id for h in self.hypotheses]
+
+    @property
+    def listed(self) -> str:
+        return "\n".join(f"{h.id}: {h.statement}" for h in self.hypotheses)
 
 
 def _text(max_chars: int = TEXT_CHARS, min_chars: int = 1) -> dict[str, Any]:
@@ -114,12 +142,34 @@ class Analysis:
 
     async def run(self, request: reasoning_pb2.AnalyzeRequest, tier: str) -> reasoning_pb2.AnalyzeResponse:
         texts, ids = self._validated(request)
-        session = request.session_id
         response = reasoning_pb2.AnalyzeResponse(input_chars=sum(len(t) for t in texts))
-        backends: list[str] = []
+        state = _State(request, tier, texts, ids, response)
+        for phase in PHASES:
+            log = PhaseLog(phase.phase)
+            if not phase.needs(state):
+                log.errors.append(f"skipped: {phase.skipped}")
+            else:
+                # A failed phase reports its error; the phases after it work with what exists.
+                try:
+                    await phase.run(self, state, log)
+                except PhaseFailed as exc:
+                    log.errors.append(str(exc))
+            response.phases.append(log.report())
+        # Only now: correlation revises the hypotheses, and the response holds copies.
+        response.hypotheses.extend(state.hypotheses)
+        if state.backends:
+            served = next(b for b in self.router.backends if b.name == state.backends[-1])
+            response.backend, response.model = served.name, served.config.model
+        return response
 
-        # 1. ingestion: chunk, pre-select, map (model picks evidence), reduce (claims with provenance)
-        log = PhaseLog(reasoning_pb2.PHASE_INGESTION)
+    async def _ask_for(self, state: _State, log: PhaseLog, schema: dict[str, Any], prompt: str) -> dict[str, Any]:
+        answer, backend = await self._ask(log, schema, prompt, state.tier, state.request.session_id)
+        state.backends.append(backend)
+        return answer
+
+    async def _ingest(self, state: _State, log: PhaseLog) -> None:
+        """Chunk, pre-select, map (the model picks evidence), reduce (claims with provenance)."""
+        request, texts, ids, response = state.request, state.texts, state.ids, state.response
         terms = term_weights(question_terms(request.question), texts, self.config.max_sentence_chars)
         chunks: list[Chunk] = []
         for index, text in enumerate(texts):
@@ -132,137 +182,91 @@ class Analysis:
         picked: list[Sentence] = []
 
         async def read(number: int, sentences: list[Sentence]) -> None:
+            # A failed batch is one error among several: the phase goes on with the other batches.
             try:
-                answer, backend = await self._ask(log, *self._map_prompt(request.question, texts, sentences),
-                                                  tier, session)
+                answer = await self._ask_for(state, log, *self._map_prompt(request.question, texts, sentences))
             except PhaseFailed as exc:
                 where = ", ".join(sorted({f"{ids[s.document]}#{s.chunk}" for s in sentences}))
                 log.errors.append(f"map batch {number} (chunks {where}): {exc}")
                 return
-            backends.append(backend)
             picked.extend(sentences[index - 1] for index in sorted(set(answer["relevant"])))
 
         # Concurrent: vLLM batches them; a one-slot llama.cpp backend queues them.
         await asyncio.gather(*(read(number, batch) for number, batch in enumerate(batches, 1)))
-        claims = self._claims(picked, [s for batch in batches for s in batch], texts, ids)
-        response.claims.extend(claims)
-        response.phases.append(log.report())
-        claim_ids = [c.id for c in claims]
-        evidence = "\n".join(f"{c.id}: {c.quote[: self.config.max_sentence_chars]}" for c in claims)
+        state.claims = self._claims(picked, [s for batch in batches for s in batch], texts, ids)
+        response.claims.extend(state.claims)
+        state.evidence = "\n".join(f"{c.id}: {c.quote[: self.config.max_sentence_chars]}" for c in state.claims)
 
-        # 2. hypotheses
-        log = PhaseLog(reasoning_pb2.PHASE_HYPOTHESES)
-        hypotheses: list[reasoning_pb2.Hypothesis] = []
-        max_hypotheses = request.max_hypotheses or self.config.max_hypotheses
-        if not claims:
-            log.errors.append("skipped: no evidence was found in the input")
-        else:
-            schema = _object({"hypotheses": {
-                "type": "array", "minItems": 1, "maxItems": max_hypotheses,
-                "items": _object({"statement": _text(min_chars=12), "confidence": _confidence(),
-                                  "evidence": _ids(claim_ids, 4)}),
-            }})
-            prompt = (f"Question: {request.question}\n\nEvidence:\n{evidence}\n\n"
-                      f"Propose up to {max_hypotheses} hypotheses that answer the question. For each give a "
-                      "confidence between 0 and 1 and the ids of the evidence it rests on.")
-            try:
-                answer, backend = await self._ask(log, schema, prompt, tier, session)
-                backends.append(backend)
-                for number, item in enumerate(answer["hypotheses"], 1):
-                    hypotheses.append(reasoning_pb2.Hypothesis(
-                        id=f"H{number}", statement=item["statement"], confidence=item["confidence"],
-                        supporting_claims=list(dict.fromkeys(item["evidence"])),
-                    ))
-            except PhaseFailed as exc:
-                log.errors.append(str(exc))
-        response.phases.append(log.report())
-        hypothesis_ids = [h.id for h in hypotheses]
-        listed = "\n".join(f"{h.id}: {h.statement}" for h in hypotheses)
+    async def _hypothesize(self, state: _State, log: PhaseLog) -> None:
+        max_hypotheses = state.request.max_hypotheses or self.config.max_hypotheses
+        schema = _object({"hypotheses": {
+            "type": "array", "minItems": 1, "maxItems": max_hypotheses,
+            "items": _object({"statement": _text(min_chars=12), "confidence": _confidence(),
+                              "evidence": _ids(state.claim_ids, 4)}),
+        }})
+        prompt = (f"Question: {state.request.question}\n\nEvidence:\n{state.evidence}\n\n"
+                  f"Propose up to {max_hypotheses} hypotheses that answer the question. For each give a "
+                  "confidence between 0 and 1 and the ids of the evidence it rests on.")
+        answer = await self._ask_for(state, log, schema, prompt)
+        state.hypotheses = [
+            reasoning_pb2.Hypothesis(id=f"H{number}", statement=item["statement"], confidence=item["confidence"],
+                                     supporting_claims=list(dict.fromkeys(item["evidence"])))
+            for number, item in enumerate(answer["hypotheses"], 1)
+        ]
 
-        # 3. evidence correlation
-        log = PhaseLog(reasoning_pb2.PHASE_CORRELATION)
-        if not hypotheses:
-            log.errors.append("skipped: no hypotheses")
-        else:
-            schema = _object({"assessments": {
-                "type": "array", "minItems": len(hypotheses), "maxItems": len(hypotheses),
-                "items": _object({"hypothesis": {"type": "string", "enum": hypothesis_ids},
-                                  "supports": _ids(claim_ids, 5), "contradicts": _ids(claim_ids, 5),
-                                  "confidence": _confidence()}),
-            }})
-            prompt = (f"Question: {request.question}\n\nEvidence:\n{evidence}\n\nHypotheses:\n{listed}\n\n"
-                      "For every hypothesis list the evidence ids that support it and those that contradict "
-                      "it, and your confidence in it between 0 and 1.")
-            try:
-                answer, backend = await self._ask(log, schema, prompt, tier, session)
-                backends.append(backend)
-                by_id = {h.id: h for h in hypotheses}
-                for item in answer["assessments"]:
-                    hypothesis = by_id[item["hypothesis"]]
-                    supporting = dict.fromkeys([*hypothesis.supporting_claims, *item["supports"]])
-                    del hypothesis.supporting_claims[:]
-                    hypothesis.supporting_claims.extend(supporting)
-                    hypothesis.contradicting_claims.extend(
-                        c for c in dict.fromkeys(item["contradicts"]) if c not in supporting)
-                    hypothesis.confidence = item["confidence"]
-            except PhaseFailed as exc:
-                log.errors.append(str(exc))
-        response.phases.append(log.report())
-        response.hypotheses.extend(hypotheses)
+    async def _correlate(self, state: _State, log: PhaseLog) -> None:
+        hypotheses, claim_ids = state.hypotheses, state.claim_ids
+        schema = _object({"assessments": {
+            "type": "array", "minItems": len(hypotheses), "maxItems": len(hypotheses),
+            "items": _object({"hypothesis": {"type": "string", "enum": state.hypothesis_ids},
+                              "supports": _ids(claim_ids, 5), "contradicts": _ids(claim_ids, 5),
+                              "confidence": _confidence()}),
+        }})
+        prompt = (f"Question: {state.request.question}\n\nEvidence:\n{state.evidence}\n\n"
+                  f"Hypotheses:\n{state.listed}\n\n"
+                  "For every hypothesis list the evidence ids that support it and those that contradict "
+                  "it, and your confidence in it between 0 and 1.")
+        answer = await self._ask_for(state, log, schema, prompt)
+        by_id = {h.id: h for h in hypotheses}
+        for item in answer["assessments"]:
+            hypothesis = by_id[item["hypothesis"]]
+            supporting = dict.fromkeys([*hypothesis.supporting_claims, *item["supports"]])
+            del hypothesis.supporting_claims[:]
+            hypothesis.supporting_claims.extend(supporting)
+            hypothesis.contradicting_claims.extend(
+                c for c in dict.fromkeys(item["contradicts"]) if c not in supporting)
+            hypothesis.confidence = item["confidence"]
 
-        # 4. counterfactuals
-        log = PhaseLog(reasoning_pb2.PHASE_COUNTERFACTUALS)
-        if not hypotheses:
-            log.errors.append("skipped: no hypotheses")
-        else:
-            schema = _object({"counterfactuals": {
-                "type": "array", "minItems": len(hypotheses), "maxItems": len(hypotheses),
-                "items": _object({"hypothesis": {"type": "string", "enum": hypothesis_ids},
-                                  "condition": _text(min_chars=12), "observable": _text(min_chars=12)}),
-            }})
-            prompt = (f"Hypotheses:\n{listed}\n\nFor every hypothesis: what would have to be true for it to be "
-                      "wrong (condition), and what could an analyst observe to check that (observable)?")
-            try:
-                answer, backend = await self._ask(log, schema, prompt, tier, session)
-                backends.append(backend)
-                response.counterfactuals.extend(
-                    reasoning_pb2.Counterfactual(hypothesis_id=item["hypothesis"], condition=item["condition"],
-                                                 observable=item["observable"])
-                    for item in answer["counterfactuals"])
-            except PhaseFailed as exc:
-                log.errors.append(str(exc))
-        response.phases.append(log.report())
+    async def _counterfactuals(self, state: _State, log: PhaseLog) -> None:
+        schema = _object({"counterfactuals": {
+            "type": "array", "minItems": len(state.hypotheses), "maxItems": len(state.hypotheses),
+            "items": _object({"hypothesis": {"type": "string", "enum": state.hypothesis_ids},
+                              "condition": _text(min_chars=12), "observable": _text(min_chars=12)}),
+        }})
+        prompt = (f"Hypotheses:\n{state.listed}\n\nFor every hypothesis: what would have to be true for it to be "
+                  "wrong (condition), and what could an analyst observe to check that (observable)?")
+        answer = await self._ask_for(state, log, schema, prompt)
+        state.response.counterfactuals.extend(
+            reasoning_pb2.Counterfactual(hypothesis_id=item["hypothesis"], condition=item["condition"],
+                                         observable=item["observable"])
+            for item in answer["counterfactuals"])
 
-        # 5. synthesis
-        log = PhaseLog(reasoning_pb2.PHASE_SYNTHESIS)
-        if not hypotheses:
-            log.errors.append("skipped: no hypotheses")
-        else:
-            ranked = "\n".join(
-                f"{h.id} (confidence {h.confidence:.2f}; supported by {', '.join(h.supporting_claims) or 'none'};"
-                f" contradicted by {', '.join(h.contradicting_claims) or 'none'}): {h.statement}"
-                for h in hypotheses)
-            schema = _object({"summary": _text(400), "key_findings": {"type": "array", "items": _text(),
-                                                                       "minItems": 1, "maxItems": 4},
-                              "best_hypothesis": {"type": "string", "enum": hypothesis_ids},
-                              "confidence": _confidence()})
-            prompt = (f"Question: {request.question}\n\nHypotheses:\n{ranked}\n\nWrite the synthesis: a short "
-                      "summary answering the question, key findings, the best-supported hypothesis and your "
-                      "confidence in it between 0 and 1.")
-            try:
-                answer, backend = await self._ask(log, schema, prompt, tier, session)
-                backends.append(backend)
-                response.synthesis.CopyFrom(reasoning_pb2.Synthesis(
-                    summary=answer["summary"], key_findings=answer["key_findings"],
-                    best_hypothesis_id=answer["best_hypothesis"], confidence=answer["confidence"]))
-            except PhaseFailed as exc:
-                log.errors.append(str(exc))
-        response.phases.append(log.report())
-
-        if backends:
-            served = next(b for b in self.router.backends if b.name == backends[-1])
-            response.backend, response.model = served.name, served.config.model
-        return response
+    async def _synthesize(self, state: _State, log: PhaseLog) -> None:
+        ranked = "\n".join(
+            f"{h.id} (confidence {h.confidence:.2f}; supported by {', '.join(h.supporting_claims) or 'none'};"
+            f" contradicted by {', '.join(h.contradicting_claims) or 'none'}): {h.statement}"
+            for h in state.hypotheses)
+        schema = _object({"summary": _text(400), "key_findings": {"type": "array", "items": _text(),
+                                                                   "minItems": 1, "maxItems": 4},
+                          "best_hypothesis": {"type": "string", "enum": state.hypothesis_ids},
+                          "confidence": _confidence()})
+        prompt = (f"Question: {state.request.question}\n\nHypotheses:\n{ranked}\n\nWrite the synthesis: a short "
+                  "summary answering the question, key findings, the best-supported hypothesis and your "
+                  "confidence in it between 0 and 1.")
+        answer = await self._ask_for(state, log, schema, prompt)
+        state.response.synthesis.CopyFrom(reasoning_pb2.Synthesis(
+            summary=answer["summary"], key_findings=answer["key_findings"],
+            best_hypothesis_id=answer["best_hypothesis"], confidence=answer["confidence"]))
 
     def _validated(self, request: reasoning_pb2.AnalyzeRequest) -> tuple[list[str], list[str]]:
         if not request.question.strip():
@@ -309,3 +313,28 @@ class Analysis:
             )
             for number, (s, selected) in enumerate(chosen, 1)
         ]
+
+
+@dataclass(frozen=True)
+class _Phase:
+    phase: reasoning_pb2.Phase.ValueType
+    run: Callable[[Analysis, _State, PhaseLog], Awaitable[None]]
+    # Skipped, with the error "skipped: <skipped>", when what it builds on is missing.
+    needs: Callable[[_State], bool] = lambda state: True
+    skipped: str = ""
+
+
+def _has_hypotheses(state: _State) -> bool:
+    return bool(state.hypotheses)
+
+
+# In order: each phase reads what the ones before it left in _State.
+PHASES = (
+    _Phase(reasoning_pb2.PHASE_INGESTION, Analysis._ingest),
+    _Phase(reasoning_pb2.PHASE_HYPOTHESES, Analysis._hypothesize,
+           needs=lambda state: bool(state.claims), skipped="no evidence was found in the input"),
+    _Phase(reasoning_pb2.PHASE_CORRELATION, Analysis._correlate, needs=_has_hypotheses, skipped="no hypotheses"),
+    _Phase(reasoning_pb2.PHASE_COUNTERFACTUALS, Analysis._counterfactuals, needs=_has_hypotheses,
+           skipped="no hypotheses"),
+    _Phase(reasoning_pb2.PHASE_SYNTHESIS, Analysis._synthesize, needs=_has_hypotheses, skipped="no hypotheses"),
+)

@@ -20,6 +20,7 @@ import httpx
 from httpx_sse import SSEError, aconnect_sse
 from prometheus_client.parser import text_string_to_metric_families
 
+from bev.vocab import Tier
 from services.reasoning import metrics
 from services.reasoning.settings import BackendConfig
 
@@ -123,7 +124,7 @@ class Backend:
         return self.config.name
 
     @property
-    def tier(self) -> str:
+    def tier(self) -> Tier:
         return self.config.tier
 
     def load(self) -> float:
@@ -288,7 +289,7 @@ class Backend:
                 raise BackendFailed("GET /models: not an OpenAI model list")
             models = {entry.get("id"): entry for entry in listed["data"] if isinstance(entry, dict)}
             if self.config.model not in models:
-                raise BackendFailed(f"engine does not serve model {self.config.model!r} (it has {sorted(models)})")
+                raise BackendFailed(f"engine does not serve model {self.config.model!r} (it has {sorted(map(str, models))})")
             if not self.config.context_length:
                 self.context_length = int(models[self.config.model].get("max_model_len") or self.context_length)
             if self.config.kind == "vllm":

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 from bev.rpc import RpcError, StatusCode
 from bev.telemetry import get_logger
+from bev.vocab import Tier, UnknownTier
 from services.reasoning import metrics
 from services.reasoning.backends import (
     Backend,
@@ -32,7 +33,6 @@ from services.reasoning.backends import (
     Delta,
 )
 
-TIERS = ("fast", "balanced", "powerful")  # lowest first
 log = get_logger(__name__)
 
 
@@ -45,9 +45,10 @@ class Routed:
 
 
 class Router:
-    def __init__(self, backends: Iterable[Backend], default_tier: str, affinity_sessions: int = 10_000) -> None:
+    def __init__(self, backends: Iterable[Backend], default_tier: Tier | str,
+                 affinity_sessions: int = 10_000) -> None:
         self.backends = list(backends)
-        self.default_tier = default_tier
+        self.default_tier = Tier.parse(default_tier)
         self._affinity: OrderedDict[str, str] = OrderedDict()
         self._affinity_limit = affinity_sessions
         self.failovers = 0
@@ -55,17 +56,25 @@ class Router:
 
     # -- choosing -------------------------------------------------------------------------------
 
-    def _tiers_from(self, tier: str) -> list[str]:
-        return list(reversed(TIERS[: TIERS.index(tier) + 1]))
+    def tier(self, tier: Tier | str = "") -> Tier:
+        """The tier a request asks for: a Tier or its label; empty = the default tier."""
+        if isinstance(tier, Tier):
+            return tier
+        if not tier:
+            return self.default_tier
+        try:
+            return Tier.parse(tier)
+        except UnknownTier as exc:
+            raise RpcError(StatusCode.INVALID_ARGUMENT, str(exc)) from None
 
-    def _serving(self, tier: str, model: str) -> list[Backend]:
+    def _serving(self, tier: Tier, model: str) -> list[Backend]:
         return [b for b in self.backends if b.tier == tier and (not model or model in (b.config.model, b.name))]
 
-    def candidates(self, tier: str, session_id: str = "", model: str = "") -> list[list[Backend]]:
+    def candidates(self, tier: Tier | str, session_id: str = "", model: str = "") -> list[list[Backend]]:
         """Healthy backends per tier, best first: the asked tier, then lower ones."""
         pinned = self._affinity.get(session_id) if session_id else None
         plan: list[list[Backend]] = []
-        for each in self._tiers_from(tier):
+        for each in self.tier(tier).and_lower():
             healthy = [b for b in self._serving(each, model) if b.healthy]
             healthy.sort(key=lambda b: (b.name != pinned, b.load(), b.requests))
             plan.append(healthy)
@@ -90,8 +99,8 @@ class Router:
         metrics.FAILURES.labels(**labels).inc()
         metrics.FAILOVERS.labels(**labels).inc()
 
-    def _unavailable(self, tier: str, model: str, tried: list[tuple[Backend, str]]) -> RpcError:
-        lower = self._tiers_from(tier)
+    def _unavailable(self, tier: Tier, model: str, tried: list[tuple[Backend, str]]) -> RpcError:
+        lower = tier.and_lower()
         configured = [b for t in lower for b in self._serving(t, model)]
         what = f"tier {tier}" + (" or lower" if len(lower) > 1 else "") + (f" with model {model!r}" if model else "")
         if not configured:
@@ -100,16 +109,16 @@ class Router:
         causes = "; ".join(f"{b.name}: {errors.get(b.name) or b.last_error or 'down'}" for b in configured)
         return RpcError(StatusCode.UNAVAILABLE, f"nothing can serve {what}: {causes}")
 
-    def _exhausted(self, tier: str, full: list[Backend]) -> RpcError:
+    def _exhausted(self, tier: Tier, full: list[Backend]) -> RpcError:
         metrics.REJECTED.labels(tier=tier).inc()
         limits = ", ".join(f"{b.name} {b.in_flight}+{b.queued}" for b in full)
         return RpcError(StatusCode.RESOURCE_EXHAUSTED,
                         f"every {tier}-tier backend is at its queue limit (in flight+queued: {limits}); retry later")
 
-    def _plan(self, tier: str, session_id: str, model: str) -> Iterable[tuple[str, list[Backend]]]:
-        return zip(self._tiers_from(tier), self.candidates(tier, session_id, model), strict=True)
+    def _plan(self, tier: Tier, session_id: str, model: str) -> Iterable[tuple[Tier, list[Backend]]]:
+        return zip(tier.and_lower(), self.candidates(tier, session_id, model), strict=True)
 
-    def _served(self, asked: str, backend: Backend, session_id: str) -> Routed:
+    def _served(self, asked: Tier, backend: Backend, session_id: str) -> Routed:
         self._remember(session_id, backend)
         fell_back = backend.tier != asked
         if fell_back:
@@ -119,11 +128,12 @@ class Router:
 
     # -- serving ----------------------------------------------------------------------------------
 
-    async def complete(self, params: ChatParams, tier: str = "", session_id: str = "",
+    async def complete(self, params: ChatParams, tier: Tier | str = "", session_id: str = "",
                        model: str = "") -> tuple[Completion, Routed]:
-        tier = tier or self.default_tier
+        """Serve `params` at `tier` (a Tier or its label; empty = the default tier) or lower."""
+        asked = self.tier(tier)
         tried: list[tuple[Backend, str]] = []
-        for each_tier, backends in self._plan(tier, session_id, model):
+        for each_tier, backends in self._plan(asked, session_id, model):
             full: list[Backend] = []
             for backend in backends:
                 if not backend.healthy:  # went down while an earlier candidate was tried
@@ -140,16 +150,16 @@ class Router:
                     continue
                 except BackendRejected as exc:
                     raise RpcError(StatusCode.INVALID_ARGUMENT, f"{backend.name} refused the request: {exc}") from exc
-                return result, self._served(tier, backend, session_id)
+                return result, self._served(asked, backend, session_id)
             if full:
                 raise self._exhausted(each_tier, full)
-        raise self._unavailable(tier, model, tried)
+        raise self._unavailable(asked, model, tried)
 
-    async def stream(self, params: ChatParams, tier: str = "", session_id: str = "",
+    async def stream(self, params: ChatParams, tier: Tier | str = "", session_id: str = "",
                      model: str = "") -> AsyncIterator[tuple[Delta, Routed]]:
-        tier = tier or self.default_tier
+        asked = self.tier(tier)
         tried: list[tuple[Backend, str]] = []
-        for each_tier, backends in self._plan(tier, session_id, model):
+        for each_tier, backends in self._plan(asked, session_id, model):
             full: list[Backend] = []
             for backend in backends:
                 if not backend.healthy:
@@ -162,7 +172,7 @@ class Router:
                         async for delta in backend.stream(params):
                             if routed is None:
                                 first_at = time.perf_counter()
-                                routed = self._served(tier, backend, session_id)
+                                routed = self._served(asked, backend, session_id)
                                 metrics.TIME_TO_FIRST_TOKEN.labels(tier=backend.tier, backend=backend.name).observe(
                                     first_at - started)
                             if delta.finish_reason:
@@ -183,7 +193,7 @@ class Router:
                 return
             if full:
                 raise self._exhausted(each_tier, full)
-        raise self._unavailable(tier, model, tried)
+        raise self._unavailable(asked, model, tried)
 
     @staticmethod
     def _observe_decode(backend: Backend, tokens: int, first_at: float) -> None:

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -22,30 +23,24 @@ from bev.rpc import CallContext, InstanceInfo, RpcError, StatusCode
 from bev.runtime import ServiceRuntime, StartupError
 from bev.secrets import SecretsUnavailable
 from bev.telemetry import get_logger
+from bev.vocab import Tier, UnknownTier
 from services.reasoning.analysis import Analysis
 from services.reasoning.backends import Backend, ChatParams
-from services.reasoning.router import TIERS, Router
+from services.reasoning.router import Router
 from services.reasoning.settings import BackendConfig, ReasoningConfig, Settings
 
 log = get_logger(__name__)
 
 EMBEDDED_BACKEND = "llama.cpp"
 ROLES = ("system", "user", "assistant")
-TIER_NAMES = {
-    reasoning_pb2.TIER_FAST: "fast",
-    reasoning_pb2.TIER_BALANCED: "balanced",
-    reasoning_pb2.TIER_POWERFUL: "powerful",
-}
-TIER_VALUES = {name: value for value, name in TIER_NAMES.items()}
 
 
-def tier_name(value: int, default: str) -> str:
-    if value == reasoning_pb2.TIER_UNSPECIFIED:
-        return default
+def requested_tier(value: int, default: Tier) -> Tier:
+    """The tier a request's `common_pb2.Tier` names; TIER_UNSPECIFIED = `default`."""
     try:
-        return TIER_NAMES[value]
-    except KeyError:
-        raise RpcError(StatusCode.INVALID_ARGUMENT, f"unknown tier {value}") from None
+        return Tier.from_proto(value, default)
+    except UnknownTier as exc:
+        raise RpcError(StatusCode.INVALID_ARGUMENT, str(exc)) from None
 
 
 class Reasoning(ReasoningServicer):
@@ -80,7 +75,7 @@ class Reasoning(ReasoningServicer):
 
     # -- requests ------------------------------------------------------------------------------
 
-    def _params(self, request: reasoning_pb2.ChatRequest) -> tuple[ChatParams, str, str]:
+    def _params(self, request: reasoning_pb2.ChatRequest) -> tuple[ChatParams, Tier, str]:
         """Validated chat parameters, tier and model filter (a tier name as model picks the tier)."""
         if not request.messages:
             raise RpcError(StatusCode.INVALID_ARGUMENT, "messages must not be empty")
@@ -102,16 +97,16 @@ class Reasoning(ReasoningServicer):
                 raise RpcError(StatusCode.INVALID_ARGUMENT, f"json_schema is not JSON: {exc}") from None
             if not isinstance(schema, dict):
                 raise RpcError(StatusCode.INVALID_ARGUMENT, "json_schema must be a JSON object")
-        tier = tier_name(request.tier, self.config.default_tier)
+        tier = requested_tier(request.tier, self.config.default_tier)
         model = request.model
-        if model in TIERS:
-            tier, model = model, ""
+        if model in Tier.ordered():
+            tier, model = Tier(model), ""
         elif model:
             serving = [b for b in self.router.backends if model in (b.config.model, b.name)]
             if not serving:
                 raise RpcError(StatusCode.NOT_FOUND, f"model {model!r} is not served here; ListModels lists them")
-            if request.tier == reasoning_pb2.TIER_UNSPECIFIED:
-                tier = max((b.tier for b in serving), key=TIERS.index)
+            if request.tier == common_pb2.TIER_UNSPECIFIED:
+                tier = max((b.tier for b in serving), key=lambda t: t.rank)
         params = ChatParams(
             messages=[{"role": m.role, "content": m.content} for m in request.messages],
             max_tokens=request.max_tokens or self.config.default_max_tokens,
@@ -138,7 +133,7 @@ class Reasoning(ReasoningServicer):
         return reasoning_pb2.ChatResponse(
             text=result.text, model=result.model, finish_reason=result.finish_reason,
             usage=reasoning_pb2.Usage(prompt_tokens=result.prompt_tokens, completion_tokens=result.completion_tokens),
-            backend=routed.backend.name, tier=TIER_VALUES[routed.backend.tier],
+            backend=routed.backend.name, tier=routed.backend.tier.to_proto(),
         )
 
     async def ChatStream(self, request: reasoning_pb2.ChatRequest,
@@ -150,7 +145,7 @@ class Reasoning(ReasoningServicer):
             if first or delta.finish_reason:
                 chunk.backend = routed.backend.name
                 chunk.model = routed.backend.config.model
-                chunk.tier = TIER_VALUES[routed.backend.tier]
+                chunk.tier = routed.backend.tier.to_proto()
                 first = False
             if delta.finish_reason:
                 chunk.done = True
@@ -173,13 +168,13 @@ class Reasoning(ReasoningServicer):
                                               usage=chunk.usage)
 
     async def Analyze(self, request: reasoning_pb2.AnalyzeRequest, ctx: CallContext) -> reasoning_pb2.AnalyzeResponse:
-        return await self.analysis.run(request, tier_name(request.tier, self.config.default_tier))
+        return await self.analysis.run(request, requested_tier(request.tier, self.config.default_tier))
 
     async def ListModels(self, request: reasoning_pb2.ListModelsRequest,
                          ctx: CallContext) -> reasoning_pb2.ListModelsResponse:
         return reasoning_pb2.ListModelsResponse(models=[
             reasoning_pb2.ModelInfo(
-                name=b.config.model, tier=TIER_VALUES[b.tier], backend=b.name,
+                name=b.config.model, tier=b.tier.to_proto(), backend=b.name,
                 context_length=b.context_length, node=b.config.node, healthy=b.healthy,
             )
             for b in self.router.backends
@@ -194,7 +189,7 @@ def router_status(router: Router) -> reasoning_pb2.RouterStatusResponse:
     return reasoning_pb2.RouterStatusResponse(
         backends=[
             reasoning_pb2.BackendStatus(
-                name=b.name, tier=TIER_VALUES[b.tier], node=b.config.node, url=b.config.url,
+                name=b.name, tier=b.tier.to_proto(), node=b.config.node, url=b.config.url,
                 model=b.config.model, healthy=b.healthy, last_error=b.last_error, in_flight=b.in_flight,
                 queued=b.queued, max_in_flight=b.config.max_in_flight, max_queued=b.config.max_queued,
                 engine_waiting=b.engine_waiting, kv_cache_usage=b.kv_cache_usage, requests=b.requests,
@@ -202,7 +197,7 @@ def router_status(router: Router) -> reasoning_pb2.RouterStatusResponse:
             )
             for b in router.backends
         ],
-        default_tier=TIER_VALUES[router.default_tier],
+        default_tier=router.default_tier.to_proto(),
         failovers=router.failovers,
         tier_fallbacks=router.tier_fallbacks,
     )
@@ -212,7 +207,7 @@ def tier_table(config: ReasoningConfig, node: str) -> list[BackendConfig]:
     """The configured backends plus one per vLLM endpoint (vLLM serves the tier name as its model)."""
     table = list(config.backends)
     for tier, url in config.vllm_endpoints.items():
-        table.append(BackendConfig(name=f"vllm-{tier}", tier=tier, url=url.rstrip("/"), model=tier, kind="vllm"))
+        table.append(BackendConfig(name=f"vllm-{tier}", tier=tier, url=url.rstrip("/"), model=tier.value, kind="vllm"))
     return table
 
 
@@ -239,7 +234,38 @@ def http_client() -> httpx.AsyncClient:
     return httpx.AsyncClient(trust_env=False, limits=httpx.Limits(max_connections=512, max_keepalive_connections=128))
 
 
+async def assemble(info: InstanceInfo, config: ReasoningConfig, backends: list[BackendConfig],
+                   api_keys: Mapping[str, str], data_dir: Path) -> Reasoning:
+    """The service from its config and dependencies: `backends` are the engines to route over (the
+    tier table, or a test's own engines), `api_keys` their keys by backend name. Starts the embedded
+    llama.cpp server when the config enables it. The service and its tests start it this way; any
+    failure is a StartupError with one line."""
+    table = list(backends)
+    embedded: LlamaServer | None = None
+    if config.embedded.enabled:
+        embedded = LlamaServer(
+            data_dir / "llama-server", model_path=config.embedded.model_path,
+            n_ctx=config.embedded.n_ctx, n_threads=config.embedded.n_threads,
+        )
+        try:
+            await asyncio.to_thread(embedded.start, config.embedded.start_timeout_s)
+        except EngineStartError as exc:
+            raise StartupError(f"embedded llama.cpp server: {exc}") from None
+        table.append(embedded_backend(config, embedded, info.node))
+    if not table:
+        raise StartupError("no inference backend: set BEV_REASONING__BACKENDS or BEV_REASONING__VLLM_ENDPOINTS, "
+                           "or enable the embedded llama.cpp server")
+    http = http_client()
+    router = Router(open_backends(config, table, http, dict(api_keys)), config.default_tier, config.affinity_sessions)
+    await router.probe_all()
+    for backend in router.backends:
+        log.info("backend", name=backend.name, tier=backend.tier, url=backend.config.url,
+                 healthy=backend.healthy, error=backend.last_error)
+    return Reasoning(info, config, router, http, embedded)
+
+
 async def build(runtime: ServiceRuntime[Settings]) -> Reasoning:
+    """Read the service's secrets (API keys of engines that need one), then assemble it."""
     config = runtime.settings.reasoning
     table = tier_table(config, runtime.settings.node)
     api_keys: dict[str, str] = {}
@@ -252,24 +278,4 @@ async def build(runtime: ServiceRuntime[Settings]) -> Reasoning:
             if not secret.get("api_key"):
                 raise StartupError(f"backend {entry.name}: Vault secret {entry.api_key_secret!r} has no api_key")
             api_keys[entry.name] = str(secret["api_key"])
-    embedded: LlamaServer | None = None
-    if config.embedded.enabled:
-        embedded = LlamaServer(
-            runtime.settings.data_dir / "llama-server", model_path=config.embedded.model_path,
-            n_ctx=config.embedded.n_ctx, n_threads=config.embedded.n_threads,
-        )
-        try:
-            await asyncio.to_thread(embedded.start, config.embedded.start_timeout_s)
-        except EngineStartError as exc:
-            raise StartupError(f"embedded llama.cpp server: {exc}") from None
-        table.append(embedded_backend(config, embedded, runtime.settings.node))
-    if not table:
-        raise StartupError("no inference backend: set BEV_REASONING__BACKENDS or BEV_REASONING__VLLM_ENDPOINTS, "
-                           "or enable the embedded llama.cpp server")
-    http = http_client()
-    router = Router(open_backends(config, table, http, api_keys), config.default_tier, config.affinity_sessions)
-    await router.probe_all()
-    for backend in router.backends:
-        log.info("backend", name=backend.name, tier=backend.tier, url=backend.config.url,
-                 healthy=backend.healthy, error=backend.last_error)
-    return Reasoning(runtime.info, config, router, http, embedded)
+    return await assemble(runtime.info, config, table, api_keys, runtime.settings.data_dir)

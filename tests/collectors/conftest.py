@@ -12,10 +12,11 @@ import pytest_asyncio
 from bev.collectors.v1.collectors_rpc import CollectorsClient
 from bev.engines import FalkorDB, NatsServer, Postgres
 from bev.rpc import InstanceInfo
-from bev.testing.collector_fixtures import DnsFixture
-from bev.testing.serving import gateway_on_free_port, serving_on_nats
-from services.collectors.servicer import Collectors, open_collection
+from bev.testing.serving import serving_on_nats
+from services.collectors.servicer import Collectors, assemble
 from services.collectors.settings import CollectorsConfig, FetchConfig
+from services.collectors.testing import DnsFixture
+from services.gateway.testing import gateway_on_free_port
 
 
 @dataclass
@@ -37,9 +38,8 @@ async def collectors_stack(nats_server: NatsServer, postgres_server: Postgres, f
         "falkordb": {"host": falkordb_server.host, "port": str(falkordb_server.port),
                      "password": falkordb_server.password},
     }
-    collection = await open_collection(config, lambda name: secrets[name])
-    servicer = Collectors(InstanceInfo(service="collectors"), config, collection)
+    servicer = await assemble(InstanceInfo(service="collectors"), config, lambda name: secrets[name])
     async with serving_on_nats(servicer, nats_server.url, default_timeout_s=30, max_concurrency=16) as nc, \
             gateway_on_free_port(nc, rpc_timeout_s=30) as gateway:
         yield CollectorsStack(servicer, CollectorsClient.over_nats(nc, timeout_s=30), gateway)
-        await collection.graph.delete_graph()  # type: ignore[attr-defined]
+        await servicer.collection.graph.delete_graph()  # type: ignore[attr-defined]

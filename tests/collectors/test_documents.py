@@ -12,16 +12,17 @@ from pathlib import Path
 import nats
 import pytest
 
+from bev.common.v1 import common_pb2
 from bev.embeddings.v1 import embeddings_pb2
 from bev.embeddings.v1.embeddings_rpc import EmbeddingsClient
 from bev.engines import FalkorDB, NatsServer, Postgres
 from bev.rpc import InstanceInfo
 from bev.rpc.nats_transport import NatsRpcServer
-from bev.testing.collector_fixtures import HttpFixture
 from services.collectors.collection import CollectionRequest
 from services.collectors.observables import Observable
 from services.collectors.servicer import corpus_sink, open_collection
 from services.collectors.settings import CollectorsConfig, FetchConfig
+from services.collectors.testing import HttpFixture
 from services.embeddings.corpus import Corpus, open_pool
 from services.embeddings.model import SentenceEmbedder
 from services.embeddings.registry import ModelRegistry
@@ -64,8 +65,8 @@ async def test_web_pages_reach_the_corpus_with_provenance(
         first = [s async for s in collection.run(request)]
         document_id = json.loads(first[0].entity.props)["corpus_document_id"]
         document = await client.GetDocument(embeddings_pb2.GetDocumentRequest(document_id=document_id))
-        assert (document.uri, document.source, document.tlp, document.investigation_id) == (url, "web", "amber",
-                                                                                              "inv-docs")
+        assert (document.uri, document.source, document.tlp, document.investigation_id) == (
+            url, "web", common_pb2.TLP_AMBER, "inv-docs")
         assert "HarborLoader" in document.text and document.title.startswith("Operation Glass Harbor")
         again = [s async for s in collection.run(request)]
         assert again[0].entity == first[0].entity  # same corpus document, graph unchanged

@@ -10,13 +10,14 @@ import pytest
 from stix2validator import ValidationOptions, validate_instance
 
 from bev.collectors.v1 import collectors_pb2
+from bev.common.v1 import common_pb2
 from bev.engines import FalkorDB, Postgres, free_port
 from bev.rpc import RpcError, StatusCode
 from bev.runtime import StartupError
-from bev.testing.collector_fixtures import HttpFixture
 from services.collectors.observables import Observable
 from services.collectors.servicer import open_collection
 from services.collectors.settings import CollectorsConfig
+from services.collectors.testing import HttpFixture
 from tests.collectors.conftest import CollectorsStack
 
 BLOG = Path(__file__).parents[2] / "services" / "collectors" / "tests" / "data" / "threat-blog.html"
@@ -25,7 +26,7 @@ BLOG = Path(__file__).parents[2] / "services" / "collectors" / "tests" / "data" 
 async def _collect_blog(stack: CollectorsStack, http_fixture: HttpFixture) -> list[collectors_pb2.Observation]:
     url = http_fixture.serve("/svc/glass-harbor.html", BLOG.read_bytes())
     request = collectors_pb2.CollectRequest(collector="web", target_type="url", target=url,
-                                            investigation_id="inv-svc", tlp="green")
+                                            investigation_id="inv-svc", tlp=common_pb2.TLP_GREEN)
     return [obs async for obs in stack.client.Collect(request)]
 
 
@@ -33,7 +34,7 @@ async def test_collect_streams_stored_observations_and_export_validates(
         collectors_stack: CollectorsStack, http_fixture: HttpFixture) -> None:
     observations = await _collect_blog(collectors_stack, http_fixture)
     assert len(observations) > 10
-    assert {o.collector for o in observations} == {"web"} and {o.tlp for o in observations} == {"green"}
+    assert {o.collector for o in observations} == {"web"} and {o.tlp for o in observations} == {common_pb2.TLP_GREEN}
     page_id = observations[0].entity.id
     again = await _collect_blog(collectors_stack, http_fixture)
     assert [o.id for o in again] == [o.id for o in observations]  # a rerun is the same observations
@@ -95,9 +96,13 @@ async def test_gateway_routes(collectors_stack: CollectorsStack, http_fixture: H
         assert collected.status_code == 403
         feed = http_fixture.serve("/svc/feed.rss", (BLOG.parent / "feed.rss").read_bytes(), "application/rss+xml")
         collected = await http.post("/api/v1/collectors/feed/collect",
-                                    json={"target_type": "url", "target": feed, "tlp": "green"})
+                                    json={"target_type": "url", "target": feed, "tlp": "TLP:GREEN"})
         assert collected.status_code == 200
         assert "198.51.100.77" in {o["entity"]["value"] for o in collected.json()["observations"]}
+        assert {o["tlp"] for o in collected.json()["observations"]} == {"green"}  # labels, not TLP_GREEN
+        bad_tlp = await http.post("/api/v1/collectors/feed/collect",
+                                  json={"target_type": "url", "target": feed, "tlp": "purple"})
+        assert bad_tlp.status_code == 400 and "clear, green, amber, amber+strict, red" in bad_tlp.json()["error"]
         queried = await http.post("/api/v1/graph/query", json={
             "cypher": "MATCH (e:Entity {type: $t}) RETURN e.value ORDER BY e.value", "params": {"t": "vulnerability"}})
         assert queried.json()["rows"] == [["CVE-2025-21298"], ["CVE-2026-1234"]]

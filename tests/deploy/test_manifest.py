@@ -80,6 +80,22 @@ def test_nats_and_vault_come_first_for_the_supervisor(manifest: Manifest) -> Non
         assert {"nats", "vault"} <= set(service.engines), service.name
 
 
+def test_each_service_reads_exactly_its_declared_secrets(manifest: Manifest) -> None:
+    # Its own NATS user, then the secret of each engine it lists, then its own extras.
+    assert manifest.secrets_of("collectors") == ["nats/collectors", "postgres", "redis", "falkordb"]
+    assert manifest.secrets_of("embeddings") == ["nats/embeddings", "postgres"]
+    for service in ("gateway", "swarm", "monitoring", "avatar", "reasoning"):
+        assert manifest.secrets_of(service) == [f"nats/{service}"], service  # no grant that no code reads
+
+
+def test_a_new_call_is_one_edit_in_the_manifest() -> None:
+    data = copy.deepcopy(raw_manifest())
+    data["services"]["swarm"]["calls"].append("avatar")
+    edited = parse_manifest(data)
+    assert "avatar" in edited.callees("swarm")
+    assert "bev.avatar.v1.>" in edited.nats_permissions("swarm")["publish"]["allow"]
+
+
 def test_ports_are_distinct_across_the_fleet(manifest: Manifest) -> None:
     ports = [e.port for e in manifest.engines.values()]
     for service in manifest.services.values():
@@ -195,6 +211,21 @@ INVALID_CASES: list[tuple[str, Callable[[Raw], None], str]] = [
         "model for a node the engine is not on",
         _set("engines.vllm.nodes", ["thanos"]),
         "engine 'vllm' has a model for node 'starlord', where it does not run",
+    ),
+    (
+        "call to an unknown service",
+        _append("services.swarm.calls", "oracle"),
+        "service 'swarm' calls unknown service 'oracle' (known: reasoning, embeddings",
+    ),
+    (
+        "a service calling itself",
+        _append("services.swarm.calls", "swarm"),
+        "service 'swarm' lists itself in calls",
+    ),
+    (
+        "calls neither a list nor all",
+        _set("services.swarm.calls", "everyone"),
+        "services.swarm.calls",
     ),
     (
         "misspelt key",

@@ -3,28 +3,30 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 from pathlib import Path
 
 import pytest
+from structlog.testing import capture_logs
 
 from bev.engines import OpenBao, free_port, new_secret_id, seed_fleet
-from bev.secrets import SERVICE_SECRETS, SecretsUnavailable, VaultSecrets
+from bev.manifest import load_manifest
+from bev.secrets import SecretsUnavailable, VaultSecrets
 from bev.settings import VaultSettings
 
 SECRETS = {
     "postgres": {"dsn": "postgresql://bev:pg-pw@127.0.0.1:5432/bev"},
     "redis": {"url": "redis://:redis-pw@127.0.0.1:6379/0"},
     "nats/embeddings": {"user": "bev-embeddings", "password": "nats-pw-e"},
-    "nats/gateway": {"user": "bev-gateway", "password": "nats-pw-g"},
-    "jwt": {"signing_key": "jwt-key"},
+    "falkordb": {"host": "127.0.0.1", "port": "6380", "password": "falkor-pw"},
+    "nats/collectors": {"user": "bev-collectors", "password": "nats-pw-c"},
 }
-SERVICES = ["embeddings", "gateway"]
+SERVICES = ["embeddings", "collectors"]
+MANIFEST = load_manifest()
 
 
 @pytest.fixture(scope="module")
 def seeded(openbao_server: OpenBao) -> dict[str, tuple[str, str]]:
-    access = {service: SERVICE_SECRETS[service] for service in SERVICES}
+    access = {service: MANIFEST.secrets_of(service) for service in SERVICES}
     return seed_fleet(openbao_server.addr, openbao_server.root_token, SERVICES, SECRETS, access)
 
 
@@ -36,18 +38,11 @@ def _session(openbao_server: OpenBao, seeded: dict[str, tuple[str, str]], servic
     return VaultSecrets(settings, service)
 
 
-def test_service_secrets_table() -> None:
-    assert set(SERVICE_SECRETS) == {
-        "gateway",
-        "reasoning",
-        "embeddings",
-        "swarm",
-        "collectors",
-        "avatar",
-        "monitoring",
+def test_grants_come_from_the_manifest() -> None:
+    assert {service: MANIFEST.secrets_of(service) for service in SERVICES} == {
+        "embeddings": ["nats/embeddings", "postgres"],
+        "collectors": ["nats/collectors", "postgres", "redis", "falkordb"],
     }
-    assert all(f"nats/{service}" in names for service, names in SERVICE_SECRETS.items())  # its own NATS user
-    assert set(SERVICE_SECRETS["collectors"]) == {"nats/collectors", "postgres", "redis", "falkordb"}
 
 
 def test_each_service_reads_its_own_secrets(
@@ -58,10 +53,10 @@ def test_each_service_reads_its_own_secrets(
     assert embeddings.read("postgres") == SECRETS["postgres"]
     assert embeddings.read("nats/embeddings") == SECRETS["nats/embeddings"]
 
-    gateway = _session(openbao_server, seeded, "gateway")
-    gateway.login()
-    assert gateway.read("jwt") == SECRETS["jwt"]
-    assert gateway.read("redis") == SECRETS["redis"]
+    collectors = _session(openbao_server, seeded, "collectors")
+    collectors.login()
+    assert collectors.read("redis") == SECRETS["redis"]
+    assert collectors.read("falkordb") == SECRETS["falkordb"]
 
 
 def test_seeded_credentials_log_in_once(openbao_server: OpenBao, seeded: dict[str, tuple[str, str]]) -> None:
@@ -83,24 +78,24 @@ def test_reading_a_secret_not_granted_fails(
     embeddings = _session(openbao_server, seeded, "embeddings")
     embeddings.login()
     with pytest.raises(SecretsUnavailable) as raised:
-        embeddings.read("jwt")
+        embeddings.read("redis")
     message = str(raised.value)
-    assert message == "Vault read of 'secret/bev/jwt' for service 'embeddings' failed: permission denied"
+    assert message == "Vault read of 'secret/bev/redis' for service 'embeddings' failed: permission denied"
     with pytest.raises(SecretsUnavailable, match="permission denied"):
-        embeddings.read("nats/gateway")  # another service's NATS user
+        embeddings.read("nats/collectors")  # another service's NATS user
 
 
 def test_read_logs_in_on_first_use(openbao_server: OpenBao, seeded: dict[str, tuple[str, str]]) -> None:
-    assert _session(openbao_server, seeded, "gateway").read("nats/gateway") == SECRETS["nats/gateway"]
+    assert _session(openbao_server, seeded, "collectors").read("nats/collectors") == SECRETS["nats/collectors"]
 
 
 def test_seeding_again_is_idempotent(openbao_server: OpenBao, seeded: dict[str, tuple[str, str]]) -> None:
-    access = {service: SERVICE_SECRETS[service] for service in SERVICES}
+    access = {service: MANIFEST.secrets_of(service) for service in SERVICES}
     again = seed_fleet(openbao_server.addr, openbao_server.root_token, SERVICES, SECRETS, access)
     assert {service: role_id for service, (role_id, _) in again.items()} == {
         service: role_id for service, (role_id, _) in seeded.items()
     }
-    assert again["gateway"][1] != seeded["gateway"][1]
+    assert again["collectors"][1] != seeded["collectors"][1]
 
 
 def test_access_for_an_unseeded_service_is_refused(openbao_server: OpenBao) -> None:
@@ -166,7 +161,7 @@ async def test_renew_forever_outlives_the_ttl(
     await asyncio.wait_for(renewing, timeout=1)
 
 
-async def test_renewal_failure_is_logged_not_raised(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+async def test_renewal_failure_is_logged_not_raised(tmp_path: Path) -> None:
     vault = OpenBao(tmp_path)
     vault.start()
     try:
@@ -174,10 +169,13 @@ async def test_renewal_failure_is_logged_not_raised(tmp_path: Path, caplog: pyte
         await asyncio.to_thread(secrets.login)
     finally:
         vault.stop()
-    with caplog.at_level(logging.WARNING, logger="bev.secrets"):
+    with capture_logs() as logs:
         # Returns by itself once the token has expired; it never raises.
         await asyncio.wait_for(secrets.renew_forever(asyncio.Event()), timeout=5)
-    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
-    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
-    assert warnings and "is unreachable (connection refused)" in warnings[0]
-    assert len(errors) == 1 and "expired; restart it to log in again" in errors[0]
+    warnings = [entry for entry in logs if entry["log_level"] == "warning"]
+    errors = [entry for entry in logs if entry["log_level"] == "error"]
+    assert warnings and warnings[0]["event"] == "vault token renewal failed; retrying"
+    assert warnings[0]["service"] == "swarm" and warnings[0]["retry_in_s"] >= 1
+    assert "is unreachable (connection refused)" in warnings[0]["error"]
+    assert len(errors) == 1 and errors[0]["event"] == "vault token expired; restart the service to log in again"
+    assert errors[0]["service"] == "swarm"

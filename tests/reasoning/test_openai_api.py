@@ -9,6 +9,7 @@ import httpx
 import openai
 import pytest
 
+from bev.common.v1 import common_pb2
 from bev.reasoning.v1 import reasoning_pb2
 from tests.reasoning.conftest import Stack
 
@@ -90,7 +91,16 @@ async def test_router_status_and_list_models_over_nats(reasoning_stack: Stack) -
     assert sum(b.requests for b in status.backends) > 0
     models = await reasoning_stack.client.ListModels(reasoning_pb2.ListModelsRequest())
     assert {(m.name, m.tier, m.healthy) for m in models.models} == {
-        ("smollm2-135m-instruct", reasoning_pb2.TIER_FAST, True)}
+        ("smollm2-135m-instruct", common_pb2.TIER_FAST, True)}
+    assert status.default_tier == common_pb2.TIER_FAST
     async with httpx.AsyncClient(base_url=reasoning_stack.gateway, trust_env=False) as http:
         shown = (await http.get("/api/v1/reasoning/router")).json()
     assert {b["name"] for b in shown["backends"]} == {"llama.cpp-0", "llama.cpp-1"}
+    # The HTTP API speaks tier labels both ways: "fast" in responses, names (any case) in requests.
+    assert shown["default_tier"] == "fast" and {b["tier"] for b in shown["backends"]} == {"fast"}
+    async with httpx.AsyncClient(base_url=reasoning_stack.gateway, trust_env=False, timeout=120) as http:
+        generated = await http.post("/api/v1/reasoning/generate", json={"prompt": "Say hi.", "max_tokens": 4,
+                                                                       "tier": "Fast"})
+        assert generated.status_code == 200, generated.text
+        bad = await http.post("/api/v1/reasoning/generate", json={"prompt": "Say hi.", "tier": "turbo"})
+    assert bad.status_code == 400 and "fast, balanced, powerful" in bad.json()["error"]

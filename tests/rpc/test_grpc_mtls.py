@@ -20,7 +20,7 @@ from bev.echo.v1 import echo_pb2
 from bev.echo.v1.echo_rpc import EchoClient
 from bev.rpc import InstanceInfo, RpcError, StatusCode
 from bev.rpc.grpc_transport import GrpcRpcServer, TlsFiles
-from bev.testing.echo import Echo
+from tests.rpc.echo import Echo
 
 async_test = pytest.mark.asyncio(loop_scope="session")
 

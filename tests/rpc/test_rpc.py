@@ -20,7 +20,7 @@ from bev.echo.v1.echo_rpc import EchoClient
 from bev.rpc import RpcError, StatusCode
 from bev.rpc.grpc_transport import GrpcTransport
 from bev.rpc.nats_transport import NatsTransport
-from bev.testing.plugin import ECHO_MAX_REQUEST_BYTES, EchoEndpoints
+from tests.rpc.echo import ECHO_MAX_REQUEST_BYTES, EchoEndpoints
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 

@@ -49,7 +49,7 @@ def seed_fleet(
 ) -> dict[str, tuple[str, str]]:
     """Write secrets, one policy and one AppRole per service; return {service: (role_id, secret_id)}.
 
-    `access` maps a service to the secret names it may read (bev.secrets.SERVICE_SECRETS for
+    `access` maps a service to the secret names it may read (`Manifest.secrets_of` for
     the fleet); a service missing from it may log in but read nothing. Tokens last `token_ttl`
     and are renewable; each secret id is single-use and expires after `secret_id_ttl`.
     """

@@ -24,6 +24,11 @@ class InstanceInfo:
     pid: int = field(default_factory=os.getpid)
     started: float = field(default_factory=time.time)
 
+    def discovery_metadata(self, grpc_address: str = "", metrics_address: str = "") -> dict[str, str]:
+        """What `$SRV.INFO` publishes about this instance (read back by bev.fleet.discover)."""
+        return {"node": self.node, "instance": self.instance, "pid": str(self.pid), "started": f"{self.started:.3f}",
+                "grpc": grpc_address, "metrics": metrics_address}
+
 
 class Servicer:
     """Subclass the generated `<Service>Servicer` (bev/<svc>/v1/<svc>_rpc.py), not this class.

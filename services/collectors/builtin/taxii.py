@@ -8,7 +8,9 @@ part is small: GET <collection>/objects/ with the TAXII 2.1 media type, followin
 Normalisation: cyber observables keep their deterministic ids; named domain objects (malware,
 intrusion-set, attack-pattern ...) are keyed by type and name, so the same actor from two feeds is
 one node; indicators contribute the observables their pattern compares for equality; relationships
-are kept between whatever their ends became.
+are kept between whatever their ends became. An object stix2 accepts but that has no usable
+identifying value (an empty `value`, `name` or hash) is dropped, logged and counted in
+bev_collector_dropped_objects_total.
 """
 
 from __future__ import annotations
@@ -21,7 +23,9 @@ from urllib.parse import urlencode
 
 import stix2
 import stix2.exceptions
+from prometheus_client import Counter
 
+from bev.telemetry import get_logger
 from services.collectors.contract import CollectContext, CollectorError, Finding
 from services.collectors.observables import NAMED_SDO_TYPES, Observable, ObservableError, Relation
 from services.collectors.settings import CollectorsConfig
@@ -33,6 +37,11 @@ _SCO_VALUE_TYPES = ("ipv4-addr", "ipv6-addr", "domain-name", "url", "email-addr"
 _PATTERN_EQUALS = re.compile(
     r"(ipv4-addr|ipv6-addr|domain-name|url|email-addr):value\s*=\s*'((?:[^'\\]|\\.)*)'"
     r"|file:hashes\.'?(MD5|SHA-1|SHA-256|SHA-512)'?\s*=\s*'([0-9A-Fa-f]+)'")
+
+DROPPED = Counter("bev_collector_dropped_objects_total", "Objects a collector received but could not use",
+                  ["collector", "reason"])
+
+log = get_logger(__name__)
 
 
 class TaxiiCollector:
@@ -85,13 +94,22 @@ def _observable_of(obj: dict[str, Any]) -> Observable | None:
             return Observable(kind, str(obj["value"]))
         if kind == "file" and obj.get("hashes"):
             return Observable("file", next(iter(obj["hashes"].values())), {"hashes": dict(obj["hashes"])})
-        if kind in NAMED_SDO_TYPES and obj.get("name"):
+        # `in`, not a truth test: an empty name is malformed and reported below; no name at all is
+        # valid STIX for some types (a malware instance) and just not keyable by name.
+        if kind in NAMED_SDO_TYPES and "name" in obj:
             props: dict[str, Any] = {key: obj[key] for key in ("description", "aliases", "external_references", "is_family")
                      if key in obj}
             return Observable(kind, str(obj["name"]), props)
-    except ObservableError:
-        return None
+    except ObservableError as exc:
+        _dropped(obj, "invalid_value", str(exc))
     return None
+
+
+def _dropped(obj: dict[str, Any], reason: str, error: str) -> None:
+    # Valid enough for stix2 but not for the graph: say so, or a feed quietly loses objects.
+    DROPPED.labels(TaxiiCollector.name, reason).inc()
+    log.warning("dropped a malformed STIX object", collector=TaxiiCollector.name, reason=reason,
+                stix_id=obj.get("id", ""), stix_type=obj.get("type", ""), error=error)
 
 
 def _pattern_observables(pattern: str) -> list[Observable]:

@@ -12,13 +12,13 @@ import pytest
 import pytest_asyncio
 
 from bev.engines import FalkorDB, Postgres
-from bev.testing.collector_fixtures import DnsFixture, HttpFixture, WhoisFixture
 from services.collectors.collection import Collection
 from services.collectors.contract import load_collectors
 from services.collectors.fetch import Fetcher
 from services.collectors.graph import CypherGraphStore, FalkorGraphStore, Neo4jGraphStore
 from services.collectors.observations import ObservationStore, migrate
 from services.collectors.settings import CollectorsConfig, FetchConfig
+from services.collectors.testing import DnsFixture, HttpFixture, WhoisFixture
 
 
 @pytest.fixture(params=["falkordb", "neo4j"])

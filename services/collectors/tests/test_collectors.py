@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 import uuid
 from pathlib import Path
+from typing import cast
 
 import pytest
 
-from bev.testing.collector_fixtures import DnsFixture, HttpFixture, Recorded, SocksProxy, WhoisFixture
+from bev.vocab import Tlp
 from services.collectors.collection import Collection, CollectionRequest, StoredFinding
 from services.collectors.contract import (
     Collector,
@@ -20,13 +21,16 @@ from services.collectors.contract import (
 from services.collectors.fetch import Fetcher
 from services.collectors.observables import Observable
 from services.collectors.settings import FetchConfig
+from services.collectors.testing import DnsFixture, HttpFixture, Recorded, SocksProxy, WhoisFixture
 
 DATA = Path(__file__).parent / "data"
 
 
-async def _collect(collection: Collection, collector: str, kind: str, value: str, **kwargs: object) -> list[StoredFinding]:
-    request = CollectionRequest(collector, Observable(kind, value), investigation_id=kwargs.pop("inv", "t-" + uuid.uuid4().hex[:6]),
-                                **kwargs)  # type: ignore[arg-type]
+async def _collect(collection: Collection, collector: str, kind: str, value: str, *, inv: str = "",
+                   opsec: bool = False, tlp: str = "clear", confidence: int = 0) -> list[StoredFinding]:
+    request = CollectionRequest(collector, Observable(kind, value), investigation_id=inv or "t-" + uuid.uuid4().hex[:6],
+                                # a label on purpose: __post_init__ parses it, and refuses an unknown one
+                                opsec=opsec, tlp=cast(Tlp, tlp), confidence=confidence)
     return [stored async for stored in collection.run(request)]
 
 

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import AsyncIterator
 
 import pytest
 
-from bev.testing.collector_fixtures import DnsFixture, HttpFixture
 from services.collectors.fetch import AddressPolicy, Fetcher, FetchFailed, FetchRefused, parse_numeric_host
 from services.collectors.settings import FetchConfig
+from services.collectors.testing import DnsFixture, HttpFixture
 
 BYPASS_URLS = [
     # loopback, every spelling
@@ -94,11 +95,11 @@ def test_numeric_host_spellings_read_like_inet_aton() -> None:
 
 
 @pytest.fixture
-async def fetcher(http_fixture: HttpFixture) -> Fetcher:
+async def fetcher(http_fixture: HttpFixture) -> AsyncIterator[Fetcher]:
     config = FetchConfig(allow_ranges=["127.0.0.0/8"], max_bytes=64 * 1024, read_timeout_s=0.5,
                          per_domain_rate_per_s=1000, tor_socks_url="")
     instance = Fetcher(config)
-    yield instance  # type: ignore[misc]
+    yield instance
     await instance.close()
 
 

@@ -5,6 +5,7 @@ official openai client included); the `bev ingest` / `bev search` CLI as a real 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import sys
 import time
@@ -12,6 +13,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -19,19 +21,19 @@ import pytest
 import pytest_asyncio
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from bev.common.v1 import common_pb2
 from bev.embeddings.v1 import embeddings_pb2
 from bev.embeddings.v1.embeddings_rpc import EmbeddingsClient
 from bev.engines import NatsServer
+from bev.manifest import load_manifest
 from bev.rpc import CallContext, InstanceInfo, RpcError, StatusCode
 from bev.testing.serving import serving_on_nats
-from services.embeddings.corpus import Corpus, open_pool
+from bev.vocab import Tlp
 from services.embeddings.model import SentenceEmbedder
 from services.embeddings.registry import ModelRegistry
-from services.embeddings.schema import migrate
-from services.embeddings.servicer import Embeddings
+from services.embeddings.servicer import Embeddings, EmbeddingsDeps, assemble
 from services.embeddings.settings import EmbeddingsConfig
 from services.embeddings.tests import samples
-from services.embeddings.vector_index import PgVectorIndex
 from services.gateway.api import create_app
 from services.gateway.settings import GatewayConfig
 
@@ -48,25 +50,21 @@ class Service:
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
 async def service(
-    nats_server: NatsServer, fresh_database: Callable[[], str], minilm: SentenceEmbedder
+    nats_server: NatsServer, fresh_database: Callable[[], str], minilm: SentenceEmbedder,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> AsyncIterator[Service]:
     config = EmbeddingsConfig(chunk_chars=400, chunk_overlap=80)
-    dsn = fresh_database()
-    await asyncio.to_thread(migrate, dsn)
-    pool = await open_pool(dsn)
-    models = ModelRegistry([ModelRegistry.serve(minilm, config)], config.model)
-    corpus = Corpus(pool, PgVectorIndex(pool), models.default, chunk_chars=config.chunk_chars,
-                    chunk_overlap=config.chunk_overlap, max_document_bytes=config.max_document_bytes)
-    await corpus.prepare()
-    servicer = Embeddings(InstanceInfo(service="embeddings"), config, models, corpus)
+    models = ModelRegistry([ModelRegistry.serve(minilm, config)], config.model)  # the session's MiniLM
+    servicer = await assemble(InstanceInfo(service="embeddings"), config,
+                              EmbeddingsDeps(fresh_database(), tmp_path_factory.mktemp("embeddings"), models))
     async with serving_on_nats(servicer, nats_server.url, default_timeout_s=30, max_concurrency=256) as nc:
-        app = create_app(nc, GatewayConfig())
+        app = create_app(nc, GatewayConfig(), load_manifest().callees("gateway"))
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gateway",
                                      timeout=60) as http:
             yield Service(EmbeddingsClient.over_nats(nc, timeout_s=60), http, servicer, nats_server.url)
 
 
-def _doc(content: bytes, **fields: object) -> embeddings_pb2.DocumentInput:
+def _doc(content: bytes, **fields: Any) -> embeddings_pb2.DocumentInput:
     return embeddings_pb2.DocumentInput(content=content, **fields)
 
 
@@ -184,18 +182,19 @@ async def test_search_filters_and_modes(service: Service) -> None:
             ("mar", "red", "inv-y", datetime(2026, 3, 5, tzinfo=UTC))]
     for month, tlp, inv, when in rows:
         await service.client.Ingest(embeddings_pb2.IngestRequest(document=_doc(
-            base.format(month, tlp, inv).encode(), source="filters", tlp=tlp.upper(), investigation_id=inv,
+            base.format(month, tlp, inv).encode(), source="filters", tlp=Tlp(tlp).to_proto(), investigation_id=inv,
             collected_at=_ts(when))))
 
-    async def titles(**filters: object) -> set[str]:
+    async def titles(**filters: Any) -> set[str]:
         reply = await service.client.Search(embeddings_pb2.SearchRequest(
             query="campaign loader", k=10,
             filters=embeddings_pb2.SearchFilters(sources=["filters"], **filters)))
         return {h.title.split(" the ")[1].split(" ")[0] for h in reply.hits}
 
     assert await titles() == {"jan", "feb", "mar"}
-    assert await titles(tlp=["clear", "amber"]) == {"jan", "feb"}
-    assert await titles(tlp=["TLP:RED"]) == {"mar"}
+    assert await titles(tlp=[common_pb2.TLP_CLEAR, common_pb2.TLP_AMBER]) == {"jan", "feb"}
+    assert await titles(tlp=[common_pb2.TLP_RED]) == {"mar"}
+    assert await titles(tlp=[common_pb2.TLP_UNSPECIFIED]) == {"jan"}  # unspecified = clear
     assert await titles(investigation_id="inv-x") == {"jan", "feb"}
     assert await titles(collected_after=_ts(datetime(2026, 2, 1, tzinfo=UTC))) == {"feb", "mar"}
     assert await titles(collected_before=_ts(datetime(2026, 2, 1, tzinfo=UTC))) == {"jan"}
@@ -203,10 +202,14 @@ async def test_search_filters_and_modes(service: Service) -> None:
         reply = await service.client.Search(embeddings_pb2.SearchRequest(
             query="feb loader", k=1, mode=mode, filters=embeddings_pb2.SearchFilters(sources=["filters"])))
         assert len(reply.hits) == 1 and "feb" in reply.hits[0].excerpt
-    with pytest.raises(RpcError) as bad:
+    with pytest.raises(RpcError) as bad:  # a value this service does not know (a newer peer's)
         await service.client.Search(embeddings_pb2.SearchRequest(
-            query="x", filters=embeddings_pb2.SearchFilters(tlp=["purple"])))
-    assert bad.value.code is StatusCode.INVALID_ARGUMENT and "purple" in bad.value.message
+            query="x", filters=embeddings_pb2.SearchFilters(tlp=[common_pb2.Tlp.ValueType(42)])))
+    assert bad.value.code is StatusCode.INVALID_ARGUMENT and "unknown TLP value 42" in bad.value.message
+    with pytest.raises(RpcError) as bad:
+        await service.client.Ingest(embeddings_pb2.IngestRequest(document=_doc(
+            b"An unknown TLP value.", tlp=common_pb2.Tlp.ValueType(42))))
+    assert bad.value.code is StatusCode.INVALID_ARGUMENT and "amber+strict" in bad.value.message
 
 
 async def test_ingest_stream_reports_progress_per_document(service: Service) -> None:
@@ -250,6 +253,11 @@ async def test_gateway_documents_search_and_errors(service: Service) -> None:
     assert uploaded.json()["duplicate"] is False and hit["title"] == "Memo"
     assert hit["document_id"] == document_id and hit["tlp"] == "green" and hit["investigation_id"] == "inv-gw"
     document = (await http.get(f"/api/v1/documents/{document_id}")).json()
+    assert document["tlp"] == "green"
+    for labels, found_it in ((["TLP:GREEN"], True), (["white", "amber+strict"], False)):
+        filtered = await http.get("/api/v1/search", params={"q": "laundered through mixers", "tlp": labels})
+        assert filtered.status_code == 200, filtered.text
+        assert (document_id in {h["document_id"] for h in filtered.json()["hits"]}) is found_it
     assert document["text"][hit["start"] : hit["end"]] == hit["excerpt"]
     assert (await http.get("/api/v1/documents/00000000-0000-0000-0000-000000000000")).status_code == 404
     unsupported = await http.post("/api/v1/documents", files={"file": ("x.docx", b"PK\x03\x04", "application/vnd.ms-word")})
@@ -262,7 +270,11 @@ async def test_gateway_documents_search_and_errors(service: Service) -> None:
     assert (await http.post("/api/v1/documents", files={"file": ("e.txt", b"", "text/plain")})).status_code == 400
     assert (await http.get("/api/v1/search", params={"q": ""})).status_code == 422
     assert (await http.get("/api/v1/search", params={"q": "x", "mode": "fuzzy"})).status_code == 400
-    assert (await http.get("/api/v1/search", params={"q": "x", "tlp": "purple"})).status_code == 400
+    purple = await http.get("/api/v1/search", params={"q": "x", "tlp": "purple"})
+    assert purple.status_code == 400 and "clear, green, amber, amber+strict, red" in purple.json()["error"]
+    bad_upload = await http.post("/api/v1/documents", files={"file": ("t.txt", b"tlp", "text/plain")},
+                                 data={"tlp": "TLP:PURPLE"})
+    assert bad_upload.status_code == 400 and "TLP:PURPLE" in bad_upload.json()["error"]
     stats = await http.get("/api/v1/corpus/stats")
     assert stats.status_code == 200 and int(stats.json()["documents"]) >= 1
 
@@ -308,5 +320,10 @@ async def test_cli_ingest_and_search(service: Service, tmp_path: Path) -> None:
     code, out, err = await bev("search", "fake interview requests", "-k", "2", "--source", "cli-test")
     assert code == 0, err
     assert "Kimsuky" in out and "[0:" in out
+    code, out, err = await bev("search", "fake interview requests", "-k", "1", "--tlp", "TLP:GREEN", "--json")
+    assert code == 0, err
+    assert json.loads(out)["hits"][0]["tlp"] == "green"
+    code, _, err = await bev("ingest", str(folder), "--tlp", "purple")
+    assert code == 2 and "purple" in err
     code, _, err = await bev("ingest", str(folder / "kimsuky.md"), str(tmp_path / "missing.txt"))
     assert code == 1 and "no such file" in err

@@ -8,7 +8,7 @@ from pydantic import BaseModel, Field
 
 from bev.collectors.v1 import collectors_pb2
 from services.gateway.clients import Clients
-from services.gateway.routes.common import to_json
+from services.gateway.routes.common import tlp_value, to_json
 
 
 class ExtractBody(BaseModel):
@@ -21,7 +21,7 @@ class CollectBody(BaseModel):
     target: str
     investigation_id: str = ""
     opsec: bool = False
-    tlp: str = ""
+    tlp: str = ""  # clear, green, amber, amber+strict, red ("TLP:AMBER" too); empty = the service's default
     confidence: int = Field(default=0, ge=0, le=100)
 
 
@@ -50,7 +50,8 @@ def router(clients: Clients) -> APIRouter:
 
     @api.post("/api/v1/collectors/{name}/collect")
     async def collect(name: str, body: CollectBody) -> dict[str, Any]:
-        request = collectors_pb2.CollectRequest(collector=name, **body.model_dump())
+        request = collectors_pb2.CollectRequest(collector=name, **body.model_dump(exclude={"tlp"}),
+                                                tlp=tlp_value(body.tlp))
         observations = [to_json(obs) async for obs in clients.collectors.Collect(request)]
         return {"observations": observations}
 

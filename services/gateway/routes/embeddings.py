@@ -15,7 +15,7 @@ from pydantic import BaseModel, Field
 from bev.embeddings.v1 import embeddings_pb2
 from bev.media_types import UnsupportedMediaType, resolve_media_type
 from services.gateway.clients import Clients
-from services.gateway.routes.common import enum_value, to_json
+from services.gateway.routes.common import enum_value, tlp_value, to_json
 
 # Paths whose bodies may be up to GatewayConfig.max_upload_bytes (the body-size middleware reads it).
 UPLOAD_PATHS = frozenset({"/api/v1/documents"})
@@ -87,7 +87,7 @@ def router(clients: Clients) -> APIRouter:
         title: Annotated[str, Form()] = "",
         uri: Annotated[str, Form()] = "",
         source: Annotated[str, Form()] = "upload",
-        tlp: Annotated[str, Form()] = "clear",
+        tlp: Annotated[str, Form(description="TLP label: clear, green, amber, amber+strict, red")] = "clear",
         investigation_id: Annotated[str, Form()] = "",
         collected_at: Annotated[datetime | None, Form()] = None,
     ) -> dict[str, Any]:
@@ -100,7 +100,8 @@ def router(clients: Clients) -> APIRouter:
             raise HTTPException(415, str(exc)) from None
         document = embeddings_pb2.DocumentInput(
             content=content, media_type=media_type, filename=file.filename or "", title=title, uri=uri,
-            source=source, tlp=tlp, investigation_id=investigation_id, collected_at=_timestamp(collected_at),
+            source=source, tlp=tlp_value(tlp), investigation_id=investigation_id,
+            collected_at=_timestamp(collected_at),
         )
         return to_json(await clients.embeddings.Ingest(embeddings_pb2.IngestRequest(document=document)))
 
@@ -127,7 +128,7 @@ def router(clients: Clients) -> APIRouter:
         request = embeddings_pb2.SearchRequest(
             query=q, k=k, mode=enum_value(embeddings_pb2.SearchMode, "SEARCH_MODE_", mode, "search mode"),
             filters=embeddings_pb2.SearchFilters(
-                sources=source or [], tlp=tlp or [], investigation_id=investigation_id,
+                sources=source or [], tlp=[tlp_value(label) for label in tlp or []], investigation_id=investigation_id,
                 collected_after=_timestamp(after), collected_before=_timestamp(before),
             ),
         )

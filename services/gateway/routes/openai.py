@@ -16,13 +16,23 @@ from typing import Any, Literal
 
 from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse, StreamingResponse
+from prometheus_client import Counter
 from pydantic import BaseModel, Field
 
 from bev.reasoning.v1 import reasoning_pb2
 from bev.rpc import RpcError, StatusCode
+from bev.telemetry import get_logger
+from bev.vocab import Tier, UnknownTier
 from services.gateway.clients import Clients
+from services.gateway.routes.common import HTTP_STATUS
 
-TIERS = ("fast", "balanced", "powerful")
+log = get_logger(__name__)
+
+STREAM_ERRORS = Counter(
+    "bev_gateway_stream_errors_total",
+    "Chat completion streams that ended with an unexpected error (not an RPC status), by exception type",
+    ["error"],
+)
 
 
 class Part(BaseModel):
@@ -103,8 +113,6 @@ def _sse(payload: dict[str, Any] | str) -> bytes:
 
 def _error(exc: RpcError) -> JSONResponse:
     """OpenAI's error shape, which its clients read the message from."""
-    from services.gateway.api import HTTP_STATUS  # api.py imports this module: import at call time
-
     return JSONResponse({"error": {"message": exc.message, "type": exc.code.name.lower(), "param": None,
                                    "code": exc.code.name.lower()}}, status_code=HTTP_STATUS.get(exc.code, 502))
 
@@ -118,10 +126,20 @@ async def _pump(chunks: AsyncIterator[reasoning_pb2.ChatChunk],
             queue.put_nowait(chunk)
     except RpcError as exc:
         queue.put_nowait(exc)
-    except Exception as exc:  # handed to the response, which reports it to the client
+    except Exception as exc:  # a bug or a transport fault: logged and counted here, reported to the client
+        STREAM_ERRORS.labels(error=type(exc).__name__).inc()
+        log.exception("chat completion stream failed", error=repr(exc))
         queue.put_nowait(RpcError(StatusCode.INTERNAL, f"the answer stream failed: {exc}"))
     finally:
         queue.put_nowait(None)
+
+
+def _tier(value: int) -> Tier | None:
+    """A listed model's tier; None when unset or newer than this gateway (the model is listed by name)."""
+    try:
+        return Tier.from_proto(value)
+    except UnknownTier:
+        return None
 
 
 def router(clients: Clients) -> APIRouter:
@@ -130,8 +148,8 @@ def router(clients: Clients) -> APIRouter:
     @api.get("/v1/models")
     async def models() -> dict[str, Any]:
         listed = await clients.reasoning.ListModels(reasoning_pb2.ListModelsRequest())
-        tiers = [reasoning_pb2.Tier.Name(m.tier).removeprefix("TIER_").lower() for m in listed.models]
-        names = [t for t in TIERS if t in tiers] + [m.name for m in listed.models]
+        served = {_tier(m.tier) for m in listed.models}
+        names = [t.value for t in Tier.ordered() if t in served] + [m.name for m in listed.models]
         return {"object": "list",
                 "data": [{"id": name, "object": "model", "created": 0, "owned_by": "bev"}
                          for name in dict.fromkeys(names)]}

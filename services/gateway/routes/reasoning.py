@@ -7,7 +7,7 @@ from pydantic import BaseModel, Field
 
 from bev.reasoning.v1 import reasoning_pb2
 from services.gateway.clients import Clients
-from services.gateway.routes.common import enum_value, to_json
+from services.gateway.routes.common import tier_value, to_json
 
 
 class GenerateBody(BaseModel):
@@ -15,7 +15,7 @@ class GenerateBody(BaseModel):
     max_tokens: int = Field(default=64, ge=1, le=4096)
     temperature: float = Field(default=0.0, ge=0.0, le=2.0)
     stop: list[str] = []
-    tier: str = ""
+    tier: str = ""  # fast, balanced, powerful; empty = the service's default
     session_id: str = ""
 
 
@@ -33,10 +33,6 @@ class AnalyzeBody(BaseModel):
     max_hypotheses: int = Field(default=0, ge=0, le=8)
 
 
-def _tier(name: str) -> reasoning_pb2.Tier.ValueType:
-    return enum_value(reasoning_pb2.Tier, "TIER_", name, "tier") if name else reasoning_pb2.TIER_UNSPECIFIED
-
-
 def router(clients: Clients) -> APIRouter:
     api = APIRouter(tags=["reasoning"])
 
@@ -44,14 +40,14 @@ def router(clients: Clients) -> APIRouter:
     async def generate(body: GenerateBody) -> dict[str, Any]:
         request = reasoning_pb2.GenerateRequest(
             prompt=body.prompt, max_tokens=body.max_tokens, temperature=body.temperature, stop=body.stop,
-            tier=_tier(body.tier), session_id=body.session_id,
+            tier=tier_value(body.tier), session_id=body.session_id,
         )
         return to_json(await clients.reasoning.Generate(request))
 
     @api.post("/api/v1/reasoning/analyze")
     async def analyze(body: AnalyzeBody) -> dict[str, Any]:
         request = reasoning_pb2.AnalyzeRequest(
-            question=body.question, tier=_tier(body.tier), session_id=body.session_id,
+            question=body.question, tier=tier_value(body.tier), session_id=body.session_id,
             max_hypotheses=body.max_hypotheses,
             documents=[reasoning_pb2.Document(id=d.id, text=d.text, source=d.source) for d in body.documents],
         )

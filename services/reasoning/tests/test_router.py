@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 import pytest
@@ -14,11 +14,12 @@ from prometheus_client import REGISTRY
 from bev.engines import free_port
 from bev.engines.llama_server import LlamaServer
 from bev.rpc import RpcError, StatusCode
-from bev.testing.reasoning_fixtures import FlakyEngine
+from bev.vocab import Tier
 from services.reasoning.backends import Backend, ChatParams, Delta, vllm_load
 from services.reasoning.router import Router
 from services.reasoning.servicer import http_client
-from services.reasoning.settings import BackendConfig, TierName
+from services.reasoning.settings import BackendConfig
+from services.reasoning.testing import FlakyEngine, Mode
 
 HI = ChatParams(messages=[{"role": "user", "content": "Say hi."}], max_tokens=4)
 
@@ -30,18 +31,18 @@ async def http() -> AsyncIterator[httpx.AsyncClient]:
     await client.aclose()
 
 
-def llama(server: LlamaServer, name: str, http: httpx.AsyncClient, tier: TierName = "fast", **limits: Any) -> Backend:
+def llama(server: LlamaServer, name: str, http: httpx.AsyncClient, tier: Tier = Tier.FAST, **limits: Any) -> Backend:
     config = BackendConfig(name=name, tier=tier, url=server.base_url, model=server.model_alias, kind="llamacpp",
                            **limits)
     return Backend(config, http, request_timeout_s=30)
 
 
-def flaky(engine: FlakyEngine, http: httpx.AsyncClient, tier: TierName = "fast", timeout_s: float = 30) -> Backend:
+def flaky(engine: FlakyEngine, http: httpx.AsyncClient, tier: Tier = Tier.FAST, timeout_s: float = 30) -> Backend:
     config = BackendConfig(name="vllm-like", tier=tier, url=engine.base_url, model=engine.model, kind="vllm")
     return Backend(config, http, request_timeout_s=timeout_s, connect_timeout_s=1)
 
 
-async def router_of(*backends: Backend, default_tier: str = "fast") -> Router:
+async def router_of(*backends: Backend, default_tier: Tier = Tier.FAST) -> Router:
     router = Router(backends, default_tier)
     await router.probe_all()
     return router
@@ -115,7 +116,8 @@ async def test_session_affinity_holds_while_healthy(llama_servers: tuple[LlamaSe
 
 async def test_failover_on_5xx_connect_error_and_timeout(llama_servers: tuple[LlamaServer, LlamaServer],
                                                          http: httpx.AsyncClient) -> None:
-    for failure in ("error", "hang", "gone"):
+    failures: tuple[Mode | Literal["gone"], ...] = ("error", "hang", "gone")
+    for failure in failures:
         engine = FlakyEngine(llama_servers[0])
         engine.start()
         try:
@@ -170,10 +172,10 @@ async def test_stream_fails_over_before_the_first_token_only(llama_servers: tupl
 async def test_tier_falls_back_when_all_its_backends_are_down(llama_servers: tuple[LlamaServer, LlamaServer],
                                                               flaky_engine: FlakyEngine,
                                                               http: httpx.AsyncClient) -> None:
-    balanced = flaky(flaky_engine, http, tier="balanced")
+    balanced = flaky(flaky_engine, http, tier=Tier.BALANCED)
     fast = llama(llama_servers[1], "fast-a", http)
     router = await router_of(balanced, fast)
-    _, routed = await router.complete(HI, tier="balanced")
+    _, routed = await router.complete(HI, tier=Tier.BALANCED)
     assert routed.backend.name == "vllm-like" and not routed.fell_back
 
     flaky_engine.mode = "error"
@@ -188,8 +190,8 @@ async def test_tier_falls_back_when_all_its_backends_are_down(llama_servers: tup
 
 async def test_unavailable_names_every_cause(llama_servers: tuple[LlamaServer, LlamaServer],
                                              flaky_engine: FlakyEngine, http: httpx.AsyncClient) -> None:
-    dead = BackendConfig(name="dead", tier="fast", url=f"http://127.0.0.1:{_closed_port()}/v1", model="m")
-    router = await router_of(flaky(flaky_engine, http, tier="balanced"), Backend(dead, http, connect_timeout_s=1))
+    dead = BackendConfig(name="dead", tier=Tier.FAST, url=f"http://127.0.0.1:{_closed_port()}/v1", model="m")
+    router = await router_of(flaky(flaky_engine, http, tier=Tier.BALANCED), Backend(dead, http, connect_timeout_s=1))
     flaky_engine.mode = "error"
     with pytest.raises(RpcError) as failed:
         await router.complete(HI, tier="balanced")
@@ -199,6 +201,10 @@ async def test_unavailable_names_every_cause(llama_servers: tuple[LlamaServer, L
     with pytest.raises(RpcError) as unconfigured:
         await Router([], "fast").complete(HI)
     assert unconfigured.value.code == StatusCode.UNAVAILABLE and "no backend is configured" in unconfigured.value.message
+    with pytest.raises(RpcError) as unknown:  # a label is parsed (any case); an unknown one is the caller's error
+        await router.complete(HI, tier="turbo")
+    assert unknown.value.code == StatusCode.INVALID_ARGUMENT and "fast, balanced, powerful" in unknown.value.message
+    assert router.tier("Powerful") is Tier.POWERFUL and router.tier("") is Tier.FAST
 
 
 async def test_backpressure_rejects_beyond_the_queue(llama_servers: tuple[LlamaServer, LlamaServer],
@@ -242,7 +248,7 @@ async def test_health_probes_neither_cut_nor_fail_a_running_answer(llama_servers
     backend = llama(llama_servers[0], "a", http)
     router = await router_of(backend)
     stream = router.stream(ChatParams(messages=[{"role": "user", "content": "Tell a story."}], max_tokens=48))
-    pieces = [await anext(stream)]  # type: ignore[call-overload]
+    pieces = [await anext(stream)]
     await asyncio.wait_for(router.probe_all(), 5)  # llama.cpp would block it until the answer ends
     pieces += [item async for item in stream]
     assert backend.healthy and pieces[-1][0].finish_reason

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from bev.common.v1 import common_pb2 as bev_dot_common_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"bev/collectors/v1/collectors.proto\x12\x11\x62\x65v.collectors.v1\x1a\x1a\x62\x65v/common/v1/common.proto\"1\n\x0e\x45xtractRequest\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x11\n\tscrub_pii\x18\x02 \x01(\x08\"(\n\tIndicator\x12\x0c\n\x04type\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\"Z\n\x0f\x45xtractResponse\x12\x30\n\nindicators\x18\x01 \x03(\x0b\x32\x1c.bev.collectors.v1.Indicator\x12\x15\n\rscrubbed_text\x18\x02 \x01(\t\"\x92\x01\n\x0e\x43ollectRequest\x12\x11\n\tcollector\x18\x01 \x01(\t\x12\x13\n\x0btarget_type\x18\x02 \x01(\t\x12\x0e\n\x06target\x18\x03 \x01(\t\x12\x18\n\x10investigation_id\x18\x04 \x01(\t\x12\r\n\x05opsec\x18\x05 \x01(\x08\x12\x0b\n\x03tlp\x18\x06 \x01(\t\x12\x12\n\nconfidence\x18\x07 \x01(\x05\"J\n\x06\x45ntity\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\r\n\x05value\x18\x03 \x01(\t\x12\x17\n\x0fproperties_json\x18\x04 \x01(\t\"t\n\x08Relation\x12\n\n\x02id\x18\x01 \x01(\t\x12\x11\n\tsource_id\x18\x02 \x01(\t\x12\x11\n\ttarget_id\x18\x03 \x01(\t\x12\x0c\n\x04type\x18\x04 \x01(\t\x12\x12\n\nconfidence\x18\x05 \x01(\x05\x12\x14\n\x0c\x65vidence_ids\x18\x06 \x03(\t\"\xcd\x01\n\x0bObservation\x12\n\n\x02id\x18\x01 \x01(\t\x12)\n\x06\x65ntity\x18\x02 \x01(\x0b\x32\x19.bev.collectors.v1.Entity\x12.\n\trelations\x18\x03 \x03(\x0b\x32\x1b.bev.collectors.v1.Relation\x12\x0e\n\x06source\x18\x04 \x01(\t\x12\x11\n\tcollector\x18\x05 \x01(\t\x12\x0b\n\x03tlp\x18\x06 \x01(\t\x12\x12\n\nconfidence\x18\x07 \x01(\x05\x12\x13\n\x0bobserved_at\x18\x08 \x01(\x01\"\x17\n\x15ListCollectorsRequest\"\xb2\x01\n\rCollectorInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x10\n\x08\x63onsumes\x18\x03 \x03(\t\x12\x10\n\x08produces\x18\x04 \x03(\t\x12\x18\n\x10rate_limit_per_s\x18\x05 \x01(\x01\x12\x15\n\rneeds_network\x18\x06 \x01(\x08\x12\x11\n\tneeds_tor\x18\x07 \x01(\x08\x12\x16\n\x0e\x61pi_key_secret\x18\x08 \x01(\t\"N\n\x16ListCollectorsResponse\x12\x34\n\ncollectors\x18\x01 \x03(\x0b\x32 .bev.collectors.v1.CollectorInfo\"\x1e\n\x10GetEntityRequest\x12\n\n\x02id\x18\x01 \x01(\t\"F\n\x13NeighborhoodRequest\x12\x11\n\tentity_id\x18\x01 \x01(\t\x12\r\n\x05\x64\x65pth\x18\x02 \x01(\x05\x12\r\n\x05limit\x18\x03 \x01(\x05\"z\n\x08Subgraph\x12+\n\x08\x65ntities\x18\x01 \x03(\x0b\x32\x19.bev.collectors.v1.Entity\x12.\n\trelations\x18\x02 \x03(\x0b\x32\x1b.bev.collectors.v1.Relation\x12\x11\n\ttruncated\x18\x03 \x01(\x08\"G\n\x11GraphQueryRequest\x12\x0e\n\x06\x63ypher\x18\x01 \x01(\t\x12\x13\n\x0bparams_json\x18\x02 \x01(\t\x12\r\n\x05limit\x18\x03 \x01(\x05\"K\n\x12GraphQueryResponse\x12\x0f\n\x07\x63olumns\x18\x01 \x03(\t\x12\x11\n\trows_json\x18\x02 \x03(\t\x12\x11\n\ttruncated\x18\x03 \x01(\x08\"6\n\x11\x45xportStixRequest\x12\x12\n\nentity_ids\x18\x01 \x03(\t\x12\r\n\x05\x64\x65pth\x18\x02 \x01(\x05\":\n\x12\x45xportStixResponse\x12\x13\n\x0b\x62undle_json\x18\x01 \x01(\t\x12\x0f\n\x07objects\x18\x02 \x01(\x05\x32\xb4\x05\n\nCollectors\x12\x45\n\x06Health\x12\x1c.bev.common.v1.HealthRequest\x1a\x1d.bev.common.v1.HealthResponse\x12P\n\x07\x45xtract\x12!.bev.collectors.v1.ExtractRequest\x1a\".bev.collectors.v1.ExtractResponse\x12N\n\x07\x43ollect\x12!.bev.collectors.v1.CollectRequest\x1a\x1e.bev.collectors.v1.Observation0\x01\x12\x65\n\x0eListCollectors\x12(.bev.collectors.v1.ListCollectorsRequest\x1a).bev.collectors.v1.ListCollectorsResponse\x12K\n\tGetEntity\x12#.bev.collectors.v1.GetEntityRequest\x1a\x19.bev.collectors.v1.Entity\x12S\n\x0cNeighborhood\x12&.bev.collectors.v1.NeighborhoodRequest\x1a\x1b.bev.collectors.v1.Subgraph\x12Y\n\nGraphQuery\x12$.bev.collectors.v1.GraphQueryRequest\x1a%.bev.collectors.v1.GraphQueryResponse\x12Y\n\nExportStix\x12$.bev.collectors.v1.ExportStixRequest\x1a%.bev.collectors.v1.ExportStixResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"bev/collectors/v1/collectors.proto\x12\x11\x62\x65v.collectors.v1\x1a\x1a\x62\x65v/common/v1/common.proto\"1\n\x0e\x45xtractRequest\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x11\n\tscrub_pii\x18\x02 \x01(\x08\"(\n\tIndicator\x12\x0c\n\x04type\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\"Z\n\x0f\x45xtractResponse\x12\x30\n\nindicators\x18\x01 \x03(\x0b\x32\x1c.bev.collectors.v1.Indicator\x12\x15\n\rscrubbed_text\x18\x02 \x01(\t\"\xa6\x01\n\x0e\x43ollectRequest\x12\x11\n\tcollector\x18\x01 \x01(\t\x12\x13\n\x0btarget_type\x18\x02 \x01(\t\x12\x0e\n\x06target\x18\x03 \x01(\t\x12\x18\n\x10investigation_id\x18\x04 \x01(\t\x12\r\n\x05opsec\x18\x05 \x01(\x08\x12\x1f\n\x03tlp\x18\x06 \x01(\x0e\x32\x12.bev.common.v1.Tlp\x12\x12\n\nconfidence\x18\x07 \x01(\x05\"J\n\x06\x45ntity\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\r\n\x05value\x18\x03 \x01(\t\x12\x17\n\x0fproperties_json\x18\x04 \x01(\t\"t\n\x08Relation\x12\n\n\x02id\x18\x01 \x01(\t\x12\x11\n\tsource_id\x18\x02 \x01(\t\x12\x11\n\ttarget_id\x18\x03 \x01(\t\x12\x0c\n\x04type\x18\x04 \x01(\t\x12\x12\n\nconfidence\x18\x05 \x01(\x05\x12\x14\n\x0c\x65vidence_ids\x18\x06 \x03(\t\"\xe1\x01\n\x0bObservation\x12\n\n\x02id\x18\x01 \x01(\t\x12)\n\x06\x65ntity\x18\x02 \x01(\x0b\x32\x19.bev.collectors.v1.Entity\x12.\n\trelations\x18\x03 \x03(\x0b\x32\x1b.bev.collectors.v1.Relation\x12\x0e\n\x06source\x18\x04 \x01(\t\x12\x11\n\tcollector\x18\x05 \x01(\t\x12\x1f\n\x03tlp\x18\x06 \x01(\x0e\x32\x12.bev.common.v1.Tlp\x12\x12\n\nconfidence\x18\x07 \x01(\x05\x12\x13\n\x0bobserved_at\x18\x08 \x01(\x01\"\x17\n\x15ListCollectorsRequest\"\xb2\x01\n\rCollectorInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x10\n\x08\x63onsumes\x18\x03 \x03(\t\x12\x10\n\x08produces\x18\x04 \x03(\t\x12\x18\n\x10rate_limit_per_s\x18\x05 \x01(\x01\x12\x15\n\rneeds_network\x18\x06 \x01(\x08\x12\x11\n\tneeds_tor\x18\x07 \x01(\x08\x12\x16\n\x0e\x61pi_key_secret\x18\x08 \x01(\t\"N\n\x16ListCollectorsResponse\x12\x34\n\ncollectors\x18\x01 \x03(\x0b\x32 .bev.collectors.v1.CollectorInfo\"\x1e\n\x10GetEntityRequest\x12\n\n\x02id\x18\x01 \x01(\t\"F\n\x13NeighborhoodRequest\x12\x11\n\tentity_id\x18\x01 \x01(\t\x12\r\n\x05\x64\x65pth\x18\x02 \x01(\x05\x12\r\n\x05limit\x18\x03 \x01(\x05\"z\n\x08Subgraph\x12+\n\x08\x65ntities\x18\x01 \x03(\x0b\x32\x19.bev.collectors.v1.Entity\x12.\n\trelations\x18\x02 \x03(\x0b\x32\x1b.bev.collectors.v1.Relation\x12\x11\n\ttruncated\x18\x03 \x01(\x08\"G\n\x11GraphQueryRequest\x12\x0e\n\x06\x63ypher\x18\x01 \x01(\t\x12\x13\n\x0bparams_json\x18\x02 \x01(\t\x12\r\n\x05limit\x18\x03 \x01(\x05\"K\n\x12GraphQueryResponse\x12\x0f\n\x07\x63olumns\x18\x01 \x03(\t\x12\x11\n\trows_json\x18\x02 \x03(\t\x12\x11\n\ttruncated\x18\x03 \x01(\x08\"6\n\x11\x45xportStixRequest\x12\x12\n\nentity_ids\x18\x01 \x03(\t\x12\r\n\x05\x64\x65pth\x18\x02 \x01(\x05\":\n\x12\x45xportStixResponse\x12\x13\n\x0b\x62undle_json\x18\x01 \x01(\t\x12\x0f\n\x07objects\x18\x02 \x01(\x05\x32\xb4\x05\n\nCollectors\x12\x45\n\x06Health\x12\x1c.bev.common.v1.HealthRequest\x1a\x1d.bev.common.v1.HealthResponse\x12P\n\x07\x45xtract\x12!.bev.collectors.v1.ExtractRequest\x1a\".bev.collectors.v1.ExtractResponse\x12N\n\x07\x43ollect\x12!.bev.collectors.v1.CollectRequest\x1a\x1e.bev.collectors.v1.Observation0\x01\x12\x65\n\x0eListCollectors\x12(.bev.collectors.v1.ListCollectorsRequest\x1a).bev.collectors.v1.ListCollectorsResponse\x12K\n\tGetEntity\x12#.bev.collectors.v1.GetEntityRequest\x1a\x19.bev.collectors.v1.Entity\x12S\n\x0cNeighborhood\x12&.bev.collectors.v1.NeighborhoodRequest\x1a\x1b.bev.collectors.v1.Subgraph\x12Y\n\nGraphQuery\x12$.bev.collectors.v1.GraphQueryRequest\x1a%.bev.collectors.v1.GraphQueryResponse\x12Y\n\nExportStix\x12$.bev.collectors.v1.ExportStixRequest\x1a%.bev.collectors.v1.ExportStixResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -39,33 +39,33 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_EXTRACTRESPONSE']._serialized_start=178
   _globals['_EXTRACTRESPONSE']._serialized_end=268
   _globals['_COLLECTREQUEST']._serialized_start=271
-  _globals['_COLLECTREQUEST']._serialized_end=417
-  _globals['_ENTITY']._serialized_start=419
-  _globals['_ENTITY']._serialized_end=493
-  _globals['_RELATION']._serialized_start=495
-  _globals['_RELATION']._serialized_end=611
-  _globals['_OBSERVATION']._serialized_start=614
-  _globals['_OBSERVATION']._serialized_end=819
-  _globals['_LISTCOLLECTORSREQUEST']._serialized_start=821
-  _globals['_LISTCOLLECTORSREQUEST']._serialized_end=844
-  _globals['_COLLECTORINFO']._serialized_start=847
-  _globals['_COLLECTORINFO']._serialized_end=1025
-  _globals['_LISTCOLLECTORSRESPONSE']._serialized_start=1027
-  _globals['_LISTCOLLECTORSRESPONSE']._serialized_end=1105
-  _globals['_GETENTITYREQUEST']._serialized_start=1107
-  _globals['_GETENTITYREQUEST']._serialized_end=1137
-  _globals['_NEIGHBORHOODREQUEST']._serialized_start=1139
-  _globals['_NEIGHBORHOODREQUEST']._serialized_end=1209
-  _globals['_SUBGRAPH']._serialized_start=1211
-  _globals['_SUBGRAPH']._serialized_end=1333
-  _globals['_GRAPHQUERYREQUEST']._serialized_start=1335
-  _globals['_GRAPHQUERYREQUEST']._serialized_end=1406
-  _globals['_GRAPHQUERYRESPONSE']._serialized_start=1408
-  _globals['_GRAPHQUERYRESPONSE']._serialized_end=1483
-  _globals['_EXPORTSTIXREQUEST']._serialized_start=1485
-  _globals['_EXPORTSTIXREQUEST']._serialized_end=1539
-  _globals['_EXPORTSTIXRESPONSE']._serialized_start=1541
-  _globals['_EXPORTSTIXRESPONSE']._serialized_end=1599
-  _globals['_COLLECTORS']._serialized_start=1602
-  _globals['_COLLECTORS']._serialized_end=2294
+  _globals['_COLLECTREQUEST']._serialized_end=437
+  _globals['_ENTITY']._serialized_start=439
+  _globals['_ENTITY']._serialized_end=513
+  _globals['_RELATION']._serialized_start=515
+  _globals['_RELATION']._serialized_end=631
+  _globals['_OBSERVATION']._serialized_start=634
+  _globals['_OBSERVATION']._serialized_end=859
+  _globals['_LISTCOLLECTORSREQUEST']._serialized_start=861
+  _globals['_LISTCOLLECTORSREQUEST']._serialized_end=884
+  _globals['_COLLECTORINFO']._serialized_start=887
+  _globals['_COLLECTORINFO']._serialized_end=1065
+  _globals['_LISTCOLLECTORSRESPONSE']._serialized_start=1067
+  _globals['_LISTCOLLECTORSRESPONSE']._serialized_end=1145
+  _globals['_GETENTITYREQUEST']._serialized_start=1147
+  _globals['_GETENTITYREQUEST']._serialized_end=1177
+  _globals['_NEIGHBORHOODREQUEST']._serialized_start=1179
+  _globals['_NEIGHBORHOODREQUEST']._serialized_end=1249
+  _globals['_SUBGRAPH']._serialized_start=1251
+  _globals['_SUBGRAPH']._serialized_end=1373
+  _globals['_GRAPHQUERYREQUEST']._serialized_start=1375
+  _globals['_GRAPHQUERYREQUEST']._serialized_end=1446
+  _globals['_GRAPHQUERYRESPONSE']._serialized_start=1448
+  _globals['_GRAPHQUERYRESPONSE']._serialized_end=1523
+  _globals['_EXPORTSTIXREQUEST']._serialized_start=1525
+  _globals['_EXPORTSTIXREQUEST']._serialized_end=1579
+  _globals['_EXPORTSTIXRESPONSE']._serialized_start=1581
+  _globals['_EXPORTSTIXRESPONSE']._serialized_end=1639
+  _globals['_COLLECTORS']._serialized_start=1642
+  _globals['_COLLECTORS']._serialized_end=2334
 # @@protoc_insertion_point(module_scope)

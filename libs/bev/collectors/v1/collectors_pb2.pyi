@@ -3,6 +3,7 @@
 isort:skip_file
 Collectors: OSINT collection, indicator extraction, the knowledge graph."""
 
+from bev.common.v1 import common_pb2 as _common_pb2
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
@@ -110,8 +111,8 @@ class CollectRequest(_message.Message):
     """stream isolation and OPSEC marking are per investigation"""
     opsec: _builtins.bool
     """make no direct connection: everything through Tor"""
-    tlp: _builtins.str
-    """clear, green, amber, amber+strict, red; empty = clear"""
+    tlp: _common_pb2.Tlp.ValueType
+    """unspecified = the service's default (clear)"""
     confidence: _builtins.int
     """0-100; 0 = the collector's default"""
     def __init__(
@@ -122,7 +123,7 @@ class CollectRequest(_message.Message):
         target: _builtins.str = ...,
         investigation_id: _builtins.str = ...,
         opsec: _builtins.bool = ...,
-        tlp: _builtins.str = ...,
+        tlp: _common_pb2.Tlp.ValueType = ...,
         confidence: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
@@ -220,7 +221,7 @@ class Observation(_message.Message):
     source: _builtins.str
     """where it was seen (URL, resolver, API)"""
     collector: _builtins.str
-    tlp: _builtins.str
+    tlp: _common_pb2.Tlp.ValueType
     confidence: _builtins.int
     observed_at: _builtins.float
     """unix seconds"""
@@ -236,7 +237,7 @@ class Observation(_message.Message):
         relations: _abc.Iterable[Global___Relation] | None = ...,
         source: _builtins.str = ...,
         collector: _builtins.str = ...,
-        tlp: _builtins.str = ...,
+        tlp: _common_pb2.Tlp.ValueType = ...,
         confidence: _builtins.int = ...,
         observed_at: _builtins.float = ...,
     ) -> None: ...

@@ -5,6 +5,7 @@ Embeddings: text -> vectors with the fleet's embedding models, and the searchabl
 (documents, chunks with character offsets, hybrid vector + full-text search with citations).
 """
 
+from bev.common.v1 import common_pb2 as _common_pb2
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
@@ -203,8 +204,8 @@ class DocumentInput(_message.Message):
     """where it came from; empty = "bev:document/<id>" """
     source: _builtins.str
     """collector or feed name, e.g. "upload", "mitre-attack" """
-    tlp: _builtins.str
-    """clear, green, amber, amber+strict, red; empty = clear"""
+    tlp: _common_pb2.Tlp.ValueType
+    """unspecified = clear"""
     investigation_id: _builtins.str
     @_builtins.property
     def collected_at(self) -> _timestamp_pb2.Timestamp:
@@ -220,7 +221,7 @@ class DocumentInput(_message.Message):
         uri: _builtins.str = ...,
         source: _builtins.str = ...,
         collected_at: _timestamp_pb2.Timestamp | None = ...,
-        tlp: _builtins.str = ...,
+        tlp: _common_pb2.Tlp.ValueType = ...,
         investigation_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["collected_at", b"collected_at"]  # noqa: Y015
@@ -362,7 +363,7 @@ class SearchFilters(_message.Message):
         """exclusive"""
 
     @_builtins.property
-    def tlp(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+    def tlp(self) -> _containers.RepeatedScalarFieldContainer[_common_pb2.Tlp.ValueType]:
         """any of these labels"""
 
     def __init__(
@@ -371,7 +372,7 @@ class SearchFilters(_message.Message):
         sources: _abc.Iterable[_builtins.str] | None = ...,
         collected_after: _timestamp_pb2.Timestamp | None = ...,
         collected_before: _timestamp_pb2.Timestamp | None = ...,
-        tlp: _abc.Iterable[_builtins.str] | None = ...,
+        tlp: _abc.Iterable[_common_pb2.Tlp.ValueType] | None = ...,
         investigation_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["collected_after", b"collected_after", "collected_before", b"collected_before"]  # noqa: Y015
@@ -442,7 +443,7 @@ class SearchHit(_message.Message):
     score: _builtins.float
     """RRF score (hybrid), cosine similarity (vector) or ts_rank_cd (text)"""
     source: _builtins.str
-    tlp: _builtins.str
+    tlp: _common_pb2.Tlp.ValueType
     investigation_id: _builtins.str
     @_builtins.property
     def collected_at(self) -> _timestamp_pb2.Timestamp: ...
@@ -458,7 +459,7 @@ class SearchHit(_message.Message):
         excerpt: _builtins.str = ...,
         score: _builtins.float = ...,
         source: _builtins.str = ...,
-        tlp: _builtins.str = ...,
+        tlp: _common_pb2.Tlp.ValueType = ...,
         investigation_id: _builtins.str = ...,
         collected_at: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
@@ -533,7 +534,7 @@ class Document(_message.Message):
     uri: _builtins.str
     source: _builtins.str
     media_type: _builtins.str
-    tlp: _builtins.str
+    tlp: _common_pb2.Tlp.ValueType
     investigation_id: _builtins.str
     content_hash: _builtins.str
     """sha256 of the normalised text"""
@@ -552,7 +553,7 @@ class Document(_message.Message):
         uri: _builtins.str = ...,
         source: _builtins.str = ...,
         media_type: _builtins.str = ...,
-        tlp: _builtins.str = ...,
+        tlp: _common_pb2.Tlp.ValueType = ...,
         investigation_id: _builtins.str = ...,
         collected_at: _timestamp_pb2.Timestamp | None = ...,
         ingested_at: _timestamp_pb2.Timestamp | None = ...,

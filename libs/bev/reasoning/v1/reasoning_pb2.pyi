@@ -5,6 +5,7 @@ Reasoning: LLM inference routed over engines (vLLM on the GPU nodes, llama.cpp e
 spoken to over the OpenAI HTTP protocol; and the 5-phase analysis of long inputs.
 """
 
+from bev.common.v1 import common_pb2 as _common_pb2
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
@@ -20,27 +21,6 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
-
-class _Tier:
-    ValueType = _typing.NewType("ValueType", _builtins.int)
-    V: _TypeAlias = ValueType  # noqa: Y015
-
-class _TierEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Tier.ValueType], _builtins.type):
-    DESCRIPTOR: _descriptor.EnumDescriptor
-    TIER_UNSPECIFIED: _Tier.ValueType  # 0
-    """the service's default tier"""
-    TIER_FAST: _Tier.ValueType  # 1
-    TIER_BALANCED: _Tier.ValueType  # 2
-    TIER_POWERFUL: _Tier.ValueType  # 3
-
-class Tier(_Tier, metaclass=_TierEnumTypeWrapper): ...
-
-TIER_UNSPECIFIED: Tier.ValueType  # 0
-"""the service's default tier"""
-TIER_FAST: Tier.ValueType  # 1
-TIER_BALANCED: Tier.ValueType  # 2
-TIER_POWERFUL: Tier.ValueType  # 3
-Global___Tier: _TypeAlias = Tier  # noqa: Y015
 
 class _Phase:
     ValueType = _typing.NewType("ValueType", _builtins.int)
@@ -104,7 +84,7 @@ class ChatRequest(_message.Message):
     max_tokens: _builtins.int
     """0 = service default"""
     temperature: _builtins.float
-    tier: Global___Tier.ValueType
+    tier: _common_pb2.Tier.ValueType
     session_id: _builtins.str
     """affinity key (an investigation id): its requests stay on one backend"""
     json_schema: _builtins.str
@@ -124,7 +104,7 @@ class ChatRequest(_message.Message):
         max_tokens: _builtins.int = ...,
         temperature: _builtins.float = ...,
         stop: _abc.Iterable[_builtins.str] | None = ...,
-        tier: Global___Tier.ValueType = ...,
+        tier: _common_pb2.Tier.ValueType = ...,
         session_id: _builtins.str = ...,
         json_schema: _builtins.str = ...,
         model: _builtins.str = ...,
@@ -176,7 +156,7 @@ class ChatResponse(_message.Message):
     """stop, length"""
     backend: _builtins.str
     """which backend served it (its configured name)"""
-    tier: Global___Tier.ValueType
+    tier: _common_pb2.Tier.ValueType
     """the tier that served it (lower than asked when the tier was down)"""
     @_builtins.property
     def usage(self) -> Global___Usage: ...
@@ -188,7 +168,7 @@ class ChatResponse(_message.Message):
         finish_reason: _builtins.str = ...,
         usage: Global___Usage | None = ...,
         backend: _builtins.str = ...,
-        tier: Global___Tier.ValueType = ...,
+        tier: _common_pb2.Tier.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
@@ -215,7 +195,7 @@ class ChatChunk(_message.Message):
     backend: _builtins.str
     """set on the first and the last chunk"""
     model: _builtins.str
-    tier: Global___Tier.ValueType
+    tier: _common_pb2.Tier.ValueType
     @_builtins.property
     def usage(self) -> Global___Usage: ...
     def __init__(
@@ -227,7 +207,7 @@ class ChatChunk(_message.Message):
         usage: Global___Usage | None = ...,
         backend: _builtins.str = ...,
         model: _builtins.str = ...,
-        tier: Global___Tier.ValueType = ...,
+        tier: _common_pb2.Tier.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
@@ -251,7 +231,7 @@ class GenerateRequest(_message.Message):
     max_tokens: _builtins.int
     """0 = service default"""
     temperature: _builtins.float
-    tier: Global___Tier.ValueType
+    tier: _common_pb2.Tier.ValueType
     session_id: _builtins.str
     """affinity key (an investigation id)"""
     @_builtins.property
@@ -263,7 +243,7 @@ class GenerateRequest(_message.Message):
         max_tokens: _builtins.int = ...,
         temperature: _builtins.float = ...,
         stop: _abc.Iterable[_builtins.str] | None = ...,
-        tier: Global___Tier.ValueType = ...,
+        tier: _common_pb2.Tier.ValueType = ...,
         session_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
@@ -375,7 +355,7 @@ class AnalyzeRequest(_message.Message):
     MAX_HYPOTHESES_FIELD_NUMBER: _builtins.int
     question: _builtins.str
     """what the analysis should answer"""
-    tier: Global___Tier.ValueType
+    tier: _common_pb2.Tier.ValueType
     session_id: _builtins.str
     max_hypotheses: _builtins.int
     """0 = service default"""
@@ -386,7 +366,7 @@ class AnalyzeRequest(_message.Message):
         *,
         question: _builtins.str = ...,
         documents: _abc.Iterable[Global___Document] | None = ...,
-        tier: Global___Tier.ValueType = ...,
+        tier: _common_pb2.Tier.ValueType = ...,
         session_id: _builtins.str = ...,
         max_hypotheses: _builtins.int = ...,
     ) -> None: ...
@@ -675,7 +655,7 @@ class ModelInfo(_message.Message):
     NODE_FIELD_NUMBER: _builtins.int
     HEALTHY_FIELD_NUMBER: _builtins.int
     name: _builtins.str
-    tier: Global___Tier.ValueType
+    tier: _common_pb2.Tier.ValueType
     backend: _builtins.str
     context_length: _builtins.int
     node: _builtins.str
@@ -684,7 +664,7 @@ class ModelInfo(_message.Message):
         self,
         *,
         name: _builtins.str = ...,
-        tier: Global___Tier.ValueType = ...,
+        tier: _common_pb2.Tier.ValueType = ...,
         backend: _builtins.str = ...,
         context_length: _builtins.int = ...,
         node: _builtins.str = ...,
@@ -756,7 +736,7 @@ class BackendStatus(_message.Message):
     CONTEXT_LENGTH_FIELD_NUMBER: _builtins.int
     KIND_FIELD_NUMBER: _builtins.int
     name: _builtins.str
-    tier: Global___Tier.ValueType
+    tier: _common_pb2.Tier.ValueType
     node: _builtins.str
     url: _builtins.str
     model: _builtins.str
@@ -782,7 +762,7 @@ class BackendStatus(_message.Message):
         self,
         *,
         name: _builtins.str = ...,
-        tier: Global___Tier.ValueType = ...,
+        tier: _common_pb2.Tier.ValueType = ...,
         node: _builtins.str = ...,
         url: _builtins.str = ...,
         model: _builtins.str = ...,
@@ -816,7 +796,7 @@ class RouterStatusResponse(_message.Message):
     DEFAULT_TIER_FIELD_NUMBER: _builtins.int
     FAILOVERS_FIELD_NUMBER: _builtins.int
     TIER_FALLBACKS_FIELD_NUMBER: _builtins.int
-    default_tier: Global___Tier.ValueType
+    default_tier: _common_pb2.Tier.ValueType
     failovers: _builtins.int
     tier_fallbacks: _builtins.int
     @_builtins.property
@@ -825,7 +805,7 @@ class RouterStatusResponse(_message.Message):
         self,
         *,
         backends: _abc.Iterable[Global___BackendStatus] | None = ...,
-        default_tier: Global___Tier.ValueType = ...,
+        default_tier: _common_pb2.Tier.ValueType = ...,
         failovers: _builtins.int = ...,
         tier_fallbacks: _builtins.int = ...,
     ) -> None: ...

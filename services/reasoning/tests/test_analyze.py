@@ -8,16 +8,16 @@ import pytest
 
 from bev.reasoning.v1 import reasoning_pb2
 from bev.rpc import RpcError, StatusCode
-from tests.reasoning.conftest import Stack
-from tests.reasoning.corpus import EVIDENCE, QUESTION, case_file
+from services.reasoning.testing import ReasoningOnNats
+from services.reasoning.tests.analyze_corpus import EVIDENCE, QUESTION, case_file
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 
 @pytest.mark.slow
-async def test_analyze_a_100k_token_input(reasoning_stack: Stack) -> None:
+async def test_analyze_a_100k_token_input(reasoning_on_nats: ReasoningOnNats) -> None:
     documents = case_file()
-    llama_url = reasoning_stack.reasoning.router.backends[0].config.url.removesuffix("/v1")
+    llama_url = reasoning_on_nats.servicer.router.backends[0].config.url.removesuffix("/v1")
     async with httpx.AsyncClient(trust_env=False, timeout=120) as http:
         counted = await http.post(f"{llama_url}/extras/tokenize/count",
                                   json={"input": "\n".join(text for _, text in documents)})
@@ -27,7 +27,7 @@ async def test_analyze_a_100k_token_input(reasoning_stack: Stack) -> None:
         question=QUESTION, session_id="inv-analyze", max_hypotheses=2,
         documents=[reasoning_pb2.Document(id=doc_id, text=text, source="case file") for doc_id, text in documents],
     )
-    result = await reasoning_stack.client.Analyze(request, timeout_s=240)
+    result = await reasoning_on_nats.client.Analyze(request, timeout_s=240)
     texts = dict(documents)
 
     assert result.chunks_total > 50 and 0 < result.chunks_mapped < result.chunks_total
@@ -63,7 +63,7 @@ async def test_analyze_a_100k_token_input(reasoning_stack: Stack) -> None:
     assert result.backend.startswith("llama.cpp") and result.model == "smollm2-135m-instruct"
 
 
-async def test_analyze_rejects_bad_input(reasoning_stack: Stack) -> None:
+async def test_analyze_rejects_bad_input(reasoning_on_nats: ReasoningOnNats) -> None:
     document = reasoning_pb2.Document(id="a", text="Beacon to 203.0.113.9 seen.")
     cases = [
         (reasoning_pb2.AnalyzeRequest(question="", documents=[document]), "question"),
@@ -73,15 +73,15 @@ async def test_analyze_rejects_bad_input(reasoning_stack: Stack) -> None:
     ]
     for request, mentioned in cases:
         with pytest.raises(RpcError) as failed:
-            await reasoning_stack.client.Analyze(request)
+            await reasoning_on_nats.client.Analyze(request)
         assert failed.value.code == StatusCode.INVALID_ARGUMENT and mentioned in failed.value.message
 
 
-async def test_analyze_with_nothing_to_find_says_so(reasoning_stack: Stack) -> None:
+async def test_analyze_with_nothing_to_find_says_so(reasoning_on_nats: ReasoningOnNats) -> None:
     """No sentence passes pre-selection: no model call is wasted, and every phase says why it is empty."""
     request = reasoning_pb2.AnalyzeRequest(
         question="Who is behind it?", documents=[reasoning_pb2.Document(id="a", text="The cafeteria opens at nine.")])
-    result = await reasoning_stack.client.Analyze(request)
+    result = await reasoning_on_nats.client.Analyze(request)
     assert not result.claims and not result.hypotheses
     assert all(p.calls == 0 for p in result.phases)
     assert "no evidence" in result.phases[1].error and "no hypotheses" in result.phases[4].error

@@ -1,4 +1,5 @@
-"""Inference engines for reasoning tests: real llama.cpp servers, and an engine that fails on demand.
+"""Fixtures of the reasoning service (registered in the repository's conftest.py): real llama.cpp
+servers, an engine that fails on demand, and the service itself over NATS in front of them.
 
 `llama_servers`: two real llama.cpp OpenAI servers (SmolLM2), one per session, one thread each.
 `flaky_engine`: a local OpenAI-protocol server in front of the first of them. It forwards requests
@@ -13,16 +14,25 @@ import asyncio
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import httpx
 import pytest
+import pytest_asyncio
 import uvicorn
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
+from nats.aio.client import Client as NatsClient
 
-from bev.engines import free_port
+from bev.engines import NatsServer, free_port
 from bev.engines.llama_server import LlamaServer
+from bev.reasoning.v1.reasoning_rpc import ReasoningClient
+from bev.rpc import InstanceInfo
+from bev.testing.serving import serving_on_nats
+from bev.vocab import Tier
+from services.reasoning.servicer import Reasoning, assemble
+from services.reasoning.settings import BackendConfig, EmbeddedLlamaConfig, ReasoningConfig
 
 Mode = Literal["forward", "error", "hang", "break_stream"]
 
@@ -136,3 +146,28 @@ def flaky_engine(llama_servers: tuple[LlamaServer, LlamaServer]) -> Iterator[Fla
     engine.start()
     yield engine
     engine.stop()
+
+
+def llama_backends(servers: tuple[LlamaServer, ...]) -> list[BackendConfig]:
+    """The fast tier as the session's llama.cpp servers, configured as the service would route them."""
+    return [BackendConfig(name=f"llama.cpp-{index}", tier=Tier.FAST, url=server.base_url, model=server.model_alias,
+                          kind="llamacpp", max_in_flight=1, max_queued=32, node="local", context_length=server.n_ctx)
+            for index, server in enumerate(servers)]
+
+
+@dataclass
+class ReasoningOnNats:
+    servicer: Reasoning
+    client: ReasoningClient  # over NATS, like every other service
+    nc: NatsClient  # the caller's connection
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def reasoning_on_nats(nats_server: NatsServer, llama_servers: tuple[LlamaServer, LlamaServer],
+                            tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[ReasoningOnNats]:
+    """The reasoning service over NATS in this process, routing over the session's llama.cpp servers."""
+    config = ReasoningConfig(embedded=EmbeddedLlamaConfig(enabled=False))  # the session's llama servers stand in for it
+    servicer = await assemble(InstanceInfo(service="reasoning"), config, llama_backends(llama_servers), {},
+                              tmp_path_factory.mktemp("reasoning"))
+    async with serving_on_nats(servicer, nats_server.url, default_timeout_s=60) as nc:
+        yield ReasoningOnNats(servicer, ReasoningClient.over_nats(nc, timeout_s=300), nc)

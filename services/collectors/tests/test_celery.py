@@ -16,12 +16,12 @@ import psycopg
 import pytest
 
 from bev.engines import FalkorDB, OpenBao, Postgres, Redis, new_secret_id, seed_fleet
-from bev.testing.collector_fixtures import HttpFixture
 from services.collectors.observations import migrate
-from services.collectors.settings import Settings
+from services.collectors.settings import CeleryConfig, CollectorsConfig, Settings
 from services.collectors.tasks import COLLECT_TASK, CollectJob, create_app
+from services.collectors.testing import HttpFixture
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 BLOG = REPO / "services" / "collectors" / "tests" / "data" / "threat-blog.html"
 
 
@@ -71,7 +71,7 @@ def test_worker_killed_mid_task_completes_exactly_once(
     page = f"/celery/{uuid.uuid4().hex[:6]}.html"
     url = http_fixture.serve(page, BLOG.read_bytes(), delay_s=2.0)  # slow enough to be killed mid-task
     job = CollectJob("web", "url", url, investigation_id="inv-celery")
-    app = create_app(Settings(collectors={"celery": {"visibility_timeout_s": 3}}), lambda name: secrets[name])
+    app = create_app(Settings(collectors=CollectorsConfig(celery=CeleryConfig(visibility_timeout_s=3))), lambda name: secrets[name])
 
     first = start_worker("worker-1.log")
     try:

@@ -1,10 +1,16 @@
-"""The Echo service (protos/bev/echo): a real servicer for RPC-layer tests and bench/bench_rpc.py."""
+"""The Echo service (protos/bev/echo): a real servicer for RPC-layer tests and bench/bench_rpc.py.
+
+Its contract stays in protos/ with the fleet's (one generator, one freshness test for all); this
+implementation is not shipped: it lives with the tests that serve it.
+"""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
+from nats.aio.client import Client as NatsClient
 from opentelemetry import trace
 
 from bev.echo.v1 import echo_pb2
@@ -36,3 +42,16 @@ class Echo(EchoServicer):
         return echo_pb2.CallInfo(
             trace_id=format(span.trace_id, "032x"), transport=ctx.transport, remaining_s=ctx.time_remaining()
         )
+
+
+ECHO_MAX_REQUEST_BYTES = 1024 * 1024
+
+
+@dataclass
+class EchoEndpoints:
+    """Where the `echo_service` fixture serves Echo."""
+
+    nc: NatsClient
+    grpc_address: str
+    servicer: Echo
+    instance: str

@@ -6,18 +6,20 @@ connected: a proxied request arrives from 127.0.0.2, a direct one from 127.0.0.1
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
 import pytest
 
-from bev.testing.collector_fixtures import HttpFixture, SocksProxy
 from services.collectors.fetch import Fetcher, FetchFailed
 from services.collectors.settings import FetchConfig
+from services.collectors.testing import HttpFixture, SocksProxy
 
 
 @pytest.fixture
-async def fetcher(socks_proxy: SocksProxy) -> Fetcher:
+async def fetcher(socks_proxy: SocksProxy) -> AsyncIterator[Fetcher]:
     instance = Fetcher(FetchConfig(allow_ranges=["127.0.0.0/8"], per_domain_rate_per_s=1000,
                                    tor_socks_url=socks_proxy.url))
-    yield instance  # type: ignore[misc]
+    yield instance
     await instance.close()
 
 

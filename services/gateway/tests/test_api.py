@@ -1,0 +1,93 @@
+"""The gateway's HTTP edge over real HTTP and a real nats-server, in front of a real servicer
+(avatar): answers, error shapes (4xx with a message, 503 with the cause when no instance serves),
+body limits, and the clients derived from the gateway's manifest entry."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Iterator
+
+import httpx
+import pytest
+import pytest_asyncio
+from nats.aio.client import Client as NatsClient
+
+from bev.engines import NatsServer
+from bev.manifest import load_manifest
+from bev.rpc import InstanceInfo
+from bev.testing.serving import serving_on_nats
+from services.avatar.servicer import Avatar
+from services.avatar.settings import AvatarConfig
+from services.gateway.clients import Clients, ClientsMismatch
+from services.gateway.testing import gateway_on_free_port
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+
+@pytest.fixture(scope="module")
+def own_nats(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer]:
+    """A bus of this module's own: services other tests serve on the session's must not answer here."""
+    with NatsServer(tmp_path_factory.mktemp("gateway-nats")) as server:
+        yield server
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def gateway(own_nats: NatsServer) -> AsyncIterator[httpx.AsyncClient]:
+    """The gateway with only the avatar service behind it."""
+    avatar = Avatar(InstanceInfo(service="avatar"), AvatarConfig())
+    async with serving_on_nats(avatar, own_nats.url) as nc, gateway_on_free_port(nc, rpc_timeout_s=5) as url, \
+            httpx.AsyncClient(base_url=url, timeout=30, trust_env=False) as http:
+        yield http
+
+
+async def test_a_route_answers_through_its_service(gateway: httpx.AsyncClient) -> None:
+    response = await gateway.post("/api/v1/avatar/state", json={"session_id": "inv-1", "state": "collecting"})
+    assert response.status_code == 200, response.text
+    assert response.json()["state"] == "RESEARCH_STATE_COLLECTING"
+
+
+async def test_bad_input_is_a_4xx_with_a_message(gateway: httpx.AsyncClient) -> None:
+    unknown_state = await gateway.post("/api/v1/avatar/state", json={"session_id": "inv-1", "state": "dancing"})
+    assert unknown_state.status_code == 400 and "dancing" in unknown_state.json()["error"]
+    # Refused by the service itself (INVALID_ARGUMENT), mapped to 400 with its message and code.
+    persona = await gateway.post("/api/v1/avatar/state",
+                                 json={"session_id": "inv-2", "state": "idle", "personality": "grumpy"})
+    assert persona.status_code == 400
+    assert persona.json() == {"error": persona.json()["error"], "code": "INVALID_ARGUMENT"}
+    assert "grumpy" in persona.json()["error"]
+    missing = await gateway.post("/api/v1/avatar/state", json={"state": "idle"})
+    assert missing.status_code == 422
+
+
+async def test_a_service_with_no_instance_is_503_at_once(gateway: httpx.AsyncClient) -> None:
+    began = time.monotonic()
+    response = await gateway.get("/api/v1/reasoning/router")
+    assert response.status_code == 503
+    assert response.json()["code"] == "UNAVAILABLE" and response.json()["error"]
+    assert time.monotonic() - began < 2  # no responders: not a wait for the deadline
+
+
+async def test_fleet_health_without_monitoring_is_503(gateway: httpx.AsyncClient) -> None:
+    response = await gateway.get("/healthz")
+    assert response.status_code == 503 and response.json()["code"] == "UNAVAILABLE"
+
+
+async def test_oversized_bodies_are_413(gateway: httpx.AsyncClient) -> None:
+    big = b'{"session_id": "' + b"x" * (1024 * 1024 + 1) + b'", "state": "idle"}'
+    declared = await gateway.post("/api/v1/avatar/state", content=big, headers={"content-type": "application/json"})
+    assert declared.status_code == 413
+
+    async def chunks() -> AsyncIterator[bytes]:  # no Content-Length: counted as it arrives
+        for _ in range(20):
+            yield b"x" * 65536
+
+    streamed = await gateway.post("/api/v1/avatar/state", content=chunks(), headers={"content-type": "application/json"})
+    assert streamed.status_code == 413
+
+
+async def test_clients_follow_the_gateways_manifest_entry(nats_client: NatsClient) -> None:
+    callees = load_manifest().callees("gateway")
+    clients = Clients.over_nats(nats_client, 5, callees)
+    assert {getattr(clients, name).SERVICE.name for name in callees} == set(callees)
+    with pytest.raises(ClientsMismatch, match=r"declare the call in deploy/manifest\.yaml"):
+        Clients.over_nats(nats_client, 5, [c for c in callees if c != "swarm"])
