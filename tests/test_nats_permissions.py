@@ -73,7 +73,8 @@ def test_permissions_follow_the_declared_calls() -> None:
     assert fleet == {"gateway", "reasoning", "embeddings", "swarm", "collectors", "avatar", "monitoring"}
     for service in fleet:
         publish = MANIFEST.nats_permissions(service)["publish"]["allow"]
-        called = {subject.split(".")[1] for subject in publish if subject.startswith("bev.")}
+        called = {subject.split(".")[1] for subject in publish if subject.startswith("bev.") and "events" not in subject}
+        assert f"bev.events.{service}.>" in publish, service  # its own events, nobody else's
         assert called == set(MANIFEST.callees(service)), service
         assert ("$SRV.>" in publish) == (service == "monitoring"), service  # only `calls: all` discovers
     assert set(MANIFEST.callees("monitoring")) == fleet

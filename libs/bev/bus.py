@@ -24,6 +24,11 @@ def inbox_prefix(connection_name: str) -> str:
     return f"_INBOX.{connection_name}"
 
 
+def events_prefix(service: str) -> str:
+    """Where a service publishes its events on the BEV_EVENTS stream (`bev.events.>`)."""
+    return f"bev.events.{service}"
+
+
 def nats_permissions(service: str, callees: Iterable[str], *, discovery: bool = False,
                      ) -> dict[str, dict[str, list[str]]]:
     """NATS publish/subscribe allow-lists for a service's user (server config `permissions`).
@@ -32,7 +37,8 @@ def nats_permissions(service: str, callees: Iterable[str], *, discovery: bool = 
     ($SRV.PING/INFO/STATS). `Manifest.nats_permissions` fills both in from the service's entry.
     """
     me = f"bev-{service}"
-    publish = ["_INBOX.>", *(f"bev.{callee}.v1.>" for callee in callees)]
+    # Requests to its callees, and its own events on JetStream (`bev.events.<service>.>`).
+    publish = ["_INBOX.>", *(f"bev.{callee}.v1.>" for callee in callees), f"{events_prefix(service)}.>"]
     if discovery:
         publish.append("$SRV.>")
     subscribe = [
