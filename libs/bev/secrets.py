@@ -162,7 +162,7 @@ class VaultSecrets:
             failure = f"Vault token for service '{self.service}' was rejected"
             with vault_errors(settings.addr, failure):
                 data = self._client.auth.token.lookup_self()["data"]
-            self._set_lease(float(data["ttl"]), bool(data["renewable"]))
+            self._set_lease(float(data["ttl"]), bool(data.get("renewable", False)))  # a root token has no such key
         else:
             raise SecretsUnavailable(
                 f"no Vault credentials for service '{self.service}': set BEV_VAULT__ROLE_ID and "

@@ -21,11 +21,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import nats.errors
 from nats.aio.client import Client as NatsClient
 
 from bev.bus import connect_nats
 from bev.engines import (
     Engine,
+    EngineStartError,
     FalkorDB,
     NatsServer,
     NatsUser,
@@ -36,8 +38,10 @@ from bev.engines import (
     new_secret_id,
     seed_fleet,
 )
+from bev.engines._base import open_private_log
 from bev.fleet import discover
 from bev.manifest import Manifest, ServiceSpec, WorkerSpec
+from bev.secrets import SecretsUnavailable
 from bev.settings import BevSettings, NatsSettings
 from bev.telemetry import get_logger
 
@@ -46,6 +50,11 @@ log = get_logger("bev.supervisor")
 ENGINE_ORDER = ("vault", "nats", "postgres", "redis", "falkordb")
 MAX_BACKOFF_S = 30.0
 STABLE_AFTER_S = 60.0  # a child that ran this long gets its backoff reset
+RESPAWN_RETRY_MAX_S = 5.0  # a blocked restart (Vault down) is retried at least this often
+ENGINE_POLL_S = 0.5  # how soon a dead engine is noticed
+ENGINE_FIRST_BACKOFF_S = 0.5  # first restart attempt after this, doubling up to MAX_BACKOFF_S
+ENGINE_MAX_ATTEMPTS = 10  # consecutive failed starts before the supervisor gives up on an engine
+EVENT_PUBLISH_TIMEOUT_S = 2.0
 FLEET_FILE = "run/fleet.json"
 
 
@@ -115,6 +124,7 @@ class Supervisor:
         self._nats_user = "bev"  # the supervisor's and operator's user: not limited
         self._nats_password = secrets.token_urlsafe(24)
         self._service_nats_passwords: dict[str, str] = {}
+        self._engine_watchers: list[asyncio.Task[None]] = []
 
     # --- engines -------------------------------------------------------------------------------
 
@@ -218,15 +228,18 @@ class Supervisor:
         return env
 
     async def _spawn(self, child: Child) -> None:
-        child.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with child.log_path.open("ab") as out:
+        child.log_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        with open_private_log(child.log_path) as out:
             child.process = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", child.module,
                 stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=asyncio.subprocess.STDOUT,
                 env=child.env, cwd=str(_repo_root()), start_new_session=True,
             )
         child.started = time.monotonic()
-        child.watcher = asyncio.create_task(self._watch(child))
+
+    async def _start_child(self, child: Child) -> None:
+        await self._spawn(child)
+        child.watcher = asyncio.create_task(self._supervise(child))
 
     async def start_services(self) -> None:
         names = [s.name for s in self.plan.services]
@@ -239,7 +252,7 @@ class Supervisor:
             child = Child(spec, self._service_env(spec, role_id, secret_id), self.log_dir / f"{spec.name}.log",
                           module=f"services.{spec.name}")
             self.children[spec.name] = child
-            await self._spawn(child)
+            await self._start_child(child)
         for spec, worker in self.plan.workers:
             name = f"{spec.name}-{worker.name}"
             secret_id = await asyncio.to_thread(new_secret_id, self.vault.addr, self.vault.root_token, spec.name)
@@ -247,36 +260,99 @@ class Supervisor:
             child = Child(spec, self._service_env(spec, role_id, secret_id), self.log_dir / f"{name}.log",
                           module=worker.module(spec.name))
             self.workers[name] = child
-            await self._spawn(child)
+            await self._start_child(child)
 
-    async def _watch(self, child: Child) -> None:
-        assert child.process is not None
-        code = await child.process.wait()
-        if self.stopping:
+    async def _supervise(self, child: Child) -> None:
+        """For the fleet's whole life: wait for the child to exit, then start it again with backoff."""
+        while not self.stopping:
+            assert child.process is not None
+            code = await child.process.wait()
+            if self.stopping:
+                return
+            ran = time.monotonic() - child.started
+            if ran > STABLE_AFTER_S:
+                child.restarts = 0
+            delay = min(MAX_BACKOFF_S, 2.0 ** child.restarts)
+            child.restarts += 1
+            tail = _tail(child.log_path)
+            log.error("service exited; restarting", process=child.module, code=code, ran_s=round(ran, 1),
+                      restart_in_s=delay, last_log=tail)
+            await self._event("fleet.service_exited", {"service": child.spec.name, "process": child.module,
+                                                        "code": code, "restart_in_s": delay,
+                                                        "restarts": child.restarts, "last_log": tail})
+            await asyncio.sleep(delay)
+            await self._respawn(child)
+
+    async def _respawn(self, child: Child) -> None:
+        """A fresh single-use secret id, then the process. Either can fail (Vault down, no memory):
+        each failure is logged and published, and retried with backoff until it works or the fleet stops."""
+        attempt = 0
+        while not self.stopping:
+            try:
+                child.env["BEV_VAULT__SECRET_ID"] = await asyncio.to_thread(
+                    new_secret_id, self.vault.addr, self.vault.root_token, child.spec.name)
+                await self._spawn(child)
+            except (SecretsUnavailable, OSError) as exc:
+                attempt += 1
+                delay = min(RESPAWN_RETRY_MAX_S, 0.5 * 2.0 ** attempt)
+                log.error("service restart failed; retrying", process=child.module, attempt=attempt,
+                          retry_in_s=delay, error=str(exc))
+                await self._event("fleet.service_restart_failed", {"service": child.spec.name,
+                                                                    "process": child.module, "attempt": attempt,
+                                                                    "retry_in_s": delay, "error": str(exc)})
+                await asyncio.sleep(delay)
+                continue
+            log.info("service restarted", process=child.module, pid=child.process.pid if child.process else None)
+            self._write_fleet_file()  # its new pid
             return
-        ran = time.monotonic() - child.started
-        if ran > STABLE_AFTER_S:
-            child.restarts = 0
-        delay = min(MAX_BACKOFF_S, 2.0 ** child.restarts)
-        child.restarts += 1
-        tail = _tail(child.log_path)
-        log.error("service exited; restarting", process=child.module, code=code, ran_s=round(ran, 1),
-                  restart_in_s=delay, last_log=tail)
-        await self._event("fleet.service_exited", {"service": child.spec.name,
-                                                    "process": child.module, "code": code,
-                                                    "restart_in_s": delay, "restarts": child.restarts, "last_log": tail})
-        await asyncio.sleep(delay)
-        if self.stopping:
+
+    # --- engines, supervised -------------------------------------------------------------------
+
+    async def _supervise_engine(self, name: str) -> None:
+        """For the fleet's whole life: notice the engine's exit within ENGINE_POLL_S, then start it again."""
+        engine = self.engines[name]
+        while not self.stopping:
+            await asyncio.sleep(ENGINE_POLL_S)
+            code = engine.exit_code()
+            if code is None or self.stopping:
+                continue
+            died = time.monotonic()
+            tail = engine.log_tail()
+            log.error("engine exited; restarting", engine=name, code=code, last_log=tail)
+            await self._event("fleet.engine_exited", {"engine": name, "code": code, "last_log": tail})
+            await self._restart_engine(name, died)
+
+    async def _restart_engine(self, name: str, died: float) -> None:
+        engine = self.engines[name]
+        for attempt in range(1, ENGINE_MAX_ATTEMPTS + 1):
+            await asyncio.sleep(min(MAX_BACKOFF_S, ENGINE_FIRST_BACKOFF_S * 2.0 ** (attempt - 1)))
+            if self.stopping:
+                return
+            try:
+                await asyncio.to_thread(engine.start, 60)
+            except EngineStartError as exc:
+                log.error("engine restart failed", engine=name, attempt=attempt, error=str(exc))
+                await self._event("fleet.engine_restart_failed", {"engine": name, "attempt": attempt,
+                                                                   "error": str(exc)})
+                continue
+            down_s = round(time.monotonic() - died, 2)
+            log.info("engine restarted", engine=name, attempt=attempt, down_s=down_s, pid=engine.pid)
+            self._write_fleet_file()  # its new pid
+            await self._event("fleet.engine_restarted", {"engine": name, "attempt": attempt, "down_s": down_s})
             return
-        child.env["BEV_VAULT__SECRET_ID"] = await asyncio.to_thread(
-            new_secret_id, self.vault.addr, self.vault.root_token, child.spec.name)  # secret ids are single-use
-        await self._spawn(child)
+        log.error("engine restart given up", engine=name, attempts=ENGINE_MAX_ATTEMPTS)
+        await self._event("fleet.engine_gave_up", {"engine": name, "attempts": ENGINE_MAX_ATTEMPTS})
 
     async def _event(self, kind: str, data: dict[str, Any]) -> None:
+        """Publish a fleet event on JetStream. With NATS itself down it cannot be published: the
+        log line the caller wrote is then the record, and this says so."""
         if self.nc is None or self.nc.is_closed:
             return
         payload = json.dumps({"kind": kind, "time": time.time(), **data}).encode()
-        await self.nc.jetstream().publish(f"bev.events.{kind}", payload)
+        try:
+            await self.nc.jetstream().publish(f"bev.events.{kind}", payload, timeout=EVENT_PUBLISH_TIMEOUT_S)
+        except (nats.errors.Error, TimeoutError) as exc:
+            log.warning("fleet event not published (NATS unavailable)", event=kind, error=f"{type(exc).__name__}: {exc}")
 
     async def wait_healthy(self) -> list[Any]:
         """Wait until every planned service answers Health as serving; raise with who is missing."""
@@ -302,11 +378,16 @@ class Supervisor:
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, stop.set)
         began = time.monotonic()
+        # Private like everything in it: engines' data, credentials, logs (0700 directories).
+        for directory in (self.plan.data_dir, self.log_dir):
+            directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+            directory.chmod(0o700)
         try:
             await self.start_engines()
             self.nc = await connect_nats(
                 NatsSettings(url=self.nats.url), "bev-supervisor", self._nats_user, self._nats_password)
             await self.nc.jetstream().add_stream(name="BEV_EVENTS", subjects=["bev.events.>"])
+            self._engine_watchers = [asyncio.create_task(self._supervise_engine(name)) for name in self.engines]
             await self.start_services()
             self._write_fleet_file()
             instances = await self.wait_healthy()
@@ -349,6 +430,8 @@ class Supervisor:
             return
         self.stopping = True
         log.info("stopping fleet")
+        for watcher in self._engine_watchers:
+            watcher.cancel()
         await asyncio.gather(*(self._stop_child(c) for c in [*self.workers.values(), *self.children.values()]))
         if self.nc is not None and not self.nc.is_closed:
             await self.nc.close()

@@ -41,6 +41,11 @@ RPC_LATENCY = Histogram(
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
 )
 RPC_IN_FLIGHT = Gauge("bev_rpc_in_flight", "RPCs being handled now", ["service", "method", "transport"])
+RPC_CLIENT_RETRIES = Counter(
+    "bev_rpc_client_retries_total",
+    "Idempotent calls sent a second time after an unavailable or silent instance, by the first attempt's code",
+    ["service", "method", "code"],
+)
 
 
 def _add_trace_ids(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:

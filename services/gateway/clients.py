@@ -34,7 +34,7 @@ class Clients:
     monitoring: MonitoringClient
 
     @classmethod
-    def over_nats(cls, nc: NatsClient, timeout_s: float, callees: Iterable[str]) -> Clients:
+    def over_nats(cls, nc: NatsClient, timeout_s: float | None, callees: Iterable[str]) -> Clients:
         """One client per declared callee (`Manifest.callees("gateway")`)."""
         declared, used = set(callees), {f.name for f in dataclasses.fields(cls)}
         if declared != used:

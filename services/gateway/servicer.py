@@ -3,24 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import Iterable, Iterator
-
-import uvicorn
+from collections.abc import Iterable
 
 from bev.gateway.v1.gateway_rpc import GatewayServicer
 from bev.manifest import ManifestError, load_manifest
 from bev.runtime import ServiceRuntime, StartupError
 from services.gateway.api import create_app
 from services.gateway.clients import ClientsMismatch
+from services.gateway.http_server import GatewayServer, server_config
 from services.gateway.settings import Settings
-
-
-class _EmbeddedServer(uvicorn.Server):
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        # The service runtime owns SIGTERM/SIGINT and stops us through close().
-        yield
 
 
 class Gateway(GatewayServicer):
@@ -28,9 +19,7 @@ class Gateway(GatewayServicer):
         super().__init__(runtime.info)
         config = runtime.settings.gateway
         self.app = create_app(runtime.nc, config, callees)
-        self._server = _EmbeddedServer(
-            uvicorn.Config(self.app, host=config.host, port=config.port, log_config=None, access_log=False)
-        )
+        self._server = GatewayServer(server_config(self.app, config))
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:

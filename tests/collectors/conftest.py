@@ -40,6 +40,6 @@ async def collectors_stack(nats_server: NatsServer, postgres_server: Postgres, f
     }
     servicer = await assemble(InstanceInfo(service="collectors"), config, lambda name: secrets[name])
     async with serving_on_nats(servicer, nats_server.url, default_timeout_s=30, max_concurrency=16) as nc, \
-            gateway_on_free_port(nc, rpc_timeout_s=30) as gateway:
+            gateway_on_free_port(nc) as gateway:
         yield CollectorsStack(servicer, CollectorsClient.over_nats(nc, timeout_s=30), gateway)
         await servicer.collection.graph.delete_graph()  # type: ignore[attr-defined]

@@ -140,7 +140,7 @@ def test_falkordb_nodes_and_relation(falkordb_server: FalkorDB, redis_server: Re
     assert "bev:health" not in db.list_graphs()
 
 
-def test_openbao_dev_server_is_unsealed(openbao_server: OpenBao) -> None:
+def test_openbao_is_initialised_and_unsealed(openbao_server: OpenBao) -> None:
     assert openbao_server.healthy()
     assert openbao_server.addr == f"http://127.0.0.1:{openbao_server.port}"
     assert openbao_server.root_token not in " ".join(openbao_server.command())

@@ -23,5 +23,5 @@ class Stack:
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session")
 async def reasoning_stack(reasoning_on_nats: ReasoningOnNats) -> AsyncIterator[Stack]:
-    async with gateway_on_free_port(reasoning_on_nats.nc, rpc_timeout_s=120) as gateway:
+    async with gateway_on_free_port(reasoning_on_nats.nc) as gateway:
         yield Stack(reasoning_on_nats.servicer, reasoning_on_nats.client, gateway)

@@ -21,10 +21,17 @@ import time
 import urllib.request
 from pathlib import Path
 from types import TracebackType
-from typing import ClassVar, Self
+from typing import BinaryIO, ClassVar, Self
 
 LOG_TAIL_LINES = 4
 LOG_TAIL_CHARS = 400
+
+
+def open_private_log(path: Path) -> BinaryIO:
+    """Open a log for appending, readable by its owner alone (0600), like the rest of the data directory."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    os.fchmod(fd, 0o600)  # a log created before by an older version may be 0644
+    return os.fdopen(fd, "ab")
 
 
 class EngineStartError(RuntimeError):
@@ -170,6 +177,21 @@ class Engine:
     def running(self) -> bool:
         return self.pid is not None
 
+    def exit_code(self) -> int | None:
+        """If the engine's process has ended: reap it, kill what it left in its process group
+        (a killed postmaster's backends, say), forget it and return its exit code. None while it
+        runs, or when it was never started. Supervisors poll this."""
+        process = self._process
+        if process is None:
+            return None
+        code = process.poll()
+        if code is None:
+            return None
+        with contextlib.suppress(ProcessLookupError):  # nothing left in the group: the usual case
+            os.killpg(process.pid, signal.SIGKILL)
+        self._process = None
+        return code
+
     def healthy(self) -> bool:
         """Whether the engine answers a real request right now."""
         try:
@@ -199,8 +221,8 @@ class Engine:
 
     def _launch(self) -> None:
         argv = self.command()
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with self.log_path.open("ab") as log:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        with open_private_log(self.log_path) as log:
             self._log_offset = log.tell()
             log.write(f"--- bev: starting {self.name}: {' '.join(argv)}\n".encode())
             log.flush()

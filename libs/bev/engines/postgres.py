@@ -18,7 +18,7 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
-from bev.engines._base import Engine, EngineStartError, client_host, one_line, package_file
+from bev.engines._base import Engine, EngineStartError, client_host, one_line, open_private_log, package_file
 
 # Any non-zero uid: inside the user namespace postgres must not see itself as root.
 _NAMESPACE_UID = "1000"
@@ -115,6 +115,7 @@ class Postgres(Engine):
         """Run initdb unless data_dir already holds a cluster (then it is reused as is)."""
         super().prepare()
         if (self.pgdata / "PG_VERSION").exists():
+            self._remove_stale_lock()
             return
         with tempfile.NamedTemporaryFile("w", dir=self.data_dir, prefix=".pwfile-") as pwfile:
             pwfile.write(self.password + "\n")
@@ -130,7 +131,7 @@ class Postgres(Engine):
                 "--no-locale",
                 *([] if self.fsync else ["--no-sync"]),
             ]
-            with self.log_path.open("ab") as log:
+            with open_private_log(self.log_path) as log:
                 offset = log.tell()
                 result = subprocess.run(
                     argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, check=False
@@ -145,6 +146,24 @@ class Postgres(Engine):
         # Password auth from any address; which addresses are reachable is up to `host`.
         with (self.pgdata / "pg_hba.conf").open("a") as hba:
             hba.write("host all all all scram-sha-256\n")
+
+    def _remove_stale_lock(self) -> None:
+        """A postmaster killed with SIGKILL leaves postmaster.pid behind. PostgreSQL removes it
+        itself only when no process has that pid; when the pid was reused by another process it
+        refuses to start. Remove the file when its pid is not a running postgres; refuse with a
+        clear error when it is one (two postmasters on one data directory corrupt it)."""
+        lock = self.pgdata / "postmaster.pid"
+        try:
+            pid = int(lock.read_text().splitlines()[0])
+        except (FileNotFoundError, IndexError, ValueError):
+            return
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            cmdline = []
+        if cmdline and Path(cmdline[0].decode(errors="replace")).name == "postgres":
+            raise EngineStartError(f"postgres cannot start: pid {pid} is still running on {self.pgdata}; stop it first")
+        lock.unlink(missing_ok=True)
 
     def command(self) -> list[str]:
         return [

@@ -1,8 +1,16 @@
 """The typed client every caller uses; generated subclasses (bev/<svc>/v1/<svc>_rpc.py) add one
-method per RPC. NATS is the default transport; give a gRPC address to call from outside the bus."""
+method per RPC. NATS is the default transport; give a gRPC address to call from outside the bus.
+
+Deadlines come from each method's `(bev.common.v1.call)` option in its proto, unless the caller
+passes `timeout_s` (per call, or for every call of a client). An idempotent unary call gets half of
+its deadline for the first attempt: if the instance that got it is gone (UNAVAILABLE) or silent
+(no answer: frozen, or killed mid-call), it is sent once more with what is left, which the queue
+group usually hands to another replica. No call outlives its deadline.
+"""
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, Mapping
 from typing import ClassVar, Protocol, Self, TypeVar
 
@@ -17,10 +25,13 @@ from bev.rpc.definition import MethodDef, ServiceDef
 from bev.rpc.errors import RpcError, StatusCode
 from bev.rpc.grpc_transport import GrpcTransport
 from bev.rpc.nats_transport import NatsTransport
-from bev.telemetry import active_span
+from bev.telemetry import RPC_CLIENT_RETRIES, active_span
 
 R = TypeVar("R", bound=Message)
 _tracer = trace.get_tracer("bev.rpc")
+# Codes that mean "that instance did not do it": gone, or silent past the attempt's share.
+_RETRIED = frozenset({StatusCode.UNAVAILABLE, StatusCode.DEADLINE_EXCEEDED})
+MIN_RETRY_BUDGET_S = 0.05  # less left than this: a second attempt could not get an answer anyway
 
 
 class Transport(Protocol):
@@ -36,17 +47,17 @@ class Transport(Protocol):
 class Client:
     SERVICE: ClassVar[ServiceDef]
 
-    def __init__(self, transport: Transport, *, timeout_s: float = 30.0) -> None:
+    def __init__(self, transport: Transport, *, timeout_s: float | None = None) -> None:
         self.transport = transport
-        self.timeout_s = timeout_s
+        self.timeout_s = timeout_s  # None: each method's own deadline
 
     @classmethod
-    def over_nats(cls, nc: NatsClient, *, timeout_s: float = 30.0) -> Self:
+    def over_nats(cls, nc: NatsClient, *, timeout_s: float | None = None) -> Self:
         return cls(NatsTransport(nc), timeout_s=timeout_s)
 
     @classmethod
     def over_grpc(
-        cls, address: str, *, timeout_s: float = 30.0, credentials: grpc.ChannelCredentials | None = None
+        cls, address: str, *, timeout_s: float | None = None, credentials: grpc.ChannelCredentials | None = None
     ) -> Self:
         """`credentials`: grpc.ssl_channel_credentials(...) for a server that requires mTLS."""
         return cls(GrpcTransport(address, credentials=credentials), timeout_s=timeout_s)
@@ -72,12 +83,27 @@ class Client:
         self, name: str, request: Message, into: type[R], timeout_s: float | None, metadata: Mapping[str, str] | None
     ) -> R:
         method = self.SERVICE.methods[name]
+        deadline_s = timeout_s or self.timeout_s or method.deadline_s
         # active_span = start_as_current_span without its generator wrappers (hot path, see there).
         with active_span(_tracer, f"{self.SERVICE.full_name}/{name}", SpanKind.CLIENT):
-            data = await self.transport.unary(
-                method, request.SerializeToString(), timeout_s or self.timeout_s, self._metadata(metadata)
-            )
+            payload, carrier = request.SerializeToString(), self._metadata(metadata)
+            if not method.idempotent:
+                data = await self.transport.unary(method, payload, deadline_s, carrier)
+            else:
+                data = await self._with_one_retry(method, payload, deadline_s, carrier)
         return self._decode(method, data, into)
+
+    async def _with_one_retry(self, method: MethodDef, payload: bytes, deadline_s: float,
+                              carrier: Mapping[str, str]) -> bytes:
+        began = time.monotonic()
+        try:
+            return await self.transport.unary(method, payload, deadline_s / 2, carrier)
+        except RpcError as exc:
+            left = deadline_s - (time.monotonic() - began)
+            if exc.code not in _RETRIED or left < MIN_RETRY_BUDGET_S:
+                raise
+            RPC_CLIENT_RETRIES.labels(self.SERVICE.name, method.name, exc.code.name).inc()
+            return await self.transport.unary(method, payload, left, carrier)
 
     async def _stream(
         self, name: str, request: Message, into: type[R], timeout_s: float | None, metadata: Mapping[str, str] | None
@@ -85,7 +111,8 @@ class Client:
         method = self.SERVICE.methods[name]
         with active_span(_tracer, f"{self.SERVICE.full_name}/{name}", SpanKind.CLIENT):
             stream = self.transport.stream(
-                method, request.SerializeToString(), timeout_s or self.timeout_s, self._metadata(metadata)
+                method, request.SerializeToString(), timeout_s or self.timeout_s or method.deadline_s,
+                self._metadata(metadata)
             )
             try:
                 async for data in stream:

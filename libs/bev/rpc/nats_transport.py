@@ -226,7 +226,16 @@ class NatsTransport:
     def _headers(self, timeout_s: float, metadata: Mapping[str, str]) -> dict[str, str]:
         return {**metadata, TIMEOUT_HEADER: str(max(1, int(timeout_s * 1000)))}
 
+    def _require_connection(self, method: MethodDef) -> None:
+        # While nats-py reconnects it buffers requests and the caller would wait out its deadline:
+        # say at once that the bus is down instead.
+        if not self._nc.is_connected:
+            state = "reconnecting" if self._nc.is_reconnecting else "closed"
+            raise RpcError(StatusCode.UNAVAILABLE,
+                           f"the bus (NATS) is unreachable ({state}); {method.subject} was not sent")
+
     async def unary(self, method: MethodDef, payload: bytes, timeout_s: float, metadata: Mapping[str, str]) -> bytes:
+        self._require_connection(method)
         try:
             msg = await self._nc.request(
                 method.subject + self._suffix, payload, timeout=timeout_s, headers=self._headers(timeout_s, metadata)
@@ -245,6 +254,7 @@ class NatsTransport:
     async def stream(
         self, method: MethodDef, payload: bytes, timeout_s: float, metadata: Mapping[str, str]
     ) -> AsyncIterator[bytes]:
+        self._require_connection(method)
         deadline = time.monotonic() + timeout_s
         inbox = self._nc.new_inbox()
         sub = await self._nc.subscribe(inbox)

@@ -35,7 +35,7 @@ def own_nats(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer]:
 async def gateway(own_nats: NatsServer) -> AsyncIterator[httpx.AsyncClient]:
     """The gateway with only the avatar service behind it."""
     avatar = Avatar(InstanceInfo(service="avatar"), AvatarConfig())
-    async with serving_on_nats(avatar, own_nats.url) as nc, gateway_on_free_port(nc, rpc_timeout_s=5) as url, \
+    async with serving_on_nats(avatar, own_nats.url) as nc, gateway_on_free_port(nc) as url, \
             httpx.AsyncClient(base_url=url, timeout=30, trust_env=False) as http:
         yield http
 

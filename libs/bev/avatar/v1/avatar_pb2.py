@@ -25,13 +25,17 @@ _sym_db = _symbol_database.Default()
 from bev.common.v1 import common_pb2 as bev_dot_common_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x62\x65v/avatar/v1/avatar.proto\x12\rbev.avatar.v1\x1a\x1a\x62\x65v/common/v1/common.proto\"\xd7\x01\n\x0fMapStateRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12+\n\x05state\x18\x02 \x01(\x0e\x32\x1c.bev.avatar.v1.ResearchState\x12\x17\n\nconfidence\x18\x03 \x01(\x01H\x00\x88\x01\x01\x12\x15\n\x08severity\x18\x04 \x01(\x01H\x01\x88\x01\x01\x12\x15\n\x08progress\x18\x05 \x01(\x01H\x02\x88\x01\x01\x12\x13\n\x0bpersonality\x18\x06 \x01(\tB\r\n\x0b_confidenceB\x0b\n\t_severityB\x0b\n\t_progress\"\x83\x01\n\nExpression\x12\x0f\n\x07\x65motion\x18\x01 \x01(\t\x12\x11\n\tintensity\x18\x02 \x01(\x01\x12\x11\n\tanimation\x18\x03 \x01(\t\x12\x11\n\tnarration\x18\x04 \x01(\t\x12+\n\x05state\x18\x05 \x01(\x0e\x32\x1c.bev.avatar.v1.ResearchState*\x96\x02\n\rResearchState\x12\x1e\n\x1aRESEARCH_STATE_UNSPECIFIED\x10\x00\x12\x17\n\x13RESEARCH_STATE_IDLE\x10\x01\x12\x1d\n\x19RESEARCH_STATE_COLLECTING\x10\x02\x12\x1c\n\x18RESEARCH_STATE_ANALYZING\x10\x03\x12 \n\x1cRESEARCH_STATE_HYPOTHESIZING\x10\x04\x12\x1b\n\x17RESEARCH_STATE_DEBATING\x10\x05\x12\x1c\n\x18RESEARCH_STATE_REPORTING\x10\x06\x12\x18\n\x14RESEARCH_STATE_ALERT\x10\x07\x12\x18\n\x14RESEARCH_STATE_ERROR\x10\x08\x32\x96\x01\n\x06\x41vatar\x12\x45\n\x06Health\x12\x1c.bev.common.v1.HealthRequest\x1a\x1d.bev.common.v1.HealthResponse\x12\x45\n\x08MapState\x12\x1e.bev.avatar.v1.MapStateRequest\x1a\x19.bev.avatar.v1.Expressionb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x62\x65v/avatar/v1/avatar.proto\x12\rbev.avatar.v1\x1a\x1a\x62\x65v/common/v1/common.proto\"\xd7\x01\n\x0fMapStateRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12+\n\x05state\x18\x02 \x01(\x0e\x32\x1c.bev.avatar.v1.ResearchState\x12\x17\n\nconfidence\x18\x03 \x01(\x01H\x00\x88\x01\x01\x12\x15\n\x08severity\x18\x04 \x01(\x01H\x01\x88\x01\x01\x12\x15\n\x08progress\x18\x05 \x01(\x01H\x02\x88\x01\x01\x12\x13\n\x0bpersonality\x18\x06 \x01(\tB\r\n\x0b_confidenceB\x0b\n\t_severityB\x0b\n\t_progress\"\x83\x01\n\nExpression\x12\x0f\n\x07\x65motion\x18\x01 \x01(\t\x12\x11\n\tintensity\x18\x02 \x01(\x01\x12\x11\n\tanimation\x18\x03 \x01(\t\x12\x11\n\tnarration\x18\x04 \x01(\t\x12+\n\x05state\x18\x05 \x01(\x0e\x32\x1c.bev.avatar.v1.ResearchState*\x96\x02\n\rResearchState\x12\x1e\n\x1aRESEARCH_STATE_UNSPECIFIED\x10\x00\x12\x17\n\x13RESEARCH_STATE_IDLE\x10\x01\x12\x1d\n\x19RESEARCH_STATE_COLLECTING\x10\x02\x12\x1c\n\x18RESEARCH_STATE_ANALYZING\x10\x03\x12 \n\x1cRESEARCH_STATE_HYPOTHESIZING\x10\x04\x12\x1b\n\x17RESEARCH_STATE_DEBATING\x10\x05\x12\x1c\n\x18RESEARCH_STATE_REPORTING\x10\x06\x12\x18\n\x14RESEARCH_STATE_ALERT\x10\x07\x12\x18\n\x14RESEARCH_STATE_ERROR\x10\x08\x32\xb6\x01\n\x06\x41vatar\x12V\n\x06Health\x12\x1c.bev.common.v1.HealthRequest\x1a\x1d.bev.common.v1.HealthResponse\"\x0f\xa2\xbb\x18\x0b\t\x00\x00\x00\x00\x00\x00\x08@\x10\x01\x12T\n\x08MapState\x12\x1e.bev.avatar.v1.MapStateRequest\x1a\x19.bev.avatar.v1.Expression\"\r\xa2\xbb\x18\t\t\x00\x00\x00\x00\x00\x00\x14@b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'bev.avatar.v1.avatar_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_AVATAR'].methods_by_name['Health']._loaded_options = None
+  _globals['_AVATAR'].methods_by_name['Health']._serialized_options = b'\242\273\030\013\t\000\000\000\000\000\000\010@\020\001'
+  _globals['_AVATAR'].methods_by_name['MapState']._loaded_options = None
+  _globals['_AVATAR'].methods_by_name['MapState']._serialized_options = b'\242\273\030\t\t\000\000\000\000\000\000\024@'
   _globals['_RESEARCHSTATE']._serialized_start=426
   _globals['_RESEARCHSTATE']._serialized_end=704
   _globals['_MAPSTATEREQUEST']._serialized_start=74
@@ -39,5 +43,5 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_EXPRESSION']._serialized_start=292
   _globals['_EXPRESSION']._serialized_end=423
   _globals['_AVATAR']._serialized_start=707
-  _globals['_AVATAR']._serialized_end=857
+  _globals['_AVATAR']._serialized_end=889
 # @@protoc_insertion_point(module_scope)

@@ -8,9 +8,11 @@ vocabularies several services speak (inference tiers, TLP labels). Their one Pyt
 
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
+from google.protobuf import descriptor_pb2 as _descriptor_pb2
 from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf.internal import extension_dict as _extension_dict
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -71,6 +73,38 @@ TLP_AMBER: Tlp.ValueType  # 3
 TLP_AMBER_STRICT: Tlp.ValueType  # 4
 TLP_RED: Tlp.ValueType  # 5
 Global___Tlp: _TypeAlias = Tlp  # noqa: Y015
+
+@_typing.final
+class CallPolicy(_message.Message):
+    """How callers treat one RPC, declared on the method itself so each deadline lives in one place:
+      rpc Search(SearchRequest) returns (SearchResponse) {
+        option (bev.common.v1.call) = {deadline_s: 15, idempotent: true};
+      }
+    bev.rpc reads it: a call without an explicit timeout gets `deadline_s`; an idempotent unary call
+    that meets an unavailable or silent instance is retried once within the same deadline.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DEADLINE_S_FIELD_NUMBER: _builtins.int
+    IDEMPOTENT_FIELD_NUMBER: _builtins.int
+    deadline_s: _builtins.float
+    """cheap lookups seconds; generation and ingest longer"""
+    idempotent: _builtins.bool
+    """safe to send twice: reads, and writes keyed so a repeat changes nothing"""
+    def __init__(
+        self,
+        *,
+        deadline_s: _builtins.float = ...,
+        idempotent: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deadline_s", b"deadline_s", "idempotent", b"idempotent"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CallPolicy: _TypeAlias = CallPolicy  # noqa: Y015
 
 @_typing.final
 class HealthRequest(_message.Message):
@@ -283,3 +317,6 @@ class Identity(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Identity: _TypeAlias = Identity  # noqa: Y015
+
+CALL_FIELD_NUMBER: _builtins.int
+call: _extension_dict._ExtensionFieldDescriptor[_descriptor_pb2.MethodOptions, Global___CallPolicy]

@@ -25,13 +25,25 @@ _sym_db = _symbol_database.Default()
 from bev.common.v1 import common_pb2 as bev_dot_common_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x62\x65v/echo/v1/echo.proto\x12\x0b\x62\x65v.echo.v1\x1a\x1a\x62\x65v/common/v1/common.proto\".\n\x0b\x45\x63hoRequest\x12\x0f\n\x07payload\x18\x01 \x01(\x0c\x12\x0e\n\x06repeat\x18\x02 \x01(\x05\".\n\x0c\x45\x63hoResponse\x12\x0f\n\x07payload\x18\x01 \x01(\x0c\x12\r\n\x05index\x18\x02 \x01(\x05\"F\n\x0b\x46\x61ilRequest\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x18\n\x10raise_unexpected\x18\x03 \x01(\x08\"\x1f\n\x0cSleepRequest\x12\x0f\n\x07seconds\x18\x01 \x01(\x01\"$\n\rSleepResponse\x12\x13\n\x0bremaining_s\x18\x01 \x01(\x01\"D\n\x08\x43\x61llInfo\x12\x10\n\x08trace_id\x18\x01 \x01(\t\x12\x11\n\ttransport\x18\x02 \x01(\t\x12\x13\n\x0bremaining_s\x18\x03 \x01(\x01\x32\x87\x03\n\x04\x45\x63ho\x12\x45\n\x06Health\x12\x1c.bev.common.v1.HealthRequest\x1a\x1d.bev.common.v1.HealthResponse\x12;\n\x04\x45\x63ho\x12\x18.bev.echo.v1.EchoRequest\x1a\x19.bev.echo.v1.EchoResponse\x12\x43\n\nEchoStream\x12\x18.bev.echo.v1.EchoRequest\x1a\x19.bev.echo.v1.EchoResponse0\x01\x12;\n\x04\x46\x61il\x12\x18.bev.echo.v1.FailRequest\x1a\x19.bev.echo.v1.EchoResponse\x12>\n\x05Sleep\x12\x19.bev.echo.v1.SleepRequest\x1a\x1a.bev.echo.v1.SleepResponse\x12\x39\n\x06WhoAmI\x12\x18.bev.echo.v1.EchoRequest\x1a\x15.bev.echo.v1.CallInfob\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x62\x65v/echo/v1/echo.proto\x12\x0b\x62\x65v.echo.v1\x1a\x1a\x62\x65v/common/v1/common.proto\".\n\x0b\x45\x63hoRequest\x12\x0f\n\x07payload\x18\x01 \x01(\x0c\x12\x0e\n\x06repeat\x18\x02 \x01(\x05\".\n\x0c\x45\x63hoResponse\x12\x0f\n\x07payload\x18\x01 \x01(\x0c\x12\r\n\x05index\x18\x02 \x01(\x05\"F\n\x0b\x46\x61ilRequest\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x18\n\x10raise_unexpected\x18\x03 \x01(\x08\"\x1f\n\x0cSleepRequest\x12\x0f\n\x07seconds\x18\x01 \x01(\x01\"$\n\rSleepResponse\x12\x13\n\x0bremaining_s\x18\x01 \x01(\x01\"D\n\x08\x43\x61llInfo\x12\x10\n\x08trace_id\x18\x01 \x01(\t\x12\x11\n\ttransport\x18\x02 \x01(\t\x12\x13\n\x0bremaining_s\x18\x03 \x01(\x01\x32\xe7\x03\n\x04\x45\x63ho\x12V\n\x06Health\x12\x1c.bev.common.v1.HealthRequest\x1a\x1d.bev.common.v1.HealthResponse\"\x0f\xa2\xbb\x18\x0b\t\x00\x00\x00\x00\x00\x00\x08@\x10\x01\x12L\n\x04\x45\x63ho\x12\x18.bev.echo.v1.EchoRequest\x1a\x19.bev.echo.v1.EchoResponse\"\x0f\xa2\xbb\x18\x0b\t\x00\x00\x00\x00\x00\x00$@\x10\x01\x12R\n\nEchoStream\x12\x18.bev.echo.v1.EchoRequest\x1a\x19.bev.echo.v1.EchoResponse\"\r\xa2\xbb\x18\t\t\x00\x00\x00\x00\x00\x00>@0\x01\x12J\n\x04\x46\x61il\x12\x18.bev.echo.v1.FailRequest\x1a\x19.bev.echo.v1.EchoResponse\"\r\xa2\xbb\x18\t\t\x00\x00\x00\x00\x00\x00$@\x12M\n\x05Sleep\x12\x19.bev.echo.v1.SleepRequest\x1a\x1a.bev.echo.v1.SleepResponse\"\r\xa2\xbb\x18\t\t\x00\x00\x00\x00\x00\x00N@\x12J\n\x06WhoAmI\x12\x18.bev.echo.v1.EchoRequest\x1a\x15.bev.echo.v1.CallInfo\"\x0f\xa2\xbb\x18\x0b\t\x00\x00\x00\x00\x00\x00\x14@\x10\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'bev.echo.v1.echo_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_ECHO'].methods_by_name['Health']._loaded_options = None
+  _globals['_ECHO'].methods_by_name['Health']._serialized_options = b'\242\273\030\013\t\000\000\000\000\000\000\010@\020\001'
+  _globals['_ECHO'].methods_by_name['Echo']._loaded_options = None
+  _globals['_ECHO'].methods_by_name['Echo']._serialized_options = b'\242\273\030\013\t\000\000\000\000\000\000$@\020\001'
+  _globals['_ECHO'].methods_by_name['EchoStream']._loaded_options = None
+  _globals['_ECHO'].methods_by_name['EchoStream']._serialized_options = b'\242\273\030\t\t\000\000\000\000\000\000>@'
+  _globals['_ECHO'].methods_by_name['Fail']._loaded_options = None
+  _globals['_ECHO'].methods_by_name['Fail']._serialized_options = b'\242\273\030\t\t\000\000\000\000\000\000$@'
+  _globals['_ECHO'].methods_by_name['Sleep']._loaded_options = None
+  _globals['_ECHO'].methods_by_name['Sleep']._serialized_options = b'\242\273\030\t\t\000\000\000\000\000\000N@'
+  _globals['_ECHO'].methods_by_name['WhoAmI']._loaded_options = None
+  _globals['_ECHO'].methods_by_name['WhoAmI']._serialized_options = b'\242\273\030\013\t\000\000\000\000\000\000\024@\020\001'
   _globals['_ECHOREQUEST']._serialized_start=67
   _globals['_ECHOREQUEST']._serialized_end=113
   _globals['_ECHORESPONSE']._serialized_start=115
@@ -45,5 +57,5 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CALLINFO']._serialized_start=306
   _globals['_CALLINFO']._serialized_end=374
   _globals['_ECHO']._serialized_start=377
-  _globals['_ECHO']._serialized_end=768
+  _globals['_ECHO']._serialized_end=864
 # @@protoc_insertion_point(module_scope)

@@ -25,13 +25,15 @@ _sym_db = _symbol_database.Default()
 from bev.common.v1 import common_pb2 as bev_dot_common_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x62\x65v/gateway/v1/gateway.proto\x12\x0e\x62\x65v.gateway.v1\x1a\x1a\x62\x65v/common/v1/common.proto2P\n\x07Gateway\x12\x45\n\x06Health\x12\x1c.bev.common.v1.HealthRequest\x1a\x1d.bev.common.v1.HealthResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x62\x65v/gateway/v1/gateway.proto\x12\x0e\x62\x65v.gateway.v1\x1a\x1a\x62\x65v/common/v1/common.proto2a\n\x07Gateway\x12V\n\x06Health\x12\x1c.bev.common.v1.HealthRequest\x1a\x1d.bev.common.v1.HealthResponse\"\x0f\xa2\xbb\x18\x0b\t\x00\x00\x00\x00\x00\x00\x08@\x10\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'bev.gateway.v1.gateway_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_GATEWAY'].methods_by_name['Health']._loaded_options = None
+  _globals['_GATEWAY'].methods_by_name['Health']._serialized_options = b'\242\273\030\013\t\000\000\000\000\000\000\010@\020\001'
   _globals['_GATEWAY']._serialized_start=76
-  _globals['_GATEWAY']._serialized_end=156
+  _globals['_GATEWAY']._serialized_end=173
 # @@protoc_insertion_point(module_scope)

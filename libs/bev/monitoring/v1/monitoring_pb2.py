@@ -25,13 +25,17 @@ _sym_db = _symbol_database.Default()
 from bev.common.v1 import common_pb2 as bev_dot_common_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"bev/monitoring/v1/monitoring.proto\x12\x11\x62\x65v.monitoring.v1\x1a\x1a\x62\x65v/common/v1/common.proto\"\'\n\x12\x46leetHealthRequest\x12\x11\n\ttimeout_s\x18\x01 \x01(\x01\"\xa7\x02\n\x0eInstanceHealth\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x10\n\x08instance\x18\x02 \x01(\t\x12\x0c\n\x04node\x18\x03 \x01(\t\x12\x34\n\x06status\x18\x04 \x01(\x0e\x32$.bev.common.v1.HealthResponse.Status\x12\x10\n\x08uptime_s\x18\x05 \x01(\x01\x12\x10\n\x08requests\x18\x06 \x01(\x03\x12\x0e\n\x06\x65rrors\x18\x07 \x01(\x03\x12\x10\n\x08rpc_rate\x18\x08 \x01(\x01\x12\x14\n\x0cgrpc_address\x18\t \x01(\t\x12\x17\n\x0fmetrics_address\x18\n \x01(\t\x12*\n\x06\x63hecks\x18\x0b \x03(\x0b\x32\x1a.bev.common.v1.HealthCheck\x12\r\n\x05\x65rror\x18\x0c \x01(\t\"\x92\x01\n\x13\x46leetHealthResponse\x12\x34\n\x06status\x18\x01 \x01(\x0e\x32$.bev.common.v1.HealthResponse.Status\x12\x34\n\tinstances\x18\x02 \x03(\x0b\x32!.bev.monitoring.v1.InstanceHealth\x12\x0f\n\x07missing\x18\x03 \x03(\t2\xb1\x01\n\nMonitoring\x12\x45\n\x06Health\x12\x1c.bev.common.v1.HealthRequest\x1a\x1d.bev.common.v1.HealthResponse\x12\\\n\x0b\x46leetHealth\x12%.bev.monitoring.v1.FleetHealthRequest\x1a&.bev.monitoring.v1.FleetHealthResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"bev/monitoring/v1/monitoring.proto\x12\x11\x62\x65v.monitoring.v1\x1a\x1a\x62\x65v/common/v1/common.proto\"\'\n\x12\x46leetHealthRequest\x12\x11\n\ttimeout_s\x18\x01 \x01(\x01\"\xa7\x02\n\x0eInstanceHealth\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x10\n\x08instance\x18\x02 \x01(\t\x12\x0c\n\x04node\x18\x03 \x01(\t\x12\x34\n\x06status\x18\x04 \x01(\x0e\x32$.bev.common.v1.HealthResponse.Status\x12\x10\n\x08uptime_s\x18\x05 \x01(\x01\x12\x10\n\x08requests\x18\x06 \x01(\x03\x12\x0e\n\x06\x65rrors\x18\x07 \x01(\x03\x12\x10\n\x08rpc_rate\x18\x08 \x01(\x01\x12\x14\n\x0cgrpc_address\x18\t \x01(\t\x12\x17\n\x0fmetrics_address\x18\n \x01(\t\x12*\n\x06\x63hecks\x18\x0b \x03(\x0b\x32\x1a.bev.common.v1.HealthCheck\x12\r\n\x05\x65rror\x18\x0c \x01(\t\"\x92\x01\n\x13\x46leetHealthResponse\x12\x34\n\x06status\x18\x01 \x01(\x0e\x32$.bev.common.v1.HealthResponse.Status\x12\x34\n\tinstances\x18\x02 \x03(\x0b\x32!.bev.monitoring.v1.InstanceHealth\x12\x0f\n\x07missing\x18\x03 \x03(\t2\xd3\x01\n\nMonitoring\x12V\n\x06Health\x12\x1c.bev.common.v1.HealthRequest\x1a\x1d.bev.common.v1.HealthResponse\"\x0f\xa2\xbb\x18\x0b\t\x00\x00\x00\x00\x00\x00\x08@\x10\x01\x12m\n\x0b\x46leetHealth\x12%.bev.monitoring.v1.FleetHealthRequest\x1a&.bev.monitoring.v1.FleetHealthResponse\"\x0f\xa2\xbb\x18\x0b\t\x00\x00\x00\x00\x00\x00$@\x10\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'bev.monitoring.v1.monitoring_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_MONITORING'].methods_by_name['Health']._loaded_options = None
+  _globals['_MONITORING'].methods_by_name['Health']._serialized_options = b'\242\273\030\013\t\000\000\000\000\000\000\010@\020\001'
+  _globals['_MONITORING'].methods_by_name['FleetHealth']._loaded_options = None
+  _globals['_MONITORING'].methods_by_name['FleetHealth']._serialized_options = b'\242\273\030\013\t\000\000\000\000\000\000$@\020\001'
   _globals['_FLEETHEALTHREQUEST']._serialized_start=85
   _globals['_FLEETHEALTHREQUEST']._serialized_end=124
   _globals['_INSTANCEHEALTH']._serialized_start=127
@@ -39,5 +43,5 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_FLEETHEALTHRESPONSE']._serialized_start=425
   _globals['_FLEETHEALTHRESPONSE']._serialized_end=571
   _globals['_MONITORING']._serialized_start=574
-  _globals['_MONITORING']._serialized_end=751
+  _globals['_MONITORING']._serialized_end=785
 # @@protoc_insertion_point(module_scope)

@@ -25,13 +25,17 @@ _sym_db = _symbol_database.Default()
 from bev.common.v1 import common_pb2 as bev_dot_common_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x62\x65v/swarm/v1/swarm.proto\x12\x0c\x62\x65v.swarm.v1\x1a\x1a\x62\x65v/common/v1/common.proto\"6\n\x10ListRolesRequest\x12\"\n\x05phase\x18\x01 \x01(\x0e\x32\x13.bev.swarm.v1.Phase\"t\n\tAgentRole\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12#\n\x06phases\x18\x03 \x03(\x0e\x32\x13.bev.swarm.v1.Phase\x12\r\n\x05tools\x18\x04 \x03(\t\x12\x10\n\x08\x63\x61n_vote\x18\x05 \x01(\x08\";\n\x11ListRolesResponse\x12&\n\x05roles\x18\x01 \x03(\x0b\x32\x17.bev.swarm.v1.AgentRole*\x90\x01\n\x05Phase\x12\x15\n\x11PHASE_UNSPECIFIED\x10\x00\x12\x13\n\x0fPHASE_INGESTION\x10\x01\x12\x14\n\x10PHASE_HYPOTHESES\x10\x02\x12\x15\n\x11PHASE_CORRELATION\x10\x03\x12\x19\n\x15PHASE_COUNTERFACTUALS\x10\x04\x12\x13\n\x0fPHASE_SYNTHESIS\x10\x05\x32\x9c\x01\n\x05Swarm\x12\x45\n\x06Health\x12\x1c.bev.common.v1.HealthRequest\x1a\x1d.bev.common.v1.HealthResponse\x12L\n\tListRoles\x12\x1e.bev.swarm.v1.ListRolesRequest\x1a\x1f.bev.swarm.v1.ListRolesResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x62\x65v/swarm/v1/swarm.proto\x12\x0c\x62\x65v.swarm.v1\x1a\x1a\x62\x65v/common/v1/common.proto\"6\n\x10ListRolesRequest\x12\"\n\x05phase\x18\x01 \x01(\x0e\x32\x13.bev.swarm.v1.Phase\"t\n\tAgentRole\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12#\n\x06phases\x18\x03 \x03(\x0e\x32\x13.bev.swarm.v1.Phase\x12\r\n\x05tools\x18\x04 \x03(\t\x12\x10\n\x08\x63\x61n_vote\x18\x05 \x01(\x08\";\n\x11ListRolesResponse\x12&\n\x05roles\x18\x01 \x03(\x0b\x32\x17.bev.swarm.v1.AgentRole*\x90\x01\n\x05Phase\x12\x15\n\x11PHASE_UNSPECIFIED\x10\x00\x12\x13\n\x0fPHASE_INGESTION\x10\x01\x12\x14\n\x10PHASE_HYPOTHESES\x10\x02\x12\x15\n\x11PHASE_CORRELATION\x10\x03\x12\x19\n\x15PHASE_COUNTERFACTUALS\x10\x04\x12\x13\n\x0fPHASE_SYNTHESIS\x10\x05\x32\xbe\x01\n\x05Swarm\x12V\n\x06Health\x12\x1c.bev.common.v1.HealthRequest\x1a\x1d.bev.common.v1.HealthResponse\"\x0f\xa2\xbb\x18\x0b\t\x00\x00\x00\x00\x00\x00\x08@\x10\x01\x12]\n\tListRoles\x12\x1e.bev.swarm.v1.ListRolesRequest\x1a\x1f.bev.swarm.v1.ListRolesResponse\"\x0f\xa2\xbb\x18\x0b\t\x00\x00\x00\x00\x00\x00\x14@\x10\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'bev.swarm.v1.swarm_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_SWARM'].methods_by_name['Health']._loaded_options = None
+  _globals['_SWARM'].methods_by_name['Health']._serialized_options = b'\242\273\030\013\t\000\000\000\000\000\000\010@\020\001'
+  _globals['_SWARM'].methods_by_name['ListRoles']._loaded_options = None
+  _globals['_SWARM'].methods_by_name['ListRoles']._serialized_options = b'\242\273\030\013\t\000\000\000\000\000\000\024@\020\001'
   _globals['_PHASE']._serialized_start=306
   _globals['_PHASE']._serialized_end=450
   _globals['_LISTROLESREQUEST']._serialized_start=70
@@ -41,5 +45,5 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LISTROLESRESPONSE']._serialized_start=244
   _globals['_LISTROLESRESPONSE']._serialized_end=303
   _globals['_SWARM']._serialized_start=453
-  _globals['_SWARM']._serialized_end=609
+  _globals['_SWARM']._serialized_end=643
 # @@protoc_insertion_point(module_scope)
