@@ -74,6 +74,8 @@ def test_permissions_follow_the_declared_calls() -> None:
     for service in fleet:
         publish = MANIFEST.nats_permissions(service)["publish"]["allow"]
         called = {subject.split(".")[1] for subject in publish if subject.startswith("bev.") and "events" not in subject}
+        pinged = {subject.removeprefix("$SRV.PING.bev-") for subject in publish if subject.startswith("$SRV.PING.")}
+        assert pinged == called, service  # a retry may ask its callees' replicas who is alive
         assert f"bev.events.{service}.>" in publish, service  # its own events, nobody else's
         assert called == set(MANIFEST.callees(service)), service
         assert ("$SRV.>" in publish) == (service == "monitoring"), service  # only `calls: all` discovers

@@ -37,8 +37,10 @@ def nats_permissions(service: str, callees: Iterable[str], *, discovery: bool = 
     ($SRV.PING/INFO/STATS). `Manifest.nats_permissions` fills both in from the service's entry.
     """
     me = f"bev-{service}"
-    # Requests to its callees, and its own events on JetStream (`bev.events.<service>.>`).
-    publish = ["_INBOX.>", *(f"bev.{callee}.v1.>" for callee in callees), f"{events_prefix(service)}.>"]
+    # Requests to its callees, a PING to their replicas (a retry goes to one that answers:
+    # bev.rpc.nats_transport), and its own events on JetStream (`bev.events.<service>.>`).
+    publish = ["_INBOX.>", *(f"bev.{callee}.v1.>" for callee in callees),
+               *(f"$SRV.PING.bev-{callee}" for callee in callees), f"{events_prefix(service)}.>"]
     if discovery:
         publish.append("$SRV.>")
     subscribe = [

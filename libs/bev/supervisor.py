@@ -19,6 +19,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Coroutine
 from typing import Any
 
 import nats.errors
@@ -239,7 +240,7 @@ class Supervisor:
 
     async def _start_child(self, child: Child) -> None:
         await self._spawn(child)
-        child.watcher = asyncio.create_task(self._supervise(child))
+        child.watcher = _logged_task(self._supervise(child), f"supervising {child.module}")
 
     async def start_services(self) -> None:
         names = [s.name for s in self.plan.services]
@@ -348,11 +349,15 @@ class Supervisor:
         log line the caller wrote is then the record, and this says so."""
         if self.nc is None or self.nc.is_closed:
             return
+        if not self.nc.is_connected:  # nats-py would buffer it and wait for a reconnection
+            log.warning("fleet event not published (NATS unavailable)", kind=kind)
+            return
         payload = json.dumps({"kind": kind, "time": time.time(), **data}).encode()
         try:
-            await self.nc.jetstream().publish(f"bev.events.{kind}", payload, timeout=EVENT_PUBLISH_TIMEOUT_S)
-        except (nats.errors.Error, TimeoutError) as exc:
-            log.warning("fleet event not published (NATS unavailable)", event=kind, error=f"{type(exc).__name__}: {exc}")
+            await asyncio.wait_for(self.nc.jetstream().publish(f"bev.events.{kind}", payload),
+                                   EVENT_PUBLISH_TIMEOUT_S)
+        except (nats.errors.Error, TimeoutError, OSError) as exc:
+            log.warning("fleet event not published (NATS unavailable)", kind=kind, error=f"{type(exc).__name__}: {exc}")
 
     async def wait_healthy(self) -> list[Any]:
         """Wait until every planned service answers Health as serving; raise with who is missing."""
@@ -387,7 +392,8 @@ class Supervisor:
             self.nc = await connect_nats(
                 NatsSettings(url=self.nats.url), "bev-supervisor", self._nats_user, self._nats_password)
             await self.nc.jetstream().add_stream(name="BEV_EVENTS", subjects=["bev.events.>"])
-            self._engine_watchers = [asyncio.create_task(self._supervise_engine(name)) for name in self.engines]
+            self._engine_watchers = [_logged_task(self._supervise_engine(name), f"supervising engine {name}")
+                                     for name in self.engines]
             await self.start_services()
             self._write_fleet_file()
             instances = await self.wait_healthy()
@@ -434,7 +440,10 @@ class Supervisor:
             watcher.cancel()
         await asyncio.gather(*(self._stop_child(c) for c in [*self.workers.values(), *self.children.values()]))
         if self.nc is not None and not self.nc.is_closed:
-            await self.nc.close()
+            try:
+                await self.nc.close()
+            except (nats.errors.Error, OSError) as exc:  # the bus may be down now: stopping goes on
+                log.warning("closing the supervisor's NATS connection failed", error=f"{type(exc).__name__}: {exc}")
         for name in reversed(list(self.engines)):
             await asyncio.to_thread(self.engines[name].stop, 15)
         (self.plan.data_dir / FLEET_FILE).unlink(missing_ok=True)
@@ -451,6 +460,18 @@ class Supervisor:
             log.warning("service ignored SIGTERM; killing", service=child.spec.name)
             os.killpg(process.pid, signal.SIGKILL)
             await process.wait()
+
+
+def _logged_task(coroutine: Coroutine[Any, Any, None], what: str) -> asyncio.Task[None]:
+    """A supervision task whose death is never silent: it is meant to run for the fleet's life."""
+    task = asyncio.create_task(coroutine)
+
+    def report(done: asyncio.Task[None]) -> None:
+        if not done.cancelled() and done.exception() is not None:
+            log.error("supervision task died", task=what, error=repr(done.exception()))
+
+    task.add_done_callback(report)
+    return task
 
 
 def _tail(path: Path, lines: int = 3) -> str:

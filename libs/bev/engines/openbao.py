@@ -81,10 +81,10 @@ class OpenBao(Engine):
         return [str(bao_binary()), "server", f"-config={self.config_path}"]
 
     def _request(self, method: str, path: str, body: dict[str, Any] | None = None,
-                 timeout: float = 5) -> dict[str, Any]:
+                 timeout: float = 5, token: str = "") -> dict[str, Any]:
         request = urllib.request.Request(
             f"{self.addr}/v1/{path}", method=method, data=None if body is None else json.dumps(body).encode(),
-            headers={"Content-Type": "application/json"})
+            headers={"Content-Type": "application/json", **({"X-Vault-Token": token} if token else {})})
         with _NO_PROXY_OPENER.open(request, timeout=timeout) as response:
             raw = response.read()
         data: dict[str, Any] = json.loads(raw) if raw else {}
@@ -128,3 +128,7 @@ class OpenBao(Engine):
             if time.monotonic() > deadline:
                 raise OSError("openbao did not unseal within 30s")
             time.sleep(0.05)
+        # KV v2 at secret/, where Vault's dev mode (and most installations) keep it.
+        if "secret/" not in self._request("GET", "sys/mounts", token=self.root_token):
+            self._request("POST", "sys/mounts/secret", {"type": "kv", "options": {"version": "2"}},
+                          token=self.root_token)

@@ -4,8 +4,8 @@ method per RPC. NATS is the default transport; give a gRPC address to call from 
 Deadlines come from each method's `(bev.common.v1.call)` option in its proto, unless the caller
 passes `timeout_s` (per call, or for every call of a client). An idempotent unary call gets half of
 its deadline for the first attempt: if the instance that got it is gone (UNAVAILABLE) or silent
-(no answer: frozen, or killed mid-call), it is sent once more with what is left, which the queue
-group usually hands to another replica. No call outlives its deadline.
+(no answer: frozen, or killed mid-call), it is sent once more with what is left, to a replica that
+is alive right now (over NATS: one that answers a $SRV.PING). No call outlives its deadline.
 """
 
 from __future__ import annotations
@@ -36,6 +36,13 @@ MIN_RETRY_BUDGET_S = 0.05  # less left than this: a second attempt could not get
 
 class Transport(Protocol):
     async def unary(self, method: MethodDef, payload: bytes, timeout_s: float, metadata: Mapping[str, str]) -> bytes: ...
+
+    async def unary_elsewhere(
+        self, method: MethodDef, payload: bytes, timeout_s: float, metadata: Mapping[str, str]
+    ) -> bytes:
+        """The same call again, steered away from an instance that did not answer where the
+        transport can tell which ones are alive."""
+        ...
 
     def stream(
         self, method: MethodDef, payload: bytes, timeout_s: float, metadata: Mapping[str, str]
@@ -103,7 +110,7 @@ class Client:
             if exc.code not in _RETRIED or left < MIN_RETRY_BUDGET_S:
                 raise
             RPC_CLIENT_RETRIES.labels(self.SERVICE.name, method.name, exc.code.name).inc()
-            return await self.transport.unary(method, payload, left, carrier)
+            return await self.transport.unary_elsewhere(method, payload, left, carrier)
 
     async def _stream(
         self, name: str, request: Message, into: type[R], timeout_s: float | None, metadata: Mapping[str, str] | None

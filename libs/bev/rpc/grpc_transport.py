@@ -126,6 +126,11 @@ class GrpcTransport:
         self._unary: dict[str, Callable[..., Awaitable[bytes]]] = {}
         self._stream: dict[str, Callable[..., Any]] = {}
 
+    async def unary_elsewhere(self, method: MethodDef, payload: bytes, timeout_s: float,
+                              metadata: Mapping[str, str]) -> bytes:
+        """gRPC goes to one address: a retry goes there again."""
+        return await self.unary(method, payload, timeout_s, metadata)
+
     async def unary(self, method: MethodDef, payload: bytes, timeout_s: float, metadata: Mapping[str, str]) -> bytes:
         call = self._unary.get(method.grpc_path)
         if call is None:

@@ -14,6 +14,8 @@ The service registers as a NATS micro service, so `$SRV.PING/INFO/STATS` discove
 from __future__ import annotations
 
 import asyncio
+import json
+import random
 import time
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
@@ -27,6 +29,10 @@ from nats.micro.request import ERROR_CODE_HEADER, ERROR_HEADER, Request
 from nats.micro.service import EndpointStats, Service
 
 from bev.rpc.definition import MethodDef
+
+# A retry first asks the service's replicas who is alive: this long at most, or until this many answered.
+PING_WINDOW_S = 0.25
+PING_ENOUGH = 3
 from bev.rpc.dispatch import Dispatcher, metadata_dict
 from bev.rpc.errors import RpcError, StatusCode, code_from_int, code_to_int
 from bev.rpc.servicer import Servicer
@@ -250,6 +256,47 @@ class NatsTransport:
             raise RpcError(StatusCode.UNAVAILABLE, f"NATS connection closed: {exc}") from exc
         _raise_for_headers(msg.headers, method.subject)
         return msg.data
+
+    async def unary_elsewhere(self, method: MethodDef, payload: bytes, timeout_s: float,
+                              metadata: Mapping[str, str]) -> bytes:
+        """A retry: sent to one replica that answers a `$SRV.PING` right now, not to the queue
+        group, which would hand it to a frozen replica as readily as to a live one (NATS keeps a
+        stopped process in the group until its pings time out, minutes later). A frozen process
+        answers no PING. If none answers in time, or this transport is pinned to one instance,
+        the queue group it is."""
+        if self._suffix:
+            return await self.unary(method, payload, timeout_s, metadata)
+        self._require_connection(method)
+        service = method.subject.split(".")[1]
+        live = await self._responding_instances(service, min(PING_WINDOW_S, timeout_s / 4))
+        if not live:
+            return await self.unary(method, payload, timeout_s - min(PING_WINDOW_S, timeout_s / 4), metadata)
+        pinned = NatsTransport(self._nc, instance=random.choice(live))
+        return await pinned.unary(method, payload, timeout_s - min(PING_WINDOW_S, timeout_s / 4), metadata)
+
+    async def _responding_instances(self, service: str, window_s: float) -> list[str]:
+        inbox = self._nc.new_inbox()
+        sub = await self._nc.subscribe(inbox)
+        found: list[str] = []
+        try:
+            await self._nc.publish(f"$SRV.PING.bev-{service}", b"", reply=inbox)
+            deadline = time.monotonic() + window_s
+            while (left := deadline - time.monotonic()) > 0:
+                try:
+                    msg = await sub.next_msg(timeout=left)
+                except nats.errors.TimeoutError:
+                    break
+                try:
+                    instance = json.loads(msg.data).get("metadata", {}).get("instance", "")
+                except ValueError:
+                    continue  # not a micro PING answer: ignore it
+                if instance:
+                    found.append(str(instance))
+                    if len(found) >= PING_ENOUGH:
+                        break
+        finally:
+            await sub.unsubscribe()
+        return found
 
     async def stream(
         self, method: MethodDef, payload: bytes, timeout_s: float, metadata: Mapping[str, str]
