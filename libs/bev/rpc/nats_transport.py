@@ -29,10 +29,6 @@ from nats.micro.request import ERROR_CODE_HEADER, ERROR_HEADER, Request
 from nats.micro.service import EndpointStats, Service
 
 from bev.rpc.definition import MethodDef
-
-# A retry first asks the service's replicas who is alive: this long at most, or until this many answered.
-PING_WINDOW_S = 0.25
-PING_ENOUGH = 3
 from bev.rpc.dispatch import Dispatcher, metadata_dict
 from bev.rpc.errors import RpcError, StatusCode, code_from_int, code_to_int
 from bev.rpc.servicer import Servicer
@@ -43,6 +39,10 @@ STREAM_END_HEADER = "Bev-Stream-End"
 NO_RESPONDERS_STATUS = "503"
 
 log = get_logger(__name__)
+
+# A retry first asks the service's replicas who is alive: this long at most, or until this many answered.
+PING_WINDOW_S = 0.25
+PING_ENOUGH = 3
 
 
 def _error_headers(error: RpcError) -> dict[str, str]:
