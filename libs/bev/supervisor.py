@@ -17,9 +17,9 @@ import secrets
 import signal
 import sys
 import time
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
-from collections.abc import Coroutine
 from typing import Any
 
 import nats.errors
