@@ -37,7 +37,7 @@ from services.collectors.graph import (
     Subgraph,
     plain,
 )
-from services.collectors.indicators import extract_indicators
+from services.collectors.indicators import Indicator, extract_indicators
 from services.collectors.observables import (
     STIX_TIMESTAMP,
     Observable,
@@ -79,6 +79,15 @@ def observation_pb(stored: StoredFinding) -> collectors_pb2.Observation:
         observed_at=obs.seen.timestamp())
 
 
+def _indicator(found: Indicator) -> collectors_pb2.Indicator:
+    message = collectors_pb2.Indicator(type=found.type, value=found.value, unicode_value=found.unicode_value)
+    if found.homoglyph is not None:
+        message.homoglyph.CopyFrom(collectors_pb2.Homoglyph(
+            scripts=list(found.homoglyph.scripts), mixed_script=found.homoglyph.mixed_script,
+            skeleton=found.homoglyph.skeleton))
+    return message
+
+
 class Collectors(CollectorsServicer):
     def __init__(self, info: InstanceInfo, config: CollectorsConfig, collection: Collection) -> None:
         super().__init__(info)
@@ -105,7 +114,7 @@ class Collectors(CollectorsServicer):
         # Extraction is CPU-bound regex work: keep it off the event loop.
         indicators = await asyncio.to_thread(extract_indicators, text)
         return collectors_pb2.ExtractResponse(
-            indicators=[collectors_pb2.Indicator(type=i.type, value=i.value) for i in indicators],
+            indicators=[_indicator(i) for i in indicators],
             scrubbed_text=text if request.scrub_pii else "",
         )
 

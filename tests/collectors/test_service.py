@@ -125,3 +125,16 @@ async def test_unreachable_stores_fail_the_start_with_one_line(postgres_server: 
         with pytest.raises(StartupError) as failed:
             await open_collection(CollectorsConfig(), lambda name, s=secrets: s[name])  # type: ignore[misc]
         assert expected in str(failed.value) and "\n" not in str(failed.value)
+
+
+async def test_extract_keeps_idns_whole_and_flags_homoglyphs(collectors_stack: CollectorsStack) -> None:
+    async with httpx.AsyncClient(base_url=collectors_stack.gateway, timeout=30, trust_env=False) as http:
+        response = await http.post("/api/v1/indicators/extract",
+                                   json={"text": "login at ex\u0430mple.com or пример.рф today"})
+    assert response.status_code == 200, response.text
+    found = {i["unicode_value"] or i["value"]: i for i in response.json()["indicators"] if i["type"] == "domain"}
+    spoof = found["ex\u0430mple.com"]
+    assert spoof["value"].startswith("xn--") and spoof["value"].endswith(".com")  # whole, not "mple.com"
+    assert spoof["homoglyph"]["mixed_script"] and spoof["homoglyph"]["skeleton"] == "example.com"
+    assert spoof["homoglyph"]["scripts"] == ["Cyrillic", "Latin"]
+    assert found["пример.рф"]["value"] == "xn--e1afmkfd.xn--p1ai" and "homoglyph" not in found["пример.рф"]

@@ -48,23 +48,63 @@ class Indicator(_message.Message):
 
     TYPE_FIELD_NUMBER: _builtins.int
     VALUE_FIELD_NUMBER: _builtins.int
+    UNICODE_VALUE_FIELD_NUMBER: _builtins.int
+    HOMOGLYPH_FIELD_NUMBER: _builtins.int
     type: _builtins.str
     """ipv4, ipv6, domain, url, email, md5, sha1, sha256, sha512, cve, btc_address, eth_address"""
     value: _builtins.str
-    """refanged, normalised"""
+    """refanged, normalised; hosts as IDNA A-labels (punycode), URL non-ASCII percent-encoded"""
+    unicode_value: _builtins.str
+    """the display form (Unicode labels) when it differs from value; else empty"""
+    @_builtins.property
+    def homoglyph(self) -> Global___Homoglyph:
+        """set when the host looks spoofed (mixed scripts, or ASCII look-alikes)"""
+
     def __init__(
         self,
         *,
         type: _builtins.str = ...,
         value: _builtins.str = ...,
+        unicode_value: _builtins.str = ...,
+        homoglyph: Global___Homoglyph | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["homoglyph", b"homoglyph"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["type", b"type", "value", b"value"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["homoglyph", b"homoglyph", "type", b"type", "unicode_value", b"unicode_value", "value", b"value"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Indicator: _TypeAlias = Indicator  # noqa: Y015
+
+@_typing.final
+class Homoglyph(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SCRIPTS_FIELD_NUMBER: _builtins.int
+    MIXED_SCRIPT_FIELD_NUMBER: _builtins.int
+    SKELETON_FIELD_NUMBER: _builtins.int
+    mixed_script: _builtins.bool
+    """one label mixes scripts"""
+    skeleton: _builtins.str
+    """the ASCII name it imitates ("example.com"); empty if none"""
+    @_builtins.property
+    def scripts(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """the Unicode scripts its labels use, sorted: "Cyrillic", "Latin" """
+
+    def __init__(
+        self,
+        *,
+        scripts: _abc.Iterable[_builtins.str] | None = ...,
+        mixed_script: _builtins.bool = ...,
+        skeleton: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["mixed_script", b"mixed_script", "scripts", b"scripts", "skeleton", b"skeleton"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Homoglyph: _TypeAlias = Homoglyph  # noqa: Y015
 
 @_typing.final
 class ExtractResponse(_message.Message):
