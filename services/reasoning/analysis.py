@@ -9,14 +9,15 @@
 5. synthesis: summary, key findings, the best hypothesis.
 
 The engine's grammar enforces the JSON shape but not numeric bounds, so answers are validated
-again (jsonschema) after parsing. A malformed answer is asked for once more, with the error; a
-second failure becomes that phase's error and the phases after it work with what exists.
+again (jsonschema) after parsing; the parser accepts everything the grammar admits, raw control
+characters in strings included (services/reasoning/answers.py). A malformed answer is asked for
+once more, with the error; a second failure becomes that phase's error and the phases after it
+work with what exists (synthesis without hypotheses summarises the evidence).
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ import jsonschema
 
 from bev.reasoning.v1 import reasoning_pb2
 from bev.rpc import RpcError, StatusCode
+from services.reasoning.answers import MalformedAnswer, parse_answer
 from services.reasoning.backends import ChatParams
 from services.reasoning.evidence import Chunk, Sentence, chunk_document, question_terms, select, term_weights
 from services.reasoning.router import Router
@@ -127,11 +129,10 @@ class Analysis:
             log.prompt_tokens += result.prompt_tokens
             log.completion_tokens += result.completion_tokens
             try:
-                answer = json.loads(result.text)
+                answer = parse_answer(result.text, cut_off=result.finish_reason == "length")
                 jsonschema.validate(answer, schema)
-            except ValueError as exc:
-                cut = " (cut off at max_tokens)" if result.finish_reason == "length" else ""
-                error = f"not JSON{cut}: {exc}"
+            except MalformedAnswer as exc:
+                error = str(exc)
             except jsonschema.ValidationError as exc:
                 error = f"does not match the schema: {exc.message}"
             else:
@@ -252,21 +253,27 @@ class Analysis:
             for item in answer["counterfactuals"])
 
     async def _synthesize(self, state: _State, log: PhaseLog) -> None:
-        ranked = "\n".join(
-            f"{h.id} (confidence {h.confidence:.2f}; supported by {', '.join(h.supporting_claims) or 'none'};"
-            f" contradicted by {', '.join(h.contradicting_claims) or 'none'}): {h.statement}"
-            for h in state.hypotheses)
-        schema = _object({"summary": _text(400), "key_findings": {"type": "array", "items": _text(),
-                                                                   "minItems": 1, "maxItems": 4},
-                          "best_hypothesis": {"type": "string", "enum": state.hypothesis_ids},
-                          "confidence": _confidence()})
-        prompt = (f"Question: {state.request.question}\n\nHypotheses:\n{ranked}\n\nWrite the synthesis: a short "
-                  "summary answering the question, key findings, the best-supported hypothesis and your "
-                  "confidence in it between 0 and 1.")
-        answer = await self._ask_for(state, log, schema, prompt)
+        """From the hypotheses; when there are none (their phase failed), from the evidence alone."""
+        properties: dict[str, Any] = {"summary": _text(400), "key_findings": {"type": "array", "items": _text(),
+                                                                              "minItems": 1, "maxItems": 4}}
+        if state.hypotheses:
+            ranked = "\n".join(
+                f"{h.id} (confidence {h.confidence:.2f}; supported by {', '.join(h.supporting_claims) or 'none'};"
+                f" contradicted by {', '.join(h.contradicting_claims) or 'none'}): {h.statement}"
+                for h in state.hypotheses)
+            properties["best_hypothesis"] = {"type": "string", "enum": state.hypothesis_ids}
+            prompt = (f"Question: {state.request.question}\n\nHypotheses:\n{ranked}\n\nWrite the synthesis: a "
+                      "short summary answering the question, key findings, the best-supported hypothesis and "
+                      "your confidence in it between 0 and 1.")
+        else:
+            prompt = (f"Question: {state.request.question}\n\nEvidence:\n{state.evidence}\n\nWrite the synthesis: "
+                      "a short summary answering the question from the evidence, key findings, and your "
+                      "confidence in the answer between 0 and 1.")
+        properties["confidence"] = _confidence()
+        answer = await self._ask_for(state, log, _object(properties), prompt)
         state.response.synthesis.CopyFrom(reasoning_pb2.Synthesis(
             summary=answer["summary"], key_findings=answer["key_findings"],
-            best_hypothesis_id=answer["best_hypothesis"], confidence=answer["confidence"]))
+            best_hypothesis_id=answer.get("best_hypothesis", ""), confidence=answer["confidence"]))
 
     def _validated(self, request: reasoning_pb2.AnalyzeRequest) -> tuple[list[str], list[str]]:
         if not request.question.strip():
@@ -324,6 +331,10 @@ class _Phase:
     skipped: str = ""
 
 
+def _has_claims(state: _State) -> bool:
+    return bool(state.claims)
+
+
 def _has_hypotheses(state: _State) -> bool:
     return bool(state.hypotheses)
 
@@ -332,9 +343,11 @@ def _has_hypotheses(state: _State) -> bool:
 PHASES = (
     _Phase(reasoning_pb2.PHASE_INGESTION, Analysis._ingest),
     _Phase(reasoning_pb2.PHASE_HYPOTHESES, Analysis._hypothesize,
-           needs=lambda state: bool(state.claims), skipped="no evidence was found in the input"),
+           needs=_has_claims, skipped="no evidence was found in the input"),
     _Phase(reasoning_pb2.PHASE_CORRELATION, Analysis._correlate, needs=_has_hypotheses, skipped="no hypotheses"),
     _Phase(reasoning_pb2.PHASE_COUNTERFACTUALS, Analysis._counterfactuals, needs=_has_hypotheses,
            skipped="no hypotheses"),
-    _Phase(reasoning_pb2.PHASE_SYNTHESIS, Analysis._synthesize, needs=_has_hypotheses, skipped="no hypotheses"),
+    # Without hypotheses (their phase failed) it still summarises the evidence.
+    _Phase(reasoning_pb2.PHASE_SYNTHESIS, Analysis._synthesize,
+           needs=lambda state: bool(state.hypotheses or state.claims), skipped="no hypotheses and no evidence"),
 )
