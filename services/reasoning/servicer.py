@@ -43,6 +43,11 @@ def requested_tier(value: int, default: Tier) -> Tier:
         raise RpcError(StatusCode.INVALID_ARGUMENT, str(exc)) from None
 
 
+EMBEDDED_POLL_S = 1.0
+EMBEDDED_FIRST_BACKOFF_S = 0.5
+EMBEDDED_MAX_BACKOFF_S = 30.0
+
+
 class Reasoning(ReasoningServicer):
     def __init__(self, info: InstanceInfo, config: ReasoningConfig, router: Router, http: httpx.AsyncClient,
                  embedded: LlamaServer | None = None) -> None:
@@ -53,13 +58,41 @@ class Reasoning(ReasoningServicer):
         self._http = http
         self._embedded = embedded
         self._prober: asyncio.Task[None] | None = None
+        self._keeper: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         self._prober = asyncio.create_task(self.router.probe_forever(self.config.health_interval_s))
+        if self._embedded is not None:
+            self._keeper = asyncio.create_task(self._keep_embedded_running(self._embedded))
+
+    async def _keep_embedded_running(self, engine: LlamaServer) -> None:
+        """The embedded llama.cpp server is this service's own engine: if it dies (a grammar it
+        cannot build has crashed it before), start it again on the same port, with backoff. The
+        router's probes mark it down meanwhile and fail requests over to other backends."""
+        delay = EMBEDDED_FIRST_BACKOFF_S
+        while True:
+            await asyncio.sleep(EMBEDDED_POLL_S)
+            code = engine.exit_code()
+            if code is None:
+                continue
+            log.error("embedded llama.cpp server exited; restarting", code=code, last_log=engine.log_tail())
+            while True:
+                await asyncio.sleep(delay)
+                try:
+                    await asyncio.to_thread(engine.start, self.config.embedded.start_timeout_s)
+                except EngineStartError as exc:
+                    delay = min(EMBEDDED_MAX_BACKOFF_S, delay * 2)
+                    log.error("embedded llama.cpp server restart failed; retrying", error=str(exc), retry_in_s=delay)
+                    continue
+                log.info("embedded llama.cpp server restarted", pid=engine.pid)
+                delay = EMBEDDED_FIRST_BACKOFF_S
+                await self.router.probe_all()
+                break
 
     async def close(self) -> None:
-        if self._prober is not None:
-            self._prober.cancel()
+        for task in (self._prober, self._keeper):
+            if task is not None:
+                task.cancel()
         await self._http.aclose()
         if self._embedded is not None:
             await asyncio.to_thread(self._embedded.stop)
