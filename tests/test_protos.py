@@ -28,3 +28,16 @@ def test_every_fleet_service_has_a_contract_with_health() -> None:
         assert "Health" in definition.methods, service
         assert definition.methods["Health"].subject == f"bev.{service}.v1.Health"
         assert len(definition.methods) >= (1 if service == "gateway" else 2), f"{service} serves only Health"
+
+
+def test_every_fleet_method_declares_its_call_policy() -> None:
+    """Each RPC's deadline (and whether it may be retried) is set once, on the method in its proto."""
+    from bev.fleet import client_class
+    from bev.manifest import load_manifest
+
+    for service in load_manifest().service_names():
+        for method in client_class(service).SERVICE.methods.values():
+            assert method.declared, f"{method.subject} has no (bev.common.v1.call) option"
+            assert 0 < method.deadline_s <= 600, method.subject
+            if method.name == "Health":
+                assert method.idempotent and method.deadline_s <= 5, method.subject

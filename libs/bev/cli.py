@@ -170,8 +170,10 @@ def service(
     os.execvpe(sys.executable, [sys.executable, "-m", f"services.{name}"], env)
 
 
-# One IngestStream request carries files up to this many bytes in all: the RPC layer takes 4 MiB.
+# One SubmitIngest request carries one file, up to this many bytes: the RPC layer takes 4 MiB.
 INGEST_REQUEST_BYTES = 3 * 1024 * 1024
+INGEST_WINDOW = 8  # files submitted and followed at once; the next goes as one ends
+INGEST_POLL_S = 0.5  # how often each followed job is asked for its progress
 
 
 def _files_to_ingest(paths: list[Path]) -> list[Path]:
@@ -189,56 +191,81 @@ def _files_to_ingest(paths: list[Path]) -> list[Path]:
     return found
 
 
-def _ingest_batches(files: list[Path]) -> list[list[Path]]:
-    batches: list[list[Path]] = [[]]
-    size = 0
-    for path in files:
-        length = path.stat().st_size
-        if batches[-1] and size + length > INGEST_REQUEST_BYTES:
-            batches.append([])
-            size = 0
-        batches[-1].append(path)
-        size += length
-    return [b for b in batches if b]
-
-
 async def _ingest(data_dir: Path, files: list[Path], source: str, tlp: Tlp, investigation: str) -> tuple[int, int, list[str]]:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    """Submit each file as an ingest job (stored durably by the service before it answers), then
+    follow the jobs to their end: the bar advances by each file's share of the bytes as its
+    chunks are embedded and stored."""
+    from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 
     from bev.embeddings.v1 import embeddings_pb2
     from bev.embeddings.v1.embeddings_rpc import EmbeddingsClient
+    from bev.rpc import RpcError, StatusCode
 
-    stored = duplicates = 0
+    ended = {embeddings_pb2.INGEST_JOB_STATUS_COMPLETED, embeddings_pb2.INGEST_JOB_STATUS_FAILED}
+    stored = duplicates = finished = 0
     failures: list[str] = []
+    sizes = {path: path.stat().st_size for path in files}
+    waiting = list(reversed(files))
+    following: dict[str, tuple[Path, embeddings_pb2.IngestJob]] = {}
+    done_bytes = 0.0  # of files that ended
+
+    def share(path: Path, job: embeddings_pb2.IngestJob) -> float:
+        if job.chunks_total <= 0:
+            return 0.0
+        return sizes[path] * min(1.0, job.chunks_done / job.chunks_total)
+
     nc = await _connect(data_dir)
-    client = EmbeddingsClient.over_nats(nc, timeout_s=600)
-    columns = (TextColumn("[bold]ingest"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-               TextColumn("{task.fields[current]}"))
+    client = EmbeddingsClient.over_nats(nc)
+    columns = (TextColumn("[bold]ingest"), BarColumn(), TaskProgressColumn(), TextColumn("{task.fields[files]}"),
+               TextColumn("{task.fields[chunks]}"), TimeElapsedColumn(), TextColumn("{task.fields[current]}"))
     try:
         with Progress(*columns, console=Console(stderr=True)) as progress:
-            task = progress.add_task("ingest", total=len(files), current="")
-            for batch in _ingest_batches(files):
-                oversized = [p for p in batch if p.stat().st_size > INGEST_REQUEST_BYTES]
-                for path in oversized:
-                    failures.append(f"{path}: {path.stat().st_size} bytes, over the {INGEST_REQUEST_BYTES}-byte limit")
-                    progress.advance(task)
-                batch = [p for p in batch if p not in oversized]
-                if not batch:
-                    continue
-                request = embeddings_pb2.IngestStreamRequest(documents=[
-                    embeddings_pb2.DocumentInput(content=p.read_bytes(), filename=p.name, uri=p.resolve().as_uri(),
-                                                 source=source, tlp=tlp.to_proto(), investigation_id=investigation)
-                    for p in batch
-                ])
-                async for event in client.IngestStream(request):
-                    path = batch[event.index]
-                    if event.error:
-                        failures.append(f"{path}: {event.error}")
-                    elif event.duplicate:
-                        duplicates += 1
-                    else:
-                        stored += 1
-                    progress.update(task, advance=1, current=path.name)
+            task = progress.add_task("ingest", total=max(1, sum(sizes.values())), files="", chunks="", current="")
+            while waiting or following:
+                while waiting and len(following) < INGEST_WINDOW:
+                    path = waiting.pop()
+                    if sizes[path] > INGEST_REQUEST_BYTES:
+                        failures.append(f"{path}: {sizes[path]} bytes, over the {INGEST_REQUEST_BYTES}-byte limit")
+                        finished, done_bytes = finished + 1, done_bytes + sizes[path]
+                        continue
+                    document = embeddings_pb2.DocumentInput(
+                        content=path.read_bytes(), filename=path.name, uri=path.resolve().as_uri(), source=source,
+                        tlp=tlp.to_proto(), investigation_id=investigation)
+                    try:
+                        job = await client.SubmitIngest(embeddings_pb2.SubmitIngestRequest(document=document))
+                    except RpcError as exc:
+                        if exc.code is not StatusCode.INVALID_ARGUMENT:
+                            raise
+                        failures.append(f"{path}: {exc.message}")  # refused before queueing (unsupported, empty)
+                        finished, done_bytes = finished + 1, done_bytes + sizes[path]
+                        continue
+                    following[job.job_id] = (path, job)
+                if following:
+                    await asyncio.sleep(INGEST_POLL_S)
+                    jobs = await asyncio.gather(*(client.GetIngestJob(embeddings_pb2.GetIngestJobRequest(job_id=job_id))
+                                                  for job_id in following))
+                    for job in jobs:
+                        path = following[job.job_id][0]
+                        following[job.job_id] = (path, job)
+                        if job.status not in ended:
+                            continue
+                        del following[job.job_id]
+                        finished, done_bytes = finished + 1, done_bytes + sizes[path]
+                        if job.status == embeddings_pb2.INGEST_JOB_STATUS_FAILED:
+                            failures.append(f"{path}: {job.error}")
+                        elif job.duplicate:
+                            duplicates += 1
+                        else:
+                            stored += 1
+                running = [(path, job) for path, job in following.values()
+                           if job.status == embeddings_pb2.INGEST_JOB_STATUS_RUNNING]
+                progress.update(
+                    task, completed=done_bytes + sum(share(path, job) for path, job in following.values()),
+                    files=f"{finished}/{len(files)} files",
+                    chunks=(f"{sum(j.chunks_done for _, j in running)}/{sum(j.chunks_total for _, j in running)} chunks"
+                            if running else ""),
+                    current=", ".join(path.name for path, _ in running[:2]),
+                )
     finally:
         await nc.close()
     return stored, duplicates, failures
@@ -252,7 +279,12 @@ def ingest(
     tlp: Annotated[str, typer.Option(help="TLP label: clear, green, amber, amber+strict, red")] = "clear",
     investigation: Annotated[str, typer.Option(help="Investigation id to file the documents under")] = "",
 ) -> None:
-    """Add documents to the searchable corpus (chunked, embedded, deduplicated by content)."""
+    """Add documents to the searchable corpus (chunked, embedded, deduplicated by content).
+
+    Each file becomes an ingest job, stored by the embeddings service before it answers; the bar
+    follows the jobs until every one has completed or failed. Exit code 1 if any failed."""
+    from rich.text import Text
+
     from bev.bus import BusUnavailable
     from bev.rpc import RpcError
 
@@ -269,7 +301,7 @@ def ingest(
         raise _fail(str(exc)) from None
     console = Console(stderr=True)
     for failure in failures:
-        console.print(f"[red]failed[/red] {failure}", highlight=False)
+        console.print(Text.assemble(("failed", "red"), " ", " ".join(failure.split())), highlight=False)
     console.print(f"{stored} stored, {duplicates} already in the corpus, {len(failures)} failed")
     if failures:
         raise typer.Exit(1)

@@ -11,26 +11,29 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Iterable
+from collections import deque
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable
+from contextlib import aclosing
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import Enum
 from typing import Any
 
 import numpy as np
-from psycopg import sql
+from psycopg import AsyncConnection, sql
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
 from bev.vocab import Tlp
-from services.embeddings.chunking import chunk_text
-from services.embeddings.documents import extract
+from services.embeddings.batching import QueueFull
+from services.embeddings.chunking import Chunk, chunk_text
+from services.embeddings.documents import Extracted, extract
 from services.embeddings.registry import ServedModel
 from services.embeddings.vector_index import ChunkPayload, SearchFilter, VectorIndex, Vectors, pg_filter_sql
 
 RRF_K = 60  # the constant from Cormack et al. (2009); dampens the weight of the very top ranks
-# Embed a long document in slices so it never holds more than this many texts of the shared queue.
-_INGEST_SLICE = 128
+# A background ingest that finds the model's queue full waits this long before trying again.
+_QUEUE_FULL_BACKOFF_S = 0.2
 
 
 class DocumentTooLarge(ValueError):
@@ -56,6 +59,49 @@ class IngestResult:
     duplicate: bool
     chunks: int
     title: str
+
+
+@dataclass(frozen=True)
+class ReadDocument:
+    """A document read and chunked, not stored yet."""
+
+    extracted: Extracted
+    chunks: list[Chunk]
+
+
+@dataclass(frozen=True)
+class StoredChunk:
+    id: str
+    seq: int
+    start: int
+    end: int
+    text: str
+
+
+@dataclass(frozen=True)
+class DocumentMeta:
+    """A stored document's fields that every vector payload of its chunks carries."""
+
+    id: str
+    title: str
+    source: str
+    tlp: str  # the lower-case label
+    investigation_id: str
+    collected_at: datetime
+    chunks: int
+
+
+@dataclass(frozen=True)
+class Stored:
+    meta: DocumentMeta
+    chunks: list[StoredChunk]  # empty for a duplicate
+    duplicate: bool
+
+
+# Called with the number of chunks indexed so far.
+Progress = Callable[[int], Awaitable[None]]
+# Runs inside the transaction that stores a document: (connection, document id, chunks).
+InTransaction = Callable[[AsyncConnection[Any], str, int], Awaitable[None]]
 
 
 @dataclass(frozen=True)
@@ -130,6 +176,7 @@ class Corpus:
         chunk_chars: int,
         chunk_overlap: int,
         max_document_bytes: int,
+        pipeline_depth: int = 3,
     ) -> None:
         self.pool = pool
         self.index = index
@@ -137,30 +184,67 @@ class Corpus:
         self.chunk_chars = chunk_chars
         self.chunk_overlap = chunk_overlap
         self.max_document_bytes = max_document_bytes
+        self.pipeline_depth = pipeline_depth
 
     async def prepare(self) -> None:
         await self.index.prepare(self.model.name, self.model.embedder.dimensions)
 
     # -- ingest -------------------------------------------------------------------------------
+    #
+    # Two paths share these steps. Ingest/IngestStream (synchronous) read the document, embed every
+    # chunk, then store the document, its chunks and their vectors: a failure leaves nothing. An
+    # ingest job (jobs.py) stores the document and its chunks first, recording the document on the
+    # job in the same transaction, then embeds and indexes the chunks in order, counting them on
+    # the job: a job taken over from a worker that died resumes after the last counted chunk.
+    # Either way chunks are embedded in full model batches, a window of a few batches at a time
+    # with the next window queued while one is stored (the model never waits for storage); chunk
+    # rows go in with one COPY, vectors in one batched upsert per window.
 
-    async def ingest(self, doc: NewDocument) -> IngestResult:
-        """Store ``doc`` unless its normalised text is already stored. Raises UnsupportedMediaType,
+    async def read(self, doc: NewDocument) -> ReadDocument:
+        """Extract, normalise and chunk ``doc`` (in a worker thread). Raises UnsupportedMediaType,
         UnreadableDocument or DocumentTooLarge for the caller's mistakes."""
         if len(doc.content) > self.max_document_bytes:
             raise DocumentTooLarge(f"document is {len(doc.content)} bytes; at most {self.max_document_bytes}")
-        tlp = Tlp(doc.tlp).value  # stored, and in vector payloads, as its lower-case label
-        extracted = await asyncio.to_thread(extract, doc.content, doc.media_type, doc.filename, doc.title)
-        existing = await self._find_by_hash(extracted.content_hash)
+
+        def work() -> ReadDocument:
+            extracted = extract(doc.content, doc.media_type, doc.filename, doc.title)
+            return ReadDocument(extracted, chunk_text(extracted.text, self.chunk_chars, self.chunk_overlap))
+
+        return await asyncio.to_thread(work)
+
+    async def ingest(self, doc: NewDocument) -> IngestResult:
+        """Store ``doc`` unless its normalised text is already stored; returns when it is searchable.
+        Raises UnsupportedMediaType, UnreadableDocument or DocumentTooLarge for the caller's
+        mistakes, QueueFull when the model's queue is full."""
+        read = await self.read(doc)
+        existing = await self.find_by_hash(read.extracted.content_hash)
         if existing is not None:
-            return IngestResult(existing[0], True, existing[1], existing[2])
-        chunks = chunk_text(extracted.text, self.chunk_chars, self.chunk_overlap)
-        vectors: list[Vectors] = []
-        for start in range(0, len(chunks), _INGEST_SLICE):
-            part = [c.text for c in chunks[start : start + _INGEST_SLICE]]
-            vectors.append((await self.model.batcher.embed(part)).vectors)
+            return existing
+        texts = [c.text for c in read.chunks]
+        parts: list[Vectors] = []
+        async with aclosing(self._embedded_slices(texts, wait_when_full=False)) as slices:
+            async for _, vectors in slices:
+                parts.append(vectors)
+        stored = await self.store(read, doc)
+        if stored.duplicate:  # another caller stored the same text while we embedded
+            return IngestResult(stored.meta.id, True, stored.meta.chunks, stored.meta.title)
+        try:
+            await self.index.upsert(self.model.name, [_payload(stored.meta, c) for c in stored.chunks],
+                                    _stack(parts, self.model.embedder.dimensions))
+        except BaseException:
+            await self.delete_document(stored.meta.id)  # no document without its vectors
+            raise
+        return IngestResult(stored.meta.id, False, len(stored.chunks), stored.meta.title)
+
+    async def store(self, read: ReadDocument, doc: NewDocument, in_transaction: InTransaction | None = None) -> Stored:
+        """Insert the document and its chunks (COPY) in one transaction, unless its text is stored
+        already (then ``duplicate``, with that document). ``in_transaction(conn, document_id,
+        chunks)`` runs inside the same transaction (an ingest job records the document there)."""
         document_id = str(uuid.uuid4())
-        chunk_ids = [str(uuid.uuid4()) for _ in chunks]
+        tlp = Tlp(doc.tlp).value  # stored, and in vector payloads, as its lower-case label
         collected_at = doc.collected_at or datetime.now(UTC)
+        extracted = read.extracted
+        chunks = [StoredChunk(str(uuid.uuid4()), c.seq, c.start, c.end, c.text) for c in read.chunks]
         async with self.pool.connection() as conn, conn.transaction():
             row = await (await conn.execute(
                 "insert into corpus.documents (id, content_hash, title, uri, source, media_type, tlp, "
@@ -170,27 +254,101 @@ class Corpus:
                  doc.source, extracted.media_type, tlp, doc.investigation_id, collected_at, extracted.text),
             )).fetchone()
             if row is not None:
-                async with conn.cursor() as cur:
-                    await cur.executemany(
-                        "insert into corpus.chunks (id, document_id, seq, start_offset, end_offset, text) "
-                        "values (%s, %s, %s, %s, %s, %s)",
-                        [(cid, document_id, c.seq, c.start, c.end, c.text) for cid, c in zip(chunk_ids, chunks, strict=True)],
-                    )
-        if row is None:  # another caller stored the same text between our check and insert
-            existing = await self._find_by_hash(extracted.content_hash)
+                async with conn.cursor() as cur, cur.copy(
+                    "copy corpus.chunks (id, document_id, seq, start_offset, end_offset, text) from stdin"
+                ) as copy:
+                    for c in chunks:
+                        await copy.write_row((c.id, document_id, c.seq, c.start, c.end, c.text))
+                if in_transaction is not None:
+                    await in_transaction(conn, document_id, len(chunks))
+        if row is None:  # the same text is stored already (or was, a moment ago, by another caller)
+            existing = await self.find_by_hash(extracted.content_hash)
             if existing is None:
                 raise RuntimeError("a concurrent ingest of the same text vanished; retry")
-            return IngestResult(existing[0], True, existing[1], existing[2])
-        payloads = [
-            ChunkPayload(cid, document_id, c.start, c.end, doc.source, tlp, doc.investigation_id, collected_at)
-            for cid, c in zip(chunk_ids, chunks, strict=True)
-        ]
+            meta = DocumentMeta(existing.document_id, existing.title, "", "", "", collected_at, existing.chunks)
+            return Stored(meta, [], duplicate=True)
+        meta = DocumentMeta(document_id, extracted.title, doc.source, tlp, doc.investigation_id, collected_at, len(chunks))
+        return Stored(meta, chunks, duplicate=False)
+
+    async def stored_chunks(self, document_id: str, from_seq: int = 0) -> tuple[DocumentMeta, list[StoredChunk]] | None:
+        """A stored document's payload fields and its chunks from ``from_seq`` on (in order); None
+        if the document is gone."""
+        if not _is_uuid(document_id):
+            return None
+        async with self.pool.connection() as conn:
+            row = await (await conn.execute(
+                "select d.id::text, d.title, d.source, d.tlp, d.investigation_id, d.collected_at, "
+                "(select count(*) from corpus.chunks c where c.document_id = d.id) "
+                "from corpus.documents d where d.id = %s",
+                (document_id,),
+            )).fetchone()
+            if row is None:
+                return None
+            rows = await (await conn.execute(
+                "select id::text, seq, start_offset, end_offset, text from corpus.chunks "
+                "where document_id = %s and seq >= %s order by seq",
+                (document_id, from_seq),
+            )).fetchall()
+        meta = DocumentMeta(row[0], row[1], row[2], row[3], row[4], row[5], int(row[6]))
+        return meta, [StoredChunk(r[0], int(r[1]), int(r[2]), int(r[3]), r[4]) for r in rows]
+
+    async def index_chunks(self, meta: DocumentMeta, chunks: list[StoredChunk], on_progress: Progress | None = None) -> None:
+        """Embed ``chunks`` (in order) and upsert their vectors window by window; after each window,
+        ``on_progress(chunks indexed so far)``, counting chunks before ``chunks[0]`` as indexed.
+        Waits (rather than failing) while the model's queue is full: this is background work."""
+        async with aclosing(self._embedded_slices([c.text for c in chunks], wait_when_full=True)) as slices:
+            async for start, vectors in slices:
+                part = chunks[start : start + len(vectors)]
+                await self.index.upsert(self.model.name, [_payload(meta, c) for c in part], vectors)
+                if on_progress is not None:
+                    await on_progress(part[-1].seq + 1)
+
+    async def _embedded_slices(self, texts: list[str], *, wait_when_full: bool) -> AsyncGenerator[tuple[int, Vectors]]:
+        """(offset, vectors) for ``texts``, in order, a window of (pipeline_depth + 1) model batches
+        at a time. Within a window the texts are embedded shortest first, so each batch pads to
+        texts of about its own length (a sixth less work than document order on prose); while the
+        caller stores one window, the model works on the next (up to pipeline_depth + 1 batches
+        queued at the model, never more)."""
+        size = self.model.batcher.max_batch
+        window = size * (self.pipeline_depth + 1)
+        # Batches in the order they are queued: (window start, positions within the window).
+        batches: deque[tuple[int, list[int]]] = deque()
+        for start in range(0, len(texts), window):
+            order = sorted(range(start, min(start + window, len(texts))), key=lambda i: len(texts[i]))
+            batches.extend((start, order[i : i + size]) for i in range(0, len(order), size))
+        queued: deque[tuple[int, list[int], asyncio.Task[Vectors]]] = deque()
+        parts: dict[int, Vectors] = {}
         try:
-            await self.index.upsert(self.model.name, payloads, _stack(vectors, self.model.embedder.dimensions))
-        except BaseException:
-            await self.delete_document(document_id)  # no document without its vectors
-            raise
-        return IngestResult(document_id, False, len(chunks), extracted.title)
+            while batches or queued:
+                while batches and len(queued) <= self.pipeline_depth:
+                    start, positions = batches.popleft()
+                    task = asyncio.create_task(self._embed([texts[i] for i in positions], wait_when_full))
+                    queued.append((start, positions, task))
+                start, positions, task = queued.popleft()
+                vectors = await task
+                parts.update(zip(positions, vectors, strict=True))
+                end = min(start + window, len(texts))
+                if len(parts) == end - start:  # the whole window is embedded: back in text order
+                    yield start, np.stack([parts[i] for i in range(start, end)])
+                    parts = {}
+        finally:
+            for _, _, task in queued:
+                task.cancel()
+            await asyncio.gather(*(task for _, _, task in queued), return_exceptions=True)
+
+    async def _embed(self, texts: list[str], wait_when_full: bool) -> Vectors:
+        while True:
+            try:
+                return (await self.model.batcher.embed(texts)).vectors
+            except QueueFull:
+                if not wait_when_full:
+                    raise
+                await asyncio.sleep(_QUEUE_FULL_BACKOFF_S)
+
+    async def find_by_hash(self, content_hash: str) -> IngestResult | None:
+        """The stored document with this normalised text (as a duplicate result), if any."""
+        found = await self._find_by_hash(content_hash)
+        return IngestResult(found[0], True, found[1], found[2]) if found else None
 
     async def _find_by_hash(self, content_hash: str) -> tuple[str, int, str] | None:
         async with self.pool.connection() as conn:
@@ -290,6 +448,11 @@ class Corpus:
                 (ids,),
             )
             return {row["chunk_id"]: row for row in await cur.fetchall()}
+
+
+def _payload(meta: DocumentMeta, chunk: StoredChunk) -> ChunkPayload:
+    return ChunkPayload(chunk.id, meta.id, chunk.start, chunk.end, meta.source, meta.tlp, meta.investigation_id,
+                        meta.collected_at)
 
 
 def _stack(parts: list[Vectors], dimensions: int) -> Vectors:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import urllib.parse
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
 from psycopg_pool import AsyncConnectionPool
@@ -17,6 +18,7 @@ from psycopg_pool import AsyncConnectionPool
 from bev.common.v1 import common_pb2
 from bev.embeddings.v1 import embeddings_pb2
 from bev.embeddings.v1.embeddings_rpc import EmbeddingsServicer
+from bev.media_types import resolve_media_type
 from bev.rpc import CallContext, InstanceInfo, RpcError, StatusCode
 from bev.runtime import ServiceRuntime, StartupError
 from bev.vocab import Tlp, UnknownTlp
@@ -30,6 +32,7 @@ from services.embeddings.corpus import (
     open_pool,
 )
 from services.embeddings.documents import UnreadableDocument, UnsupportedMediaType
+from services.embeddings.jobs import IngestEvents, IngestJob, IngestWorkers, JobStatus, JobStore
 from services.embeddings.registry import ModelRegistry
 from services.embeddings.schema import migrate
 from services.embeddings.settings import EmbeddingsConfig, Settings
@@ -41,6 +44,9 @@ from services.embeddings.vector_index import (
     WeaviateIndex,
 )
 
+if TYPE_CHECKING:
+    from nats.aio.client import Client as NatsClient
+
 MAX_K = 100
 INGEST_STREAM_WINDOW = 4  # documents an IngestStream works on at once
 _MODES = {
@@ -48,14 +54,24 @@ _MODES = {
     embeddings_pb2.SEARCH_MODE_VECTOR: SearchMode.VECTOR,
     embeddings_pb2.SEARCH_MODE_TEXT: SearchMode.TEXT,
 }
+_JOB_STATUS = {
+    JobStatus.QUEUED: embeddings_pb2.INGEST_JOB_STATUS_QUEUED,
+    JobStatus.RUNNING: embeddings_pb2.INGEST_JOB_STATUS_RUNNING,
+    JobStatus.COMPLETED: embeddings_pb2.INGEST_JOB_STATUS_COMPLETED,
+    JobStatus.FAILED: embeddings_pb2.INGEST_JOB_STATUS_FAILED,
+}
 
 
 class Embeddings(EmbeddingsServicer):
-    def __init__(self, info: InstanceInfo, config: EmbeddingsConfig, models: ModelRegistry, corpus: Corpus) -> None:
+    def __init__(self, info: InstanceInfo, config: EmbeddingsConfig, models: ModelRegistry, corpus: Corpus,
+                 events: IngestEvents | None = None) -> None:
         super().__init__(info)
         self.config = config
         self.models = models
         self.corpus = corpus
+        self.jobs = JobStore(corpus.pool, config.ingest_lease_s)
+        self.events = events or IngestEvents(None)
+        self.workers = IngestWorkers(self.jobs, corpus, self.events, instance=info.instance, config=config)
 
     async def health_checks(self) -> list[common_pb2.HealthCheck]:
         checks = [
@@ -70,7 +86,12 @@ class Embeddings(EmbeddingsServicer):
             checks.append(common_pb2.HealthCheck(name="postgres", ok=False, detail=_one_line(exc)))
         return checks
 
+    async def start(self) -> None:
+        self.workers.start()
+
     async def close(self) -> None:
+        await self.workers.close()
+        await self.events.close()
         await self.models.close()
         await self.corpus.index.close()
         await self.corpus.pool.close()
@@ -109,6 +130,28 @@ class Embeddings(EmbeddingsServicer):
         result = await self._ingest(request.document)
         return embeddings_pb2.IngestResponse(document_id=result.document_id, duplicate=result.duplicate,
                                              chunks=result.chunks, title=result.title)
+
+    async def SubmitIngest(self, request: embeddings_pb2.SubmitIngestRequest, ctx: CallContext) -> embeddings_pb2.IngestJob:
+        if not request.HasField("document") or not request.document.content:
+            raise RpcError(StatusCode.INVALID_ARGUMENT, "document.content is empty")
+        new = self._new_document(request.document)
+        if len(new.content) > self.config.max_document_bytes:
+            raise RpcError(StatusCode.INVALID_ARGUMENT,
+                           f"document is {len(new.content)} bytes; at most {self.config.max_document_bytes}")
+        try:  # refused now rather than failed later: the type is known from the request alone
+            media_type = resolve_media_type(new.media_type, new.filename, new.content)
+        except UnsupportedMediaType as exc:
+            raise RpcError(StatusCode.INVALID_ARGUMENT, str(exc)) from None
+        job = await self.jobs.submit(dataclasses.replace(new, media_type=media_type))
+        self.workers.wake()
+        self.events.publish(job, "queued")
+        return _job_message(job)
+
+    async def GetIngestJob(self, request: embeddings_pb2.GetIngestJobRequest, ctx: CallContext) -> embeddings_pb2.IngestJob:
+        job = await self.jobs.get(request.job_id)
+        if job is None:
+            raise RpcError(StatusCode.NOT_FOUND, f"no ingest job {request.job_id!r}")
+        return _job_message(job)
 
     async def IngestStream(
         self, request: embeddings_pb2.IngestStreamRequest, ctx: CallContext
@@ -150,11 +193,21 @@ class Embeddings(EmbeddingsServicer):
         return progress
 
     async def _ingest(self, document: embeddings_pb2.DocumentInput) -> IngestResult:
+        new = self._new_document(document)
+        try:
+            return await self.corpus.ingest(new)
+        except (UnsupportedMediaType, UnreadableDocument, DocumentTooLarge) as exc:
+            raise RpcError(StatusCode.INVALID_ARGUMENT, str(exc)) from None
+        except QueueFull as exc:
+            raise RpcError(StatusCode.RESOURCE_EXHAUSTED, str(exc)) from None
+
+    @staticmethod
+    def _new_document(document: embeddings_pb2.DocumentInput) -> NewDocument:
         try:
             tlp = Tlp.from_proto(document.tlp, Tlp.CLEAR)
         except UnknownTlp as exc:
             raise RpcError(StatusCode.INVALID_ARGUMENT, str(exc)) from None
-        new = NewDocument(
+        return NewDocument(
             content=document.content,
             media_type=document.media_type,
             filename=document.filename,
@@ -165,12 +218,6 @@ class Embeddings(EmbeddingsServicer):
             tlp=tlp,
             investigation_id=document.investigation_id,
         )
-        try:
-            return await self.corpus.ingest(new)
-        except (UnsupportedMediaType, UnreadableDocument, DocumentTooLarge) as exc:
-            raise RpcError(StatusCode.INVALID_ARGUMENT, str(exc)) from None
-        except QueueFull as exc:
-            raise RpcError(StatusCode.RESOURCE_EXHAUSTED, str(exc)) from None
 
     async def Search(self, request: embeddings_pb2.SearchRequest, ctx: CallContext) -> embeddings_pb2.SearchResponse:
         if not request.query.strip():
@@ -259,6 +306,17 @@ def _timestamp(value: datetime) -> Timestamp:
     return stamp
 
 
+def _job_message(job: IngestJob) -> embeddings_pb2.IngestJob:
+    return embeddings_pb2.IngestJob(
+        job_id=job.id, status=_JOB_STATUS[job.status], filename=job.filename, media_type=job.media_type,
+        bytes=job.bytes, chunks_done=job.chunks_done, chunks_total=job.chunks_total, document_id=job.document_id,
+        duplicate=job.duplicate, title=job.title, error=job.error, attempts=job.attempts,
+        created_at=_timestamp(job.created_at), updated_at=_timestamp(job.updated_at),
+        started_at=_timestamp(job.started_at) if job.started_at else None,
+        finished_at=_timestamp(job.finished_at) if job.finished_at else None,
+    )
+
+
 def _one_line(exc: BaseException) -> str:
     cause = getattr(exc, "orig", None) or exc  # SQLAlchemy wraps the driver's error: show the driver's
     return " ".join(str(cause).split())[:300] or type(cause).__name__
@@ -290,6 +348,7 @@ class EmbeddingsDeps:
     dsn: str
     data_dir: Path
     models: ModelRegistry | None = None  # None: load the configured models
+    nc: NatsClient | None = None  # where ingest job events go (JetStream); None: not published
 
 
 async def assemble(info: InstanceInfo, config: EmbeddingsConfig, deps: EmbeddingsDeps) -> Embeddings:
@@ -305,12 +364,13 @@ async def assemble(info: InstanceInfo, config: EmbeddingsConfig, deps: Embedding
         models = deps.models if deps.models is not None else await asyncio.to_thread(ModelRegistry.load, config)
         index = open_vector_index(config, pool, deps.data_dir)
         corpus = Corpus(pool, index, models.default, chunk_chars=config.chunk_chars,
-                        chunk_overlap=config.chunk_overlap, max_document_bytes=config.max_document_bytes)
+                        chunk_overlap=config.chunk_overlap, max_document_bytes=config.max_document_bytes,
+                        pipeline_depth=config.ingest_pipeline_depth)
         await corpus.prepare()
     except Exception as exc:
         await pool.close()
         raise StartupError(f"embeddings: {_one_line(exc)}") from None
-    return Embeddings(info, config, models, corpus)
+    return Embeddings(info, config, models, corpus, IngestEvents(deps.nc, info.service))
 
 
 async def build(runtime: ServiceRuntime[Settings]) -> Embeddings:
@@ -318,4 +378,5 @@ async def build(runtime: ServiceRuntime[Settings]) -> Embeddings:
     dsn = (await asyncio.to_thread(runtime.secrets.read, "postgres")).get("dsn", "")
     if not dsn:
         raise StartupError("Vault secret 'postgres' has no dsn; the embeddings service stores its corpus there")
-    return await assemble(runtime.info, runtime.settings.embeddings, EmbeddingsDeps(dsn, runtime.settings.data_dir))
+    return await assemble(runtime.info, runtime.settings.embeddings,
+                          EmbeddingsDeps(dsn, runtime.settings.data_dir, nc=runtime.nc))

@@ -35,6 +35,23 @@ class EmbeddingsConfig(BaseModel):
     weaviate_grpc_port: int = 50051
     # pgvector's hnsw.ef_search: recall vs speed (bench: 0.998 recall@10 at 100k, ~27x an exact scan)
     hnsw_ef_search: int = Field(default=200, ge=1)
+    # Asynchronous ingest (SubmitIngest): jobs live in PostgreSQL (corpus.ingest_jobs). Each
+    # instance runs ingest_workers workers; they share the model, so more workers interleave jobs
+    # (a small upload is not stuck behind a large one) rather than adding speed. A worker holds a
+    # job under a lease of ingest_lease_s it renews every third of that; a job whose worker died
+    # is taken again once the lease runs out, at most ingest_max_attempts times in all. Idle
+    # workers look for jobs every ingest_poll_s (at once on this instance's own submissions).
+    # Finished jobs are deleted ingest_job_retention_h hours after they end.
+    ingest_workers: int = Field(default=2, ge=0)
+    ingest_lease_s: float = Field(default=60.0, ge=1)
+    ingest_poll_s: float = Field(default=1.0, gt=0)
+    ingest_max_attempts: int = Field(default=3, ge=1)
+    ingest_retry_delay_s: float = Field(default=10.0, ge=0)
+    ingest_job_retention_h: float = Field(default=168.0, gt=0)
+    # Ingest embeds a document's chunks in windows of (depth + 1) model batches, shortest first
+    # within a window (less padding), keeping up to depth batches queued at the model while a
+    # window is stored, so the model never waits for PostgreSQL or the vector backend.
+    ingest_pipeline_depth: int = Field(default=3, ge=1)
 
     @model_validator(mode="after")
     def _overlap_below_half_a_chunk(self) -> "EmbeddingsConfig":

@@ -84,13 +84,15 @@ async def test_gateway_routes(collectors_stack: CollectorsStack, http_fixture: H
 
         near = (await http.get("/api/v1/graph/neighborhood", params={"entity_id": ip.id, "depth": 2})).json()
         assert ip.id in {e["id"] for e in near["entities"]} and near["relations"]
-        assert (await http.get("/api/v1/graph/neighborhood", params={"entity_id": ip.id, "depth": 7})).status_code == 400
+        # Past the bound the gateway's schema states (1..3): refused there, 422 naming the parameter.
+        too_deep = await http.get("/api/v1/graph/neighborhood", params={"entity_id": ip.id, "depth": 7})
+        assert too_deep.status_code == 422 and "depth" in too_deep.json()["error"]
 
         extracted = (await http.post("/api/v1/indicators/extract", json={
             "text": "mail ops@evil.org, call +1 415-555-0134, C2 hxxp://evil[.]org/a", "scrub_pii": True})).json()
         assert "[EMAIL]" in extracted["scrubbed_text"] and "[PHONE]" in extracted["scrubbed_text"]
-        assert {"type": "email", "value": "ops@evil.org"} not in extracted["indicators"]
-        assert {"type": "url", "value": "http://evil.org/a"} in extracted["indicators"]
+        found = {(i["type"], i["value"]) for i in extracted["indicators"]}
+        assert ("email", "ops@evil.org") not in found and ("url", "http://evil.org/a") in found
 
         collected = await http.post("/api/v1/collectors/web/collect", json={"target_type": "url", "target": "ftp://x/"})
         assert collected.status_code == 403

@@ -54,8 +54,14 @@ def test_upload_search_and_resolve_a_citation(fleet: dict[str, Any]) -> None:
     with httpx.Client(base_url=fleet["gateway"], timeout=60) as http:
         uploaded = http.post("/api/v1/documents", files={"file": (f"{marker}.md", text.encode(), "text/markdown")},
                              data={"source": f"e2e-{marker}", "tlp": "amber"})
-        assert uploaded.status_code == 200, uploaded.text
-        assert uploaded.json()["title"] == f"Brass Typhoon notes {marker}"
+        assert uploaded.status_code == 202, uploaded.text  # stored durably, ingested by a worker
+        job = uploaded.json()
+        deadline = time.monotonic() + 60
+        while job["status"] not in ("completed", "failed") and time.monotonic() < deadline:
+            time.sleep(0.2)
+            job = http.get(uploaded.headers["location"]).json()
+        assert job["status"] == "completed", job
+        assert job["title"] == f"Brass Typhoon notes {marker}"
         found = http.get("/api/v1/search", params={"q": "fake VPN client DNS beacon", "source": f"e2e-{marker}"})
         assert found.status_code == 200, found.text
         hit = found.json()["hits"][0]

@@ -71,9 +71,11 @@ async def test_bad_requests_get_clear_4xx(reasoning_stack: Stack) -> None:
     async with client_for(reasoning_stack) as client:
         with pytest.raises(openai.NotFoundError, match="gpt-4o"):
             await client.chat.completions.create(model="gpt-4o", messages=MESSAGES, max_tokens=4)  # type: ignore[arg-type]
-        with pytest.raises(openai.UnprocessableEntityError):
+        # Invalid requests are 400 in OpenAI's shape, naming the parameter, as OpenAI answers them.
+        with pytest.raises(openai.BadRequestError, match="messages") as empty:
             await client.chat.completions.create(model="fast", messages=[], max_tokens=4)
-        with pytest.raises(openai.UnprocessableEntityError):
+        assert empty.value.param == "messages" and empty.value.type == "invalid_request_error"
+        with pytest.raises(openai.BadRequestError, match="'n'"):
             await client.chat.completions.create(model="fast", messages=MESSAGES, max_tokens=4, n=2)  # type: ignore[arg-type]
         with pytest.raises(openai.BadRequestError, match="tools"):
             await client.chat.completions.create(

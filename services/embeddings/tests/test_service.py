@@ -245,12 +245,14 @@ async def test_gateway_documents_search_and_errors(service: Service) -> None:
     memo = samples.pdf([["Gateway memo."], ["The funds were laundered through mixers, the memo says."]], "Memo")
     uploaded = await http.post("/api/v1/documents", files={"file": ("memo.pdf", memo, "application/pdf")},
                                data={"source": "gateway", "tlp": "green", "investigation_id": "inv-gw"})
-    assert uploaded.status_code == 200, uploaded.text
-    document_id = uploaded.json()["document_id"]
+    assert uploaded.status_code == 202, uploaded.text
+    job = await _job_ended(http, uploaded.headers["location"])
+    assert job["status"] == "completed", job
+    document_id = job["document_id"]
     found = await http.get("/api/v1/search", params={"q": "laundered through mixers", "source": "gateway", "k": 3})
     assert found.status_code == 200, found.text
     hit = found.json()["hits"][0]
-    assert uploaded.json()["duplicate"] is False and hit["title"] == "Memo"
+    assert job["duplicate"] is False and hit["title"] == "Memo"
     assert hit["document_id"] == document_id and hit["tlp"] == "green" and hit["investigation_id"] == "inv-gw"
     document = (await http.get(f"/api/v1/documents/{document_id}")).json()
     assert document["tlp"] == "green"
@@ -277,6 +279,18 @@ async def test_gateway_documents_search_and_errors(service: Service) -> None:
     assert bad_upload.status_code == 400 and "TLP:PURPLE" in bad_upload.json()["error"]
     stats = await http.get("/api/v1/corpus/stats")
     assert stats.status_code == 200 and int(stats.json()["documents"]) >= 1
+
+
+async def _job_ended(http: httpx.AsyncClient, url: str, timeout_s: float = 60) -> dict[str, Any]:
+    """Follow an upload's job (its Location) until it completes or fails."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        reply = await http.get(url)
+        assert reply.status_code == 200, reply.text
+        job: dict[str, Any] = reply.json()
+        if job["status"] in ("completed", "failed") or time.monotonic() > deadline:
+            return job
+        await asyncio.sleep(0.1)
 
 
 async def test_openai_client_against_the_gateway(service: Service, minilm: SentenceEmbedder) -> None:

@@ -3,26 +3,33 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter
-from pydantic import BaseModel, Field
+from pydantic import Field
 
 from bev.avatar.v1 import avatar_pb2
 from services.gateway.clients import Clients
-from services.gateway.routes.common import enum_value, to_json
+from services.gateway.routes.common import Body, enum_value, labels, to_json
+
+STATES = [name.removeprefix("RESEARCH_STATE_").lower() for name in avatar_pb2.ResearchState.keys()
+          if name != "RESEARCH_STATE_UNSPECIFIED"]
+PERSONALITIES = ["calm", "balanced", "enthusiastic"]  # the avatar service's (services/avatar/expressions.py)
 
 
-class AvatarStateBody(BaseModel):
+class AvatarStateBody(Body):
     session_id: str = Field(min_length=1)
-    state: str = Field(description="idle, collecting, analyzing, hypothesizing, debating, reporting, alert, error")
+    state: str = Field(description=f"{', '.join(STATES)} (any case)", json_schema_extra=labels(*STATES))
     confidence: float | None = Field(default=None, ge=0.0, le=1.0)
     severity: float | None = Field(default=None, ge=0.0, le=1.0)
     progress: float | None = Field(default=None, ge=0.0, le=1.0)
-    personality: str = ""
+    personality: str = Field(default="", description="calm, balanced, enthusiastic; empty: the service's default "
+                                                     "(a session keeps the one it started with)",
+                             json_schema_extra=labels("", *PERSONALITIES))
 
 
 def router(clients: Clients) -> APIRouter:
     api = APIRouter(tags=["avatar"])
 
-    @api.post("/api/v1/avatar/state")
+    @api.post("/api/v1/avatar/state", responses={
+        409: {"description": "Not a transition from the session's current state (idle -> reporting)"}})
     async def avatar_state(body: AvatarStateBody) -> dict[str, Any]:
         state = enum_value(avatar_pb2.ResearchState, "RESEARCH_STATE_", body.state, "state")
         request = avatar_pb2.MapStateRequest(session_id=body.session_id, state=state, personality=body.personality)

@@ -9,22 +9,23 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 import uuid
 from collections.abc import AsyncIterator
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Response
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import StreamingResponse
 from prometheus_client import Counter
-from pydantic import BaseModel, Field
+from pydantic import Field, field_validator
 
 from bev.reasoning.v1 import reasoning_pb2
 from bev.rpc import RpcError, StatusCode
 from bev.telemetry import get_logger
 from bev.vocab import Tier, UnknownTier
 from services.gateway.clients import Clients
-from services.gateway.routes.common import HTTP_STATUS
+from services.gateway.routes.common import INTEGRAL, MAX_TOKENS, Body
 
 log = get_logger(__name__)
 
@@ -35,70 +36,210 @@ STREAM_ERRORS = Counter(
 )
 
 
-class Part(BaseModel):
+CHAT_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"description": "The completion; with `stream: true`, server-sent events of chat.completion.chunk "
+                         "objects ending with `data: [DONE]`",
+          "content": {"application/json": {}, "text/event-stream": {}}},
+    404: {"description": "No such model (GET /v1/models lists them)"},
+}
+
+
+class Part(Body):
+    """A content part; only text is read here (images and audio are refused)."""
+
     type: Literal["text"]
     text: str
 
 
-class Message(BaseModel):
+class Message(Body):
     role: Literal["system", "developer", "user", "assistant"]
-    content: str | list[Part] | None = None
+    # Required, as OpenAI requires it of every message that carries no tool calls (tools are refused).
+    content: str | Annotated[list[Part], Field(min_length=1)] = Field(description="the text, or text parts")
+    name: str | None = None
 
     def text(self) -> str:
         if isinstance(self.content, list):
             return "".join(part.text for part in self.content)
-        return self.content or ""
+        return self.content
 
 
-class JsonSchemaFormat(BaseModel):
-    name: str = "output"
-    schema_: dict[str, Any] = Field(alias="schema")
+# What a response_format schema may ask of the decoder. Engines turn the schema into a grammar, and
+# some schemas break that: an empty enum or anyOf gives an empty grammar, `not` has none,
+# {"maxLength": 1000000000} expands for ever. Like OpenAI's Structured Outputs, the API takes a
+# bounded subset. The last three rules are llama.cpp's (llama-cpp-python 0.3.36): its converter
+# writes a grammar its server cannot parse for a `"` in an enum value or a property name and for
+# escapes such as \d, \w, \s, \b or \. in a pattern, and the whole server dies of it (the fast
+# tier with it). They belong with the llama.cpp backend in the reasoning service once it checks
+# grammars itself; services/gateway/tests/test_bad_input.py lists each refusal.
+SCHEMA_MAX_DEPTH = 10
+SCHEMA_MAX_NODES = 5000
+SCHEMA_MAX_ENUM = 1000
+SCHEMA_MAX_COUNT = 1000  # minLength, maxItems, ... and {m,n} in a pattern
+_JSON_TYPES = frozenset({"object", "array", "string", "number", "integer", "boolean", "null"})
+_SCHEMA_LISTS = ("anyOf", "oneOf", "allOf", "prefixItems")
+_SCHEMA_MAPS = ("properties", "$defs", "definitions", "patternProperties", "dependentSchemas")
+_SCHEMA_ONES = ("items", "additionalProperties", "contains", "propertyNames", "unevaluatedProperties",
+                "unevaluatedItems", "if", "then", "else")
+_COUNTS = ("minLength", "maxLength", "minItems", "maxItems", "minProperties", "maxProperties", "minContains",
+           "maxContains")
+_REPEAT = re.compile(r"\{(\d+)(?:,(\d*))?\}")
+_PATTERN_ESCAPES = frozenset("\\tnr")
+
+
+def _pattern_problem(pattern: Any, where: str) -> str | None:
+    if not isinstance(pattern, str) or len(pattern) > 1000:
+        return f"{where}: pattern must be a regular expression of at most 1000 characters"
+    try:
+        re.compile(pattern)
+    except re.error as exc:
+        return f"{where}: pattern is not a regular expression ({exc})"
+    if any(int(n or 0) > SCHEMA_MAX_COUNT for match in _REPEAT.finditer(pattern) for n in match.groups()):
+        return f"{where}: a repetition in pattern counts past {SCHEMA_MAX_COUNT}"
+    escapes = re.findall(r"\\(.)", pattern, re.DOTALL)
+    if any(escape not in _PATTERN_ESCAPES for escape in escapes):
+        return (f"{where}: pattern may escape only \\\\, \\t, \\n and \\r (write [0-9] for \\d, [.] for \\.)")
+    return None
+
+
+def _node_problem(node: dict[str, Any], where: str) -> str | None:
+    """Why one schema object is refused (its subschemas aside), or None."""
+    if "not" in node:
+        return f"{where}: `not` is not supported"
+    ref = node.get("$ref")
+    if ref is not None and not (isinstance(ref, str) and ref.startswith("#")):
+        return f"{where}: $ref must point inside the schema (#/...)"
+    kinds = node.get("type")
+    listed = kinds if isinstance(kinds, list) else [kinds]
+    if kinds is not None and not (listed and all(isinstance(k, str) and k in _JSON_TYPES for k in listed)):
+        return f"{where}: type must be one of {', '.join(sorted(_JSON_TYPES))}, or a non-empty list of them"
+    enum = node.get("enum")
+    if enum is not None and not (isinstance(enum, list) and 1 <= len(enum) <= SCHEMA_MAX_ENUM):
+        return f"{where}: enum must list 1 to {SCHEMA_MAX_ENUM} values"
+    for key in _SCHEMA_LISTS:
+        if key in node and not (isinstance(node[key], list) and node[key]):
+            return f"{where}: {key} must be a non-empty list of schemas"
+    for key in _COUNTS:
+        value = node.get(key)
+        if value is not None and not (type(value) is int and 0 <= value <= SCHEMA_MAX_COUNT):
+            return f"{where}: {key} must be an integer from 0 to {SCHEMA_MAX_COUNT}"
+    properties = node.get("properties")
+    required = node.get("required")
+    names = [*(properties if isinstance(properties, dict) else ()), *(required if isinstance(required, list) else ())]
+    values = [*(enum or []), node.get("const")]
+    if any(isinstance(text, str) and '"' in text for text in names + values):
+        return f'{where}: a property name or an enum or const value with a double quote (") is not supported'
+    if "pattern" in node:
+        return _pattern_problem(node["pattern"], where)
+    return None
+
+
+def schema_problem(schema: dict[str, Any]) -> str | None:
+    """Why a response_format JSON schema is refused, or None."""
+    pending: list[tuple[Any, str, int]] = [(schema, "schema", 0)]
+    nodes = 0
+    while pending:
+        node, where, depth = pending.pop()
+        if isinstance(node, bool):  # true / false are schemas too
+            continue
+        if not isinstance(node, dict):
+            return f"{where}: a schema is an object (or true / false)"
+        nodes += 1
+        if depth > SCHEMA_MAX_DEPTH or nodes > SCHEMA_MAX_NODES:
+            return f"the schema nests deeper than {SCHEMA_MAX_DEPTH} levels or has over {SCHEMA_MAX_NODES} parts"
+        if problem := _node_problem(node, where):
+            return problem
+        for key in _SCHEMA_ONES:
+            if key in node:
+                pending.append((node[key], f"{where}.{key}", depth + 1))
+        for key in _SCHEMA_LISTS:
+            pending.extend((item, f"{where}.{key}[{i}]", depth + 1) for i, item in enumerate(node.get(key) or []))
+        for key in _SCHEMA_MAPS:
+            children = node.get(key)
+            if children is not None and not isinstance(children, dict):
+                return f"{where}.{key}: must be an object of schemas"
+            pending.extend((child, f"{where}.{key}.{name}", depth + 1) for name, child in (children or {}).items())
+    return None
+
+
+class JsonSchemaFormat(Body):
+    name: str = Field(default="output", pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    description: str | None = None
+    schema_: dict[str, Any] = Field(
+        alias="schema", description=f"a JSON Schema: nested at most {SCHEMA_MAX_DEPTH} levels, every enum and "
+                                    f"anyOf/oneOf/allOf non-empty, counts at most {SCHEMA_MAX_COUNT}, no `not`, "
+                                    "$ref only inside the schema")
     strict: bool | None = None
 
+    @field_validator("schema_")
+    @classmethod
+    def _decodable(cls, schema: dict[str, Any]) -> dict[str, Any]:
+        if problem := schema_problem(schema):
+            raise ValueError(problem)
+        return schema
 
-class ResponseFormat(BaseModel):
-    type: Literal["text", "json_object", "json_schema"]
-    json_schema: JsonSchemaFormat | None = None
+
+class TextFormat(Body):
+    type: Literal["text"]
 
 
-class StreamOptions(BaseModel):
+class JsonObjectFormat(Body):
+    type: Literal["json_object"]
+
+
+class JsonSchemaResponseFormat(Body):
+    type: Literal["json_schema"]
+    json_schema: JsonSchemaFormat
+
+
+ResponseFormat = Annotated[TextFormat | JsonObjectFormat | JsonSchemaResponseFormat, Field(discriminator="type")]
+
+
+class StreamOptions(Body):
     include_usage: bool = False
 
 
-class ChatCompletionBody(BaseModel):
-    model: str = ""
+class ChatCompletionBody(Body):
+    """OpenAI's chat completion request, validated as OpenAI validates it: JSON types exact (no
+    `"stream": 0`, no `"temperature": false`), every number in its range, every message with a role
+    and content. `null` stands for the default, as OpenAI takes it. Other fields are ignored."""
+
+    model: str = Field(default="", description="a tier (fast, balanced, powerful) or a model GET /v1/models lists; "
+                                               "empty: the default tier")
     messages: list[Message] = Field(min_length=1)
-    max_tokens: int | None = Field(default=None, ge=1, le=32768)
-    max_completion_tokens: int | None = Field(default=None, ge=1, le=32768)
-    temperature: float = Field(default=1.0, ge=0.0, le=2.0)
+    max_tokens: Annotated[int, Field(ge=1, le=MAX_TOKENS), INTEGRAL] | None = None
+    max_completion_tokens: Annotated[int, Field(ge=1, le=MAX_TOKENS), INTEGRAL] | None = None
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0, description="default 1")
     top_p: float | None = Field(default=None, gt=0.0, le=1.0)
-    stop: str | list[str] | None = None
-    stream: bool = False
+    stop: str | Annotated[list[str], Field(max_length=4)] | None = Field(default=None, description="up to 4 sequences")
+    stream: bool | None = False
     stream_options: StreamOptions | None = None
     response_format: ResponseFormat | None = None
-    n: int = Field(default=1, ge=1, le=1)  # one choice per request
-    user: str = ""
-    session_id: str = ""
-    tools: list[dict[str, Any]] | None = None
+    n: Annotated[int, Field(ge=1, le=1), INTEGRAL] | None = Field(default=1, description="one choice per request")
+    user: str | None = None
+    session_id: str | None = Field(default=None, description="keeps an investigation's requests on one backend")
+    tools: list[dict[str, Any]] | None = Field(default=None, max_length=0, description="not supported: omit or empty")
+
+    @field_validator("tools", mode="before")
+    @classmethod
+    def _no_tools(cls, tools: Any) -> Any:
+        if isinstance(tools, list) and tools:
+            raise ValueError("tools are not supported by this endpoint")
+        return tools
 
 
 def _request(body: ChatCompletionBody) -> reasoning_pb2.ChatRequest:
-    if body.tools:
-        raise RpcError(StatusCode.INVALID_ARGUMENT, "tools are not supported by this endpoint")
     schema = ""
-    if body.response_format is not None and body.response_format.type == "json_schema":
-        if body.response_format.json_schema is None:
-            raise RpcError(StatusCode.INVALID_ARGUMENT, "response_format json_schema needs a json_schema object")
+    if isinstance(body.response_format, JsonSchemaResponseFormat):
         schema = json.dumps(body.response_format.json_schema.schema_)
-    elif body.response_format is not None and body.response_format.type == "json_object":
+    elif isinstance(body.response_format, JsonObjectFormat):
         schema = json.dumps({"type": "object"})
     stops = [body.stop] if isinstance(body.stop, str) else body.stop or []
     return reasoning_pb2.ChatRequest(
         messages=[reasoning_pb2.ChatMessage(role="system" if m.role == "developer" else m.role, content=m.text())
                   for m in body.messages],
         max_tokens=body.max_completion_tokens or body.max_tokens or 0,
-        temperature=body.temperature, top_p=body.top_p or 0.0, stop=stops,
-        session_id=body.session_id or body.user, json_schema=schema, model=body.model,
+        temperature=1.0 if body.temperature is None else body.temperature, top_p=body.top_p or 0.0, stop=stops,
+        session_id=body.session_id or body.user or "", json_schema=schema, model=body.model,
     )
 
 
@@ -109,12 +250,6 @@ def _usage(usage: reasoning_pb2.Usage) -> dict[str, int]:
 
 def _sse(payload: dict[str, Any] | str) -> bytes:
     return f"data: {payload if isinstance(payload, str) else json.dumps(payload)}\n\n".encode()
-
-
-def _error(exc: RpcError) -> JSONResponse:
-    """OpenAI's error shape, which its clients read the message from."""
-    return JSONResponse({"error": {"message": exc.message, "type": exc.code.name.lower(), "param": None,
-                                   "code": exc.code.name.lower()}}, status_code=HTTP_STATUS.get(exc.code, 502))
 
 
 async def _pump(chunks: AsyncIterator[reasoning_pb2.ChatChunk],
@@ -154,14 +289,9 @@ def router(clients: Clients) -> APIRouter:
                 "data": [{"id": name, "object": "model", "created": 0, "owned_by": "bev"}
                          for name in dict.fromkeys(names)]}
 
-    @api.post("/v1/chat/completions", response_model=None)
+    @api.post("/v1/chat/completions", response_model=None, responses=CHAT_RESPONSES)
     async def chat_completions(body: ChatCompletionBody) -> dict[str, Any] | Response:
-        try:
-            return await _chat_completions(body)
-        except RpcError as exc:
-            return _error(exc)
-
-    async def _chat_completions(body: ChatCompletionBody) -> dict[str, Any] | Response:
+        """OpenAI's chat completions; errors (RPC statuses included) in OpenAI's shape (services/gateway/api.py)."""
         request = _request(body)
         completion_id = f"chatcmpl-{uuid.uuid4().hex}"
         created = int(time.time())

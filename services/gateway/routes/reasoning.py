@@ -3,34 +3,39 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter
-from pydantic import BaseModel, Field
+from pydantic import Field
 
 from bev.reasoning.v1 import reasoning_pb2
 from services.gateway.clients import Clients
-from services.gateway.routes.common import tier_value, to_json
+from services.gateway.routes.common import MAX_TOKENS, TIER_LABELS, Body, Int, tier_value, to_json
 
 
-class GenerateBody(BaseModel):
+def _tier_field() -> Any:
+    return Field(default="", json_schema_extra=TIER_LABELS,
+                 description="fast, balanced or powerful (any case); empty: the service's default tier")
+
+
+class GenerateBody(Body):
     prompt: str = Field(min_length=1)
-    max_tokens: int = Field(default=64, ge=1, le=4096)
+    max_tokens: Int = Field(default=64, ge=1, le=MAX_TOKENS)
     temperature: float = Field(default=0.0, ge=0.0, le=2.0)
-    stop: list[str] = []
-    tier: str = ""  # fast, balanced, powerful; empty = the service's default
+    stop: list[str] = Field(default=[], max_length=16)
+    tier: str = _tier_field()
     session_id: str = ""
 
 
-class DocumentBody(BaseModel):
+class DocumentBody(Body):
     id: str = ""
     text: str = Field(min_length=1)
     source: str = ""
 
 
-class AnalyzeBody(BaseModel):
+class AnalyzeBody(Body):
     question: str = Field(min_length=1)
     documents: list[DocumentBody] = Field(min_length=1)
-    tier: str = ""
+    tier: str = _tier_field()
     session_id: str = ""
-    max_hypotheses: int = Field(default=0, ge=0, le=8)
+    max_hypotheses: Int = Field(default=0, ge=0, le=8, description="0: the service's default")
 
 
 def router(clients: Clients) -> APIRouter:

@@ -26,15 +26,39 @@ from bev.common.v1 import common_pb2 as bev_dot_common_dot_v1_dot_common__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"bev/embeddings/v1/embeddings.proto\x12\x11\x62\x65v.embeddings.v1\x1a\x1a\x62\x65v/common/v1/common.proto\x1a\x1fgoogle/protobuf/timestamp.proto\",\n\x0c\x45mbedRequest\x12\r\n\x05texts\x18\x01 \x03(\t\x12\r\n\x05model\x18\x02 \x01(\t\"\x18\n\x06Vector\x12\x0e\n\x06values\x18\x01 \x03(\x02\"t\n\rEmbedResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x12\n\ndimensions\x18\x02 \x01(\x05\x12*\n\x07vectors\x18\x03 \x03(\x0b\x32\x19.bev.embeddings.v1.Vector\x12\x14\n\x0ctotal_tokens\x18\x04 \x01(\x05\"\x13\n\x11ListModelsRequest\"V\n\x0e\x45mbeddingModel\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\ndimensions\x18\x02 \x01(\x05\x12\x12\n\nmax_tokens\x18\x03 \x01(\x05\x12\x0e\n\x06\x64\x65vice\x18\x04 \x01(\t\"G\n\x12ListModelsResponse\x12\x31\n\x06models\x18\x01 \x03(\x0b\x32!.bev.embeddings.v1.EmbeddingModel\"\xdf\x01\n\rDocumentInput\x12\x0f\n\x07\x63ontent\x18\x01 \x01(\x0c\x12\x12\n\nmedia_type\x18\x02 \x01(\t\x12\x10\n\x08\x66ilename\x18\x03 \x01(\t\x12\r\n\x05title\x18\x04 \x01(\t\x12\x0b\n\x03uri\x18\x05 \x01(\t\x12\x0e\n\x06source\x18\x06 \x01(\t\x12\x30\n\x0c\x63ollected_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1f\n\x03tlp\x18\x08 \x01(\x0e\x32\x12.bev.common.v1.Tlp\x12\x18\n\x10investigation_id\x18\t \x01(\t\"C\n\rIngestRequest\x12\x32\n\x08\x64ocument\x18\x01 \x01(\x0b\x32 .bev.embeddings.v1.DocumentInput\"W\n\x0eIngestResponse\x12\x13\n\x0b\x64ocument_id\x18\x01 \x01(\t\x12\x11\n\tduplicate\x18\x02 \x01(\x08\x12\x0e\n\x06\x63hunks\x18\x03 \x01(\x05\x12\r\n\x05title\x18\x04 \x01(\t\"J\n\x13IngestStreamRequest\x12\x33\n\tdocuments\x18\x01 \x03(\x0b\x32 .bev.embeddings.v1.DocumentInput\"\x87\x01\n\x0eIngestProgress\x12\r\n\x05index\x18\x01 \x01(\x05\x12\r\n\x05total\x18\x02 \x01(\x05\x12\x10\n\x08\x66ilename\x18\x03 \x01(\t\x12\x13\n\x0b\x64ocument_id\x18\x04 \x01(\t\x12\x11\n\tduplicate\x18\x05 \x01(\x08\x12\x0e\n\x06\x63hunks\x18\x06 \x01(\x05\x12\r\n\x05\x65rror\x18\x07 \x01(\t\"\xc6\x01\n\rSearchFilters\x12\x0f\n\x07sources\x18\x01 \x03(\t\x12\x33\n\x0f\x63ollected_after\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x34\n\x10\x63ollected_before\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1f\n\x03tlp\x18\x04 \x03(\x0e\x32\x12.bev.common.v1.Tlp\x12\x18\n\x10investigation_id\x18\x05 \x01(\t\"\x89\x01\n\rSearchRequest\x12\r\n\x05query\x18\x01 \x01(\t\x12\t\n\x01k\x18\x02 \x01(\x05\x12\x31\n\x07\x66ilters\x18\x03 \x01(\x0b\x32 .bev.embeddings.v1.SearchFilters\x12+\n\x04mode\x18\x04 \x01(\x0e\x32\x1d.bev.embeddings.v1.SearchMode\"\x87\x02\n\tSearchHit\x12\x10\n\x08\x63hunk_id\x18\x01 \x01(\t\x12\x13\n\x0b\x64ocument_id\x18\x02 \x01(\t\x12\r\n\x05title\x18\x03 \x01(\t\x12\x0b\n\x03uri\x18\x04 \x01(\t\x12\r\n\x05start\x18\x05 \x01(\x05\x12\x0b\n\x03\x65nd\x18\x06 \x01(\x05\x12\x0f\n\x07\x65xcerpt\x18\x07 \x01(\t\x12\r\n\x05score\x18\x08 \x01(\x01\x12\x0e\n\x06source\x18\t \x01(\t\x12\x1f\n\x03tlp\x18\n \x01(\x0e\x32\x12.bev.common.v1.Tlp\x12\x18\n\x10investigation_id\x18\x0b \x01(\t\x12\x30\n\x0c\x63ollected_at\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"K\n\x0eSearchResponse\x12*\n\x04hits\x18\x01 \x03(\x0b\x32\x1c.bev.embeddings.v1.SearchHit\x12\r\n\x05model\x18\x02 \x01(\t\")\n\x12GetDocumentRequest\x12\x13\n\x0b\x64ocument_id\x18\x01 \x01(\t\"\xa8\x02\n\x08\x44ocument\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05title\x18\x02 \x01(\t\x12\x0b\n\x03uri\x18\x03 \x01(\t\x12\x0e\n\x06source\x18\x04 \x01(\t\x12\x12\n\nmedia_type\x18\x05 \x01(\t\x12\x1f\n\x03tlp\x18\x06 \x01(\x0e\x32\x12.bev.common.v1.Tlp\x12\x18\n\x10investigation_id\x18\x07 \x01(\t\x12\x30\n\x0c\x63ollected_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bingested_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0c\x63ontent_hash\x18\n \x01(\t\x12\x0c\n\x04text\x18\x0b \x01(\t\x12\x0e\n\x06\x63hunks\x18\x0c \x01(\x05\",\n\x15\x44\x65leteDocumentRequest\x12\x13\n\x0b\x64ocument_id\x18\x01 \x01(\t\"9\n\x16\x44\x65leteDocumentResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\x08\x12\x0e\n\x06\x63hunks\x18\x02 \x01(\x05\"\x0e\n\x0cStatsRequest\"\x81\x01\n\x0fModelQueueStats\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07\x62\x61tches\x18\x02 \x01(\x03\x12\r\n\x05texts\x18\x03 \x01(\x03\x12\x17\n\x0fmean_batch_size\x18\x04 \x01(\x01\x12\x14\n\x0cqueued_texts\x18\x05 \x01(\x05\x12\x10\n\x08rejected\x18\x06 \x01(\x03\"\xa5\x01\n\rStatsResponse\x12\x11\n\tdocuments\x18\x01 \x01(\x03\x12\x0e\n\x06\x63hunks\x18\x02 \x01(\x03\x12\x0f\n\x07vectors\x18\x03 \x01(\x03\x12\x16\n\x0evector_backend\x18\x04 \x01(\t\x12\x14\n\x0c\x63orpus_model\x18\x05 \x01(\t\x12\x32\n\x06queues\x18\x06 \x03(\x0b\x32\".bev.embeddings.v1.ModelQueueStats*R\n\nSearchMode\x12\x16\n\x12SEARCH_MODE_HYBRID\x10\x00\x12\x16\n\x12SEARCH_MODE_VECTOR\x10\x01\x12\x14\n\x10SEARCH_MODE_TEXT\x10\x02\x32\xfb\x05\n\nEmbeddings\x12\x45\n\x06Health\x12\x1c.bev.common.v1.HealthRequest\x1a\x1d.bev.common.v1.HealthResponse\x12J\n\x05\x45mbed\x12\x1f.bev.embeddings.v1.EmbedRequest\x1a .bev.embeddings.v1.EmbedResponse\x12Y\n\nListModels\x12$.bev.embeddings.v1.ListModelsRequest\x1a%.bev.embeddings.v1.ListModelsResponse\x12M\n\x06Ingest\x12 .bev.embeddings.v1.IngestRequest\x1a!.bev.embeddings.v1.IngestResponse\x12[\n\x0cIngestStream\x12&.bev.embeddings.v1.IngestStreamRequest\x1a!.bev.embeddings.v1.IngestProgress0\x01\x12M\n\x06Search\x12 .bev.embeddings.v1.SearchRequest\x1a!.bev.embeddings.v1.SearchResponse\x12Q\n\x0bGetDocument\x12%.bev.embeddings.v1.GetDocumentRequest\x1a\x1b.bev.embeddings.v1.Document\x12\x65\n\x0e\x44\x65leteDocument\x12(.bev.embeddings.v1.DeleteDocumentRequest\x1a).bev.embeddings.v1.DeleteDocumentResponse\x12J\n\x05Stats\x12\x1f.bev.embeddings.v1.StatsRequest\x1a .bev.embeddings.v1.StatsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"bev/embeddings/v1/embeddings.proto\x12\x11\x62\x65v.embeddings.v1\x1a\x1a\x62\x65v/common/v1/common.proto\x1a\x1fgoogle/protobuf/timestamp.proto\",\n\x0c\x45mbedRequest\x12\r\n\x05texts\x18\x01 \x03(\t\x12\r\n\x05model\x18\x02 \x01(\t\"\x18\n\x06Vector\x12\x0e\n\x06values\x18\x01 \x03(\x02\"t\n\rEmbedResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x12\n\ndimensions\x18\x02 \x01(\x05\x12*\n\x07vectors\x18\x03 \x03(\x0b\x32\x19.bev.embeddings.v1.Vector\x12\x14\n\x0ctotal_tokens\x18\x04 \x01(\x05\"\x13\n\x11ListModelsRequest\"V\n\x0e\x45mbeddingModel\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\ndimensions\x18\x02 \x01(\x05\x12\x12\n\nmax_tokens\x18\x03 \x01(\x05\x12\x0e\n\x06\x64\x65vice\x18\x04 \x01(\t\"G\n\x12ListModelsResponse\x12\x31\n\x06models\x18\x01 \x03(\x0b\x32!.bev.embeddings.v1.EmbeddingModel\"\xdf\x01\n\rDocumentInput\x12\x0f\n\x07\x63ontent\x18\x01 \x01(\x0c\x12\x12\n\nmedia_type\x18\x02 \x01(\t\x12\x10\n\x08\x66ilename\x18\x03 \x01(\t\x12\r\n\x05title\x18\x04 \x01(\t\x12\x0b\n\x03uri\x18\x05 \x01(\t\x12\x0e\n\x06source\x18\x06 \x01(\t\x12\x30\n\x0c\x63ollected_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1f\n\x03tlp\x18\x08 \x01(\x0e\x32\x12.bev.common.v1.Tlp\x12\x18\n\x10investigation_id\x18\t \x01(\t\"C\n\rIngestRequest\x12\x32\n\x08\x64ocument\x18\x01 \x01(\x0b\x32 .bev.embeddings.v1.DocumentInput\"W\n\x0eIngestResponse\x12\x13\n\x0b\x64ocument_id\x18\x01 \x01(\t\x12\x11\n\tduplicate\x18\x02 \x01(\x08\x12\x0e\n\x06\x63hunks\x18\x03 \x01(\x05\x12\r\n\x05title\x18\x04 \x01(\t\"J\n\x13IngestStreamRequest\x12\x33\n\tdocuments\x18\x01 \x03(\x0b\x32 .bev.embeddings.v1.DocumentInput\"\x87\x01\n\x0eIngestProgress\x12\r\n\x05index\x18\x01 \x01(\x05\x12\r\n\x05total\x18\x02 \x01(\x05\x12\x10\n\x08\x66ilename\x18\x03 \x01(\t\x12\x13\n\x0b\x64ocument_id\x18\x04 \x01(\t\x12\x11\n\tduplicate\x18\x05 \x01(\x08\x12\x0e\n\x06\x63hunks\x18\x06 \x01(\x05\x12\r\n\x05\x65rror\x18\x07 \x01(\t\"I\n\x13SubmitIngestRequest\x12\x32\n\x08\x64ocument\x18\x01 \x01(\x0b\x32 .bev.embeddings.v1.DocumentInput\"%\n\x13GetIngestJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\xc8\x03\n\tIngestJob\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x32\n\x06status\x18\x02 \x01(\x0e\x32\".bev.embeddings.v1.IngestJobStatus\x12\x10\n\x08\x66ilename\x18\x03 \x01(\t\x12\x12\n\nmedia_type\x18\x04 \x01(\t\x12\r\n\x05\x62ytes\x18\x05 \x01(\x03\x12\x13\n\x0b\x63hunks_done\x18\x06 \x01(\x05\x12\x14\n\x0c\x63hunks_total\x18\x07 \x01(\x05\x12\x13\n\x0b\x64ocument_id\x18\x08 \x01(\t\x12\x11\n\tduplicate\x18\t \x01(\x08\x12\r\n\x05title\x18\n \x01(\t\x12\r\n\x05\x65rror\x18\x0b \x01(\t\x12\x10\n\x08\x61ttempts\x18\x0c \x01(\x05\x12.\n\ncreated_at\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstarted_at\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\x0f \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x66inished_at\x18\x10 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xc6\x01\n\rSearchFilters\x12\x0f\n\x07sources\x18\x01 \x03(\t\x12\x33\n\x0f\x63ollected_after\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x34\n\x10\x63ollected_before\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1f\n\x03tlp\x18\x04 \x03(\x0e\x32\x12.bev.common.v1.Tlp\x12\x18\n\x10investigation_id\x18\x05 \x01(\t\"\x89\x01\n\rSearchRequest\x12\r\n\x05query\x18\x01 \x01(\t\x12\t\n\x01k\x18\x02 \x01(\x05\x12\x31\n\x07\x66ilters\x18\x03 \x01(\x0b\x32 .bev.embeddings.v1.SearchFilters\x12+\n\x04mode\x18\x04 \x01(\x0e\x32\x1d.bev.embeddings.v1.SearchMode\"\x87\x02\n\tSearchHit\x12\x10\n\x08\x63hunk_id\x18\x01 \x01(\t\x12\x13\n\x0b\x64ocument_id\x18\x02 \x01(\t\x12\r\n\x05title\x18\x03 \x01(\t\x12\x0b\n\x03uri\x18\x04 \x01(\t\x12\r\n\x05start\x18\x05 \x01(\x05\x12\x0b\n\x03\x65nd\x18\x06 \x01(\x05\x12\x0f\n\x07\x65xcerpt\x18\x07 \x01(\t\x12\r\n\x05score\x18\x08 \x01(\x01\x12\x0e\n\x06source\x18\t \x01(\t\x12\x1f\n\x03tlp\x18\n \x01(\x0e\x32\x12.bev.common.v1.Tlp\x12\x18\n\x10investigation_id\x18\x0b \x01(\t\x12\x30\n\x0c\x63ollected_at\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"K\n\x0eSearchResponse\x12*\n\x04hits\x18\x01 \x03(\x0b\x32\x1c.bev.embeddings.v1.SearchHit\x12\r\n\x05model\x18\x02 \x01(\t\")\n\x12GetDocumentRequest\x12\x13\n\x0b\x64ocument_id\x18\x01 \x01(\t\"\xa8\x02\n\x08\x44ocument\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05title\x18\x02 \x01(\t\x12\x0b\n\x03uri\x18\x03 \x01(\t\x12\x0e\n\x06source\x18\x04 \x01(\t\x12\x12\n\nmedia_type\x18\x05 \x01(\t\x12\x1f\n\x03tlp\x18\x06 \x01(\x0e\x32\x12.bev.common.v1.Tlp\x12\x18\n\x10investigation_id\x18\x07 \x01(\t\x12\x30\n\x0c\x63ollected_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bingested_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0c\x63ontent_hash\x18\n \x01(\t\x12\x0c\n\x04text\x18\x0b \x01(\t\x12\x0e\n\x06\x63hunks\x18\x0c \x01(\x05\",\n\x15\x44\x65leteDocumentRequest\x12\x13\n\x0b\x64ocument_id\x18\x01 \x01(\t\"9\n\x16\x44\x65leteDocumentResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\x08\x12\x0e\n\x06\x63hunks\x18\x02 \x01(\x05\"\x0e\n\x0cStatsRequest\"\x81\x01\n\x0fModelQueueStats\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07\x62\x61tches\x18\x02 \x01(\x03\x12\r\n\x05texts\x18\x03 \x01(\x03\x12\x17\n\x0fmean_batch_size\x18\x04 \x01(\x01\x12\x14\n\x0cqueued_texts\x18\x05 \x01(\x05\x12\x10\n\x08rejected\x18\x06 \x01(\x03\"\xa5\x01\n\rStatsResponse\x12\x11\n\tdocuments\x18\x01 \x01(\x03\x12\x0e\n\x06\x63hunks\x18\x02 \x01(\x03\x12\x0f\n\x07vectors\x18\x03 \x01(\x03\x12\x16\n\x0evector_backend\x18\x04 \x01(\t\x12\x14\n\x0c\x63orpus_model\x18\x05 \x01(\t\x12\x32\n\x06queues\x18\x06 \x03(\x0b\x32\".bev.embeddings.v1.ModelQueueStats*\xb0\x01\n\x0fIngestJobStatus\x12!\n\x1dINGEST_JOB_STATUS_UNSPECIFIED\x10\x00\x12\x1c\n\x18INGEST_JOB_STATUS_QUEUED\x10\x01\x12\x1d\n\x19INGEST_JOB_STATUS_RUNNING\x10\x02\x12\x1f\n\x1bINGEST_JOB_STATUS_COMPLETED\x10\x03\x12\x1c\n\x18INGEST_JOB_STATUS_FAILED\x10\x04*R\n\nSearchMode\x12\x16\n\x12SEARCH_MODE_HYBRID\x10\x00\x12\x16\n\x12SEARCH_MODE_VECTOR\x10\x01\x12\x14\n\x10SEARCH_MODE_TEXT\x10\x02\x32\xdc\x08\n\nEmbeddings\x12V\n\x06Health\x12\x1c.bev.common.v1.HealthRequest\x1a\x1d.bev.common.v1.HealthResponse\"\x0f\xa2\xbb\x18\x0b\t\x00\x00\x00\x00\x00\x00\x08@\x10\x01\x12[\n\x05\x45mbed\x12\x1f.bev.embeddings.v1.EmbedRequest\x1a .bev.embeddings.v1.EmbedResponse\"\x0f\xa2\xbb\x18\x0b\t\x00\x00\x00\x00\x00\x00>@\x10\x01\x12j\n\nListModels\x12$.bev.embeddings.v1.ListModelsRequest\x1a%.bev.embeddings.v1.ListModelsResponse\"\x0f\xa2\xbb\x18\x0b\t\x00\x00\x00\x00\x00\x00\x14@\x10\x01\x12\\\n\x06Ingest\x12 .bev.embeddings.v1.IngestRequest\x1a!.bev.embeddings.v1.IngestResponse\"\r\xa2\xbb\x18\t\t\x00\x00\x00\x00\x00\xc0r@\x12j\n\x0cIngestStream\x12&.bev.embeddings.v1.IngestStreamRequest\x1a!.bev.embeddings.v1.IngestProgress\"\r\xa2\xbb\x18\t\t\x00\x00\x00\x00\x00\xc0\x82@0\x01\x12\x63\n\x0cSubmitIngest\x12&.bev.embeddings.v1.SubmitIngestRequest\x1a\x1c.bev.embeddings.v1.IngestJob\"\r\xa2\xbb\x18\t\t\x00\x00\x00\x00\x00\x00>@\x12\x65\n\x0cGetIngestJob\x12&.bev.embeddings.v1.GetIngestJobRequest\x1a\x1c.bev.embeddings.v1.IngestJob\"\x0f\xa2\xbb\x18\x0b\t\x00\x00\x00\x00\x00\x00\x14@\x10\x01\x12^\n\x06Search\x12 .bev.embeddings.v1.SearchRequest\x1a!.bev.embeddings.v1.SearchResponse\"\x0f\xa2\xbb\x18\x0b\t\x00\x00\x00\x00\x00\x00.@\x10\x01\x12\x62\n\x0bGetDocument\x12%.bev.embeddings.v1.GetDocumentRequest\x1a\x1b.bev.embeddings.v1.Document\"\x0f\xa2\xbb\x18\x0b\t\x00\x00\x00\x00\x00\x00$@\x10\x01\x12v\n\x0e\x44\x65leteDocument\x12(.bev.embeddings.v1.DeleteDocumentRequest\x1a).bev.embeddings.v1.DeleteDocumentResponse\"\x0f\xa2\xbb\x18\x0b\t\x00\x00\x00\x00\x00\x00$@\x10\x01\x12[\n\x05Stats\x12\x1f.bev.embeddings.v1.StatsRequest\x1a .bev.embeddings.v1.StatsResponse\"\x0f\xa2\xbb\x18\x0b\t\x00\x00\x00\x00\x00\x00$@\x10\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'bev.embeddings.v1.embeddings_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_SEARCHMODE']._serialized_start=2535
-  _globals['_SEARCHMODE']._serialized_end=2617
+  _globals['_EMBEDDINGS'].methods_by_name['Health']._loaded_options = None
+  _globals['_EMBEDDINGS'].methods_by_name['Health']._serialized_options = b'\242\273\030\013\t\000\000\000\000\000\000\010@\020\001'
+  _globals['_EMBEDDINGS'].methods_by_name['Embed']._loaded_options = None
+  _globals['_EMBEDDINGS'].methods_by_name['Embed']._serialized_options = b'\242\273\030\013\t\000\000\000\000\000\000>@\020\001'
+  _globals['_EMBEDDINGS'].methods_by_name['ListModels']._loaded_options = None
+  _globals['_EMBEDDINGS'].methods_by_name['ListModels']._serialized_options = b'\242\273\030\013\t\000\000\000\000\000\000\024@\020\001'
+  _globals['_EMBEDDINGS'].methods_by_name['Ingest']._loaded_options = None
+  _globals['_EMBEDDINGS'].methods_by_name['Ingest']._serialized_options = b'\242\273\030\t\t\000\000\000\000\000\300r@'
+  _globals['_EMBEDDINGS'].methods_by_name['IngestStream']._loaded_options = None
+  _globals['_EMBEDDINGS'].methods_by_name['IngestStream']._serialized_options = b'\242\273\030\t\t\000\000\000\000\000\300\202@'
+  _globals['_EMBEDDINGS'].methods_by_name['SubmitIngest']._loaded_options = None
+  _globals['_EMBEDDINGS'].methods_by_name['SubmitIngest']._serialized_options = b'\242\273\030\t\t\000\000\000\000\000\000>@'
+  _globals['_EMBEDDINGS'].methods_by_name['GetIngestJob']._loaded_options = None
+  _globals['_EMBEDDINGS'].methods_by_name['GetIngestJob']._serialized_options = b'\242\273\030\013\t\000\000\000\000\000\000\024@\020\001'
+  _globals['_EMBEDDINGS'].methods_by_name['Search']._loaded_options = None
+  _globals['_EMBEDDINGS'].methods_by_name['Search']._serialized_options = b'\242\273\030\013\t\000\000\000\000\000\000.@\020\001'
+  _globals['_EMBEDDINGS'].methods_by_name['GetDocument']._loaded_options = None
+  _globals['_EMBEDDINGS'].methods_by_name['GetDocument']._serialized_options = b'\242\273\030\013\t\000\000\000\000\000\000$@\020\001'
+  _globals['_EMBEDDINGS'].methods_by_name['DeleteDocument']._loaded_options = None
+  _globals['_EMBEDDINGS'].methods_by_name['DeleteDocument']._serialized_options = b'\242\273\030\013\t\000\000\000\000\000\000$@\020\001'
+  _globals['_EMBEDDINGS'].methods_by_name['Stats']._loaded_options = None
+  _globals['_EMBEDDINGS'].methods_by_name['Stats']._serialized_options = b'\242\273\030\013\t\000\000\000\000\000\000$@\020\001'
+  _globals['_INGESTJOBSTATUS']._serialized_start=3109
+  _globals['_INGESTJOBSTATUS']._serialized_end=3285
+  _globals['_SEARCHMODE']._serialized_start=3287
+  _globals['_SEARCHMODE']._serialized_end=3369
   _globals['_EMBEDREQUEST']._serialized_start=118
   _globals['_EMBEDREQUEST']._serialized_end=162
   _globals['_VECTOR']._serialized_start=164
@@ -57,28 +81,34 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_INGESTSTREAMREQUEST']._serialized_end=948
   _globals['_INGESTPROGRESS']._serialized_start=951
   _globals['_INGESTPROGRESS']._serialized_end=1086
-  _globals['_SEARCHFILTERS']._serialized_start=1089
-  _globals['_SEARCHFILTERS']._serialized_end=1287
-  _globals['_SEARCHREQUEST']._serialized_start=1290
-  _globals['_SEARCHREQUEST']._serialized_end=1427
-  _globals['_SEARCHHIT']._serialized_start=1430
-  _globals['_SEARCHHIT']._serialized_end=1693
-  _globals['_SEARCHRESPONSE']._serialized_start=1695
-  _globals['_SEARCHRESPONSE']._serialized_end=1770
-  _globals['_GETDOCUMENTREQUEST']._serialized_start=1772
-  _globals['_GETDOCUMENTREQUEST']._serialized_end=1813
-  _globals['_DOCUMENT']._serialized_start=1816
-  _globals['_DOCUMENT']._serialized_end=2112
-  _globals['_DELETEDOCUMENTREQUEST']._serialized_start=2114
-  _globals['_DELETEDOCUMENTREQUEST']._serialized_end=2158
-  _globals['_DELETEDOCUMENTRESPONSE']._serialized_start=2160
-  _globals['_DELETEDOCUMENTRESPONSE']._serialized_end=2217
-  _globals['_STATSREQUEST']._serialized_start=2219
-  _globals['_STATSREQUEST']._serialized_end=2233
-  _globals['_MODELQUEUESTATS']._serialized_start=2236
-  _globals['_MODELQUEUESTATS']._serialized_end=2365
-  _globals['_STATSRESPONSE']._serialized_start=2368
-  _globals['_STATSRESPONSE']._serialized_end=2533
-  _globals['_EMBEDDINGS']._serialized_start=2620
-  _globals['_EMBEDDINGS']._serialized_end=3383
+  _globals['_SUBMITINGESTREQUEST']._serialized_start=1088
+  _globals['_SUBMITINGESTREQUEST']._serialized_end=1161
+  _globals['_GETINGESTJOBREQUEST']._serialized_start=1163
+  _globals['_GETINGESTJOBREQUEST']._serialized_end=1200
+  _globals['_INGESTJOB']._serialized_start=1203
+  _globals['_INGESTJOB']._serialized_end=1659
+  _globals['_SEARCHFILTERS']._serialized_start=1662
+  _globals['_SEARCHFILTERS']._serialized_end=1860
+  _globals['_SEARCHREQUEST']._serialized_start=1863
+  _globals['_SEARCHREQUEST']._serialized_end=2000
+  _globals['_SEARCHHIT']._serialized_start=2003
+  _globals['_SEARCHHIT']._serialized_end=2266
+  _globals['_SEARCHRESPONSE']._serialized_start=2268
+  _globals['_SEARCHRESPONSE']._serialized_end=2343
+  _globals['_GETDOCUMENTREQUEST']._serialized_start=2345
+  _globals['_GETDOCUMENTREQUEST']._serialized_end=2386
+  _globals['_DOCUMENT']._serialized_start=2389
+  _globals['_DOCUMENT']._serialized_end=2685
+  _globals['_DELETEDOCUMENTREQUEST']._serialized_start=2687
+  _globals['_DELETEDOCUMENTREQUEST']._serialized_end=2731
+  _globals['_DELETEDOCUMENTRESPONSE']._serialized_start=2733
+  _globals['_DELETEDOCUMENTRESPONSE']._serialized_end=2790
+  _globals['_STATSREQUEST']._serialized_start=2792
+  _globals['_STATSREQUEST']._serialized_end=2806
+  _globals['_MODELQUEUESTATS']._serialized_start=2809
+  _globals['_MODELQUEUESTATS']._serialized_end=2938
+  _globals['_STATSRESPONSE']._serialized_start=2941
+  _globals['_STATSRESPONSE']._serialized_end=3106
+  _globals['_EMBEDDINGS']._serialized_start=3372
+  _globals['_EMBEDDINGS']._serialized_end=4488
 # @@protoc_insertion_point(module_scope)

@@ -23,6 +23,35 @@ else:
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class _IngestJobStatus:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _IngestJobStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_IngestJobStatus.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    INGEST_JOB_STATUS_UNSPECIFIED: _IngestJobStatus.ValueType  # 0
+    INGEST_JOB_STATUS_QUEUED: _IngestJobStatus.ValueType  # 1
+    """stored, waiting for a worker (also between attempts)"""
+    INGEST_JOB_STATUS_RUNNING: _IngestJobStatus.ValueType  # 2
+    """a worker holds it (under a lease it renews)"""
+    INGEST_JOB_STATUS_COMPLETED: _IngestJobStatus.ValueType  # 3
+    """document_id is set (duplicate: the text was stored already)"""
+    INGEST_JOB_STATUS_FAILED: _IngestJobStatus.ValueType  # 4
+    """error says why, in one line"""
+
+class IngestJobStatus(_IngestJobStatus, metaclass=_IngestJobStatusEnumTypeWrapper): ...
+
+INGEST_JOB_STATUS_UNSPECIFIED: IngestJobStatus.ValueType  # 0
+INGEST_JOB_STATUS_QUEUED: IngestJobStatus.ValueType  # 1
+"""stored, waiting for a worker (also between attempts)"""
+INGEST_JOB_STATUS_RUNNING: IngestJobStatus.ValueType  # 2
+"""a worker holds it (under a lease it renews)"""
+INGEST_JOB_STATUS_COMPLETED: IngestJobStatus.ValueType  # 3
+"""document_id is set (duplicate: the text was stored already)"""
+INGEST_JOB_STATUS_FAILED: IngestJobStatus.ValueType  # 4
+"""error says why, in one line"""
+Global___IngestJobStatus: _TypeAlias = IngestJobStatus  # noqa: Y015
+
 class _SearchMode:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -339,6 +368,126 @@ class IngestProgress(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___IngestProgress: _TypeAlias = IngestProgress  # noqa: Y015
+
+@_typing.final
+class SubmitIngestRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DOCUMENT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def document(self) -> Global___DocumentInput: ...
+    def __init__(
+        self,
+        *,
+        document: Global___DocumentInput | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["document", b"document"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["document", b"document"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SubmitIngestRequest: _TypeAlias = SubmitIngestRequest  # noqa: Y015
+
+@_typing.final
+class GetIngestJobRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    job_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        job_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["job_id", b"job_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetIngestJobRequest: _TypeAlias = GetIngestJobRequest  # noqa: Y015
+
+@_typing.final
+class IngestJob(_message.Message):
+    """An asynchronous ingest of one document (SubmitIngest)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    FILENAME_FIELD_NUMBER: _builtins.int
+    MEDIA_TYPE_FIELD_NUMBER: _builtins.int
+    BYTES_FIELD_NUMBER: _builtins.int
+    CHUNKS_DONE_FIELD_NUMBER: _builtins.int
+    CHUNKS_TOTAL_FIELD_NUMBER: _builtins.int
+    DOCUMENT_ID_FIELD_NUMBER: _builtins.int
+    DUPLICATE_FIELD_NUMBER: _builtins.int
+    TITLE_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    ATTEMPTS_FIELD_NUMBER: _builtins.int
+    CREATED_AT_FIELD_NUMBER: _builtins.int
+    STARTED_AT_FIELD_NUMBER: _builtins.int
+    UPDATED_AT_FIELD_NUMBER: _builtins.int
+    FINISHED_AT_FIELD_NUMBER: _builtins.int
+    job_id: _builtins.str
+    status: Global___IngestJobStatus.ValueType
+    filename: _builtins.str
+    media_type: _builtins.str
+    bytes: _builtins.int
+    """size of the submitted content"""
+    chunks_done: _builtins.int
+    """chunks embedded and stored so far"""
+    chunks_total: _builtins.int
+    """0 until the document has been read and chunked"""
+    document_id: _builtins.str
+    """set once the document is stored (searchable as its chunks are indexed)"""
+    duplicate: _builtins.bool
+    """the same normalised text was already stored: document_id is that one"""
+    title: _builtins.str
+    error: _builtins.str
+    """failed: why; queued after a failed attempt: that attempt's error"""
+    attempts: _builtins.int
+    """times a worker has taken it"""
+    @_builtins.property
+    def created_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def started_at(self) -> _timestamp_pb2.Timestamp:
+        """first taken by a worker; unset while never taken"""
+
+    @_builtins.property
+    def updated_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def finished_at(self) -> _timestamp_pb2.Timestamp:
+        """unset until completed or failed"""
+
+    def __init__(
+        self,
+        *,
+        job_id: _builtins.str = ...,
+        status: Global___IngestJobStatus.ValueType = ...,
+        filename: _builtins.str = ...,
+        media_type: _builtins.str = ...,
+        bytes: _builtins.int = ...,
+        chunks_done: _builtins.int = ...,
+        chunks_total: _builtins.int = ...,
+        document_id: _builtins.str = ...,
+        duplicate: _builtins.bool = ...,
+        title: _builtins.str = ...,
+        error: _builtins.str = ...,
+        attempts: _builtins.int = ...,
+        created_at: _timestamp_pb2.Timestamp | None = ...,
+        started_at: _timestamp_pb2.Timestamp | None = ...,
+        updated_at: _timestamp_pb2.Timestamp | None = ...,
+        finished_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "finished_at", b"finished_at", "started_at", b"started_at", "updated_at", b"updated_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "bytes", b"bytes", "chunks_done", b"chunks_done", "chunks_total", b"chunks_total", "created_at", b"created_at", "document_id", b"document_id", "duplicate", b"duplicate", "error", b"error", "filename", b"filename", "finished_at", b"finished_at", "job_id", b"job_id", "media_type", b"media_type", "started_at", b"started_at", "status", b"status", "title", b"title", "updated_at", b"updated_at"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___IngestJob: _TypeAlias = IngestJob  # noqa: Y015
 
 @_typing.final
 class SearchFilters(_message.Message):

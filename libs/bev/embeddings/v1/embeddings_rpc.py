@@ -30,6 +30,12 @@ class EmbeddingsServicer(Servicer):
         raise RpcError(StatusCode.UNIMPLEMENTED, "Embeddings.IngestStream is not implemented")
         yield  # an async generator, like the overrides
 
+    async def SubmitIngest(self, request: embeddings_pb2.SubmitIngestRequest, ctx: CallContext) -> embeddings_pb2.IngestJob:
+        raise RpcError(StatusCode.UNIMPLEMENTED, "Embeddings.SubmitIngest is not implemented")
+
+    async def GetIngestJob(self, request: embeddings_pb2.GetIngestJobRequest, ctx: CallContext) -> embeddings_pb2.IngestJob:
+        raise RpcError(StatusCode.UNIMPLEMENTED, "Embeddings.GetIngestJob is not implemented")
+
     async def Search(self, request: embeddings_pb2.SearchRequest, ctx: CallContext) -> embeddings_pb2.SearchResponse:
         raise RpcError(StatusCode.UNIMPLEMENTED, "Embeddings.Search is not implemented")
 
@@ -62,6 +68,12 @@ class EmbeddingsClient(Client):
 
     def IngestStream(self, request: embeddings_pb2.IngestStreamRequest, *, timeout_s: float | None = None, metadata: Mapping[str, str] | None = None) -> AsyncIterator[embeddings_pb2.IngestProgress]:
         return self._stream("IngestStream", request, embeddings_pb2.IngestProgress, timeout_s, metadata)
+
+    async def SubmitIngest(self, request: embeddings_pb2.SubmitIngestRequest, *, timeout_s: float | None = None, metadata: Mapping[str, str] | None = None) -> embeddings_pb2.IngestJob:
+        return await self._call("SubmitIngest", request, embeddings_pb2.IngestJob, timeout_s, metadata)
+
+    async def GetIngestJob(self, request: embeddings_pb2.GetIngestJobRequest, *, timeout_s: float | None = None, metadata: Mapping[str, str] | None = None) -> embeddings_pb2.IngestJob:
+        return await self._call("GetIngestJob", request, embeddings_pb2.IngestJob, timeout_s, metadata)
 
     async def Search(self, request: embeddings_pb2.SearchRequest, *, timeout_s: float | None = None, metadata: Mapping[str, str] | None = None) -> embeddings_pb2.SearchResponse:
         return await self._call("Search", request, embeddings_pb2.SearchResponse, timeout_s, metadata)
