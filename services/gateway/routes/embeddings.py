@@ -137,7 +137,7 @@ def router(clients: Clients) -> APIRouter:
         body = job_json(job)
         return JSONResponse(body, status_code=202, headers={"Location": body["url"]})
 
-    @api.get("/api/v1/documents/jobs/{job_id}")
+    @api.get("/api/v1/documents/jobs/{job_id}", responses={404: {"description": "No such ingest job"}})
     async def get_ingest_job(job_id: str) -> dict[str, Any]:
         """An upload's ingest job: status (queued, running, completed, failed), chunks_done of
         chunks_total, document_id once stored, error when failed; 404 for an unknown id."""
