@@ -10,7 +10,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -64,6 +64,18 @@ def _wait_for_fleet(data_dir: Path, process: subprocess.Popen[bytes], output: Pa
     pytest.fail(f"fleet not up within {START_TIMEOUT_S}s:\n{output.read_text()[-3000:]}")
 
 
+def start_fleet(data_dir: Path, *args: str, env: Mapping[str, str] | None = None,
+                ) -> tuple[subprocess.Popen[bytes], dict[str, Any]]:
+    """`bev up --free-ports` on `data_dir` (plus `args`), output in data_dir/up.log; returns once the
+    fleet is healthy, with its fleet.json (the test fails with the output's tail otherwise)."""
+    output = data_dir / "up.log"
+    with output.open("wb") as out:
+        process = subprocess.Popen([str(BEV), "up", "--data-dir", str(data_dir), "--free-ports", *args],
+                                   stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                   env={**os.environ, **(env or {})})
+    return process, _wait_for_fleet(data_dir, process, output)
+
+
 @pytest.fixture(scope="module")
 def fleet(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
     live = request.config.getoption("--bev-live")
@@ -72,14 +84,10 @@ def fleet(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
         yield Fleet(data_dir, None, json.loads((data_dir / "run" / "fleet.json").read_text()), data_dir / "up.log")
         return
     data_dir = tmp_path_factory.mktemp("fleet")
-    output = data_dir / "up.log"
-    with output.open("wb") as out:
-        process = subprocess.Popen([str(BEV), "up", "--data-dir", str(data_dir), "--free-ports"],
-                                   stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     started = time.monotonic()
-    state = _wait_for_fleet(data_dir, process, output)
+    process, state = start_fleet(data_dir)
     print(f"fleet healthy in {time.monotonic() - started:.1f}s")
-    yield Fleet(data_dir, process, state, output)
+    yield Fleet(data_dir, process, state, data_dir / "up.log")
     if process.poll() is None:
         process.send_signal(signal.SIGINT)
         process.wait(60)

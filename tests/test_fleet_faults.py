@@ -11,7 +11,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
@@ -28,11 +27,11 @@ import redis
 from nats.aio.client import Client as NatsClient
 
 from bev.fleet import discover
+from tests.test_fleet import BEV, start_fleet
 
 pytestmark = pytest.mark.slow
 async_test = pytest.mark.asyncio(loop_scope="module")
 
-BEV = Path(sys.executable).parent / "bev"
 SERVICES = ("gateway", "collectors", "swarm", "avatar")  # every engine, no model to load
 ENGINE_BACK_S = 30  # the bar for an engine to be restarted and answering again
 
@@ -58,17 +57,8 @@ class Fleet:
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
     data_dir = tmp_path_factory.mktemp("faults")
+    process, _ = start_fleet(data_dir, *(arg for name in SERVICES for arg in ("--only", name)))
     output = data_dir / "up.log"
-    only = [arg for name in SERVICES for arg in ("--only", name)]
-    with output.open("wb") as out:
-        process = subprocess.Popen([str(BEV), "up", "--data-dir", str(data_dir), "--free-ports", *only],
-                                   stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-    deadline = time.monotonic() + 180
-    while "fleet up in" not in output.read_text():
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.send_signal(signal.SIGINT)
-            pytest.fail(f"fleet did not come up:\n{output.read_text()[-3000:]}")
-        time.sleep(0.5)
     running = Fleet(data_dir, process, output)
     yield running
     print("engine recovery (s):", json.dumps(running.recovery_s))

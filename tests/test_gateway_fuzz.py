@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_fleet import BEV, Fleet, _wait_for_fleet
+from tests.test_fleet import Fleet, start_fleet
 
 pytestmark = pytest.mark.slow
 
@@ -96,13 +96,8 @@ def fleet(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
         yield Fleet(data_dir, None, json.loads((data_dir / "run" / "fleet.json").read_text()), data_dir / "up.log")
         return
     data_dir = tmp_path_factory.mktemp("fuzz-fleet")
-    output = data_dir / "up.log"
-    with output.open("wb") as out:
-        process = subprocess.Popen([str(BEV), "up", "--data-dir", str(data_dir), "--free-ports"],
-                                   stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                   env={**os.environ, **FLEET_ENV})
-    state = _wait_for_fleet(data_dir, process, output)
-    yield Fleet(data_dir, process, state, output)
+    process, state = start_fleet(data_dir, env=FLEET_ENV)
+    yield Fleet(data_dir, process, state, data_dir / "up.log")
     if process.poll() is None:
         process.send_signal(signal.SIGINT)
         process.wait(60)
