@@ -412,7 +412,13 @@ class Corpus:
                 text_ids.append(chunk_id)
                 scores[chunk_id] = rank
         if mode is SearchMode.HYBRID:
-            ranked = reciprocal_rank_fusion(vector_ids, text_ids)[:k]
+            # RRF reads only ranks, so with near-duplicate chunks (a log, a feed) the vector side's
+            # noise can bury the one chunk that holds every term an analyst typed (an IP, a port,
+            # a hash). Those chunks (text score >= 1, see _text_search) rank first, by RRF among
+            # themselves, and their score carries the same +1 so scores stay in order.
+            exact = {cid for cid in text_ids if scores[cid] >= 1.0}
+            fused = [(cid, score + (cid in exact)) for cid, score in reciprocal_rank_fusion(vector_ids, text_ids)]
+            ranked = sorted(fused, key=lambda item: -item[1])[:k]
         else:
             ranked = [(cid, scores[cid]) for cid in (vector_ids or text_ids)[:k]]
         rows = await self._chunks(cid for cid, _ in ranked)

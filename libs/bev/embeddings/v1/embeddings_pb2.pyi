@@ -590,7 +590,7 @@ class SearchHit(_message.Message):
     excerpt: _builtins.str
     """the chunk's text, equal to the document text at [start, end)"""
     score: _builtins.float
-    """RRF score (hybrid), cosine similarity (vector) or ts_rank_cd (text)"""
+    """RRF score, +1 when the chunk holds every query term (hybrid); cosine similarity (vector); ts_rank, +1 likewise (text)"""
     source: _builtins.str
     tlp: _common_pb2.Tlp.ValueType
     investigation_id: _builtins.str
