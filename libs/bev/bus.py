@@ -30,17 +30,18 @@ def events_prefix(service: str) -> str:
 
 
 def nats_permissions(service: str, callees: Iterable[str], *, discovery: bool = False,
-                     ) -> dict[str, dict[str, list[str]]]:
+                     events: Iterable[str] = ()) -> dict[str, dict[str, list[str]]]:
     """NATS publish/subscribe allow-lists for a service's user (server config `permissions`).
 
     `callees`: the services it calls; `discovery`: it may also ask every instance of every service
-    ($SRV.PING/INFO/STATS). `Manifest.nats_permissions` fills both in from the service's entry.
+    ($SRV.PING/INFO/STATS); `events`: further event subjects it publishes (`bev.events.<name>.>`). `Manifest.nats_permissions` fills both in from the service's entry.
     """
     me = f"bev-{service}"
     # Requests to its callees, a PING to their replicas (a retry goes to one that answers:
     # bev.rpc.nats_transport), and its own events on JetStream (`bev.events.<service>.>`).
     publish = ["_INBOX.>", *(f"bev.{callee}.v1.>" for callee in callees),
-               *(f"$SRV.PING.bev-{callee}" for callee in callees), f"{events_prefix(service)}.>"]
+               *(f"$SRV.PING.bev-{callee}" for callee in callees), f"{events_prefix(service)}.>",
+               *(f"{events_prefix(name)}.>" for name in events)]
     if discovery:
         publish.append("$SRV.>")
     subscribe = [

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import sys
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar, cast
 
 import typer
 from rich.console import Console
@@ -19,11 +21,16 @@ if TYPE_CHECKING:
     from nats.aio.client import Client as NatsClient
 
     from bev.embeddings.v1 import embeddings_pb2
+    from bev.swarm.v1 import swarm_pb2
+    from bev.swarm.v1.swarm_rpc import SwarmClient
     from bev.vocab import Tlp
 
 app = typer.Typer(help="BEV: self-hosted OSINT and threat-intelligence research fleet.", no_args_is_help=True)
 deploy_app = typer.Typer(help="Deployment files generated from deploy/manifest.yaml.", no_args_is_help=True)
 app.add_typer(deploy_app, name="deploy")
+investigations_app = typer.Typer(help="Investigations: list, show, cancel (start one with `bev investigate`).",
+                                 no_args_is_help=True)
+app.add_typer(investigations_app, name="investigations")
 
 DataDir = Annotated[Path | None, typer.Option("--data-dir", help="State directory (default: $BEV_DATA_DIR or .bev)")]
 
@@ -36,7 +43,7 @@ def _settings(data_dir: Path | None) -> BevSettings:
 
 
 def _fail(message: str) -> typer.Exit:
-    Console(stderr=True).print(f"bev: {message}", highlight=False, markup=False)
+    Console(stderr=True).print(f"bev: {message}", highlight=False, markup=False, soft_wrap=True)  # one line
     return typer.Exit(1)
 
 
@@ -353,6 +360,439 @@ def search(
     if not console.is_terminal:
         console = Console(width=160)
     console.print(table)
+
+
+# --- Investigations (the swarm) ---------------------------------------------------------------
+
+MODES = ("hierarchical", "democratic", "hybrid", "autonomous")
+STATUSES = ("queued", "running", "completed", "failed", "cancelled", "budget_exhausted")
+FOLLOW_POLL_S = 2.0  # how often the followed investigation's phase, progress and usage are read
+WATCH_REOPEN_TRIES = 3  # a watch that ends with DEADLINE_EXCEEDED or UNAVAILABLE is reopened after its last event
+COUNTED = {"tool_call": "tool calls", "evidence": "evidence", "entity": "entities", "hypothesis": "hypotheses",
+           "vote": "votes"}
+
+
+def _choice(value: str, choices: tuple[str, ...], option: str) -> str:
+    label = value.strip().lower()
+    if label not in choices:
+        raise typer.BadParameter(f"unknown value {value!r}; use one of {', '.join(choices)}", param_hint=f"'{option}'")
+    return label
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())
+
+
+def _when(message: Any, field: str) -> str | None:
+    """A Timestamp field as ISO 8601 UTC, None while unset."""
+    if not message.HasField(field):
+        return None
+    stamp = getattr(message, field)
+    return None if stamp.seconds == 0 and stamp.nanos == 0 else str(stamp.ToJsonString())
+
+
+def _enum_label(enum: Any, prefix: str, value: int) -> str | None:
+    try:
+        name: str = enum.Name(value)
+    except ValueError:
+        return str(value)
+    return None if name == f"{prefix}UNSPECIFIED" else name.removeprefix(prefix).lower()
+
+
+def _investigation_json(investigation: swarm_pb2.Investigation) -> dict[str, Any]:
+    """An investigation as the gateway's GET /api/v1/investigations/{id} shows it."""
+    from bev.swarm.v1 import swarm_pb2
+    from bev.vocab import Tlp, UnknownTlp
+
+    i, budget = investigation, investigation.budget
+    try:
+        tlp = Tlp.from_proto(i.tlp)
+        tlp_label = tlp.value if tlp is not None else ""
+    except UnknownTlp:
+        tlp_label = str(i.tlp)
+    try:
+        report = json.loads(i.report_json) if i.report_json else None
+    except ValueError:
+        report = i.report_json
+    return {
+        "id": i.id, "target": i.target, "target_type": i.target_type,
+        "mode": _enum_label(swarm_pb2.Mode, "MODE_", i.mode) or "hybrid",
+        "status": _enum_label(swarm_pb2.Status, "STATUS_", i.status),
+        "phase": _enum_label(swarm_pb2.Phase, "PHASE_", i.phase),
+        "progress": i.progress,
+        "created_at": _when(i, "created_at"), "started_at": _when(i, "started_at"), "finished_at": _when(i, "finished_at"),
+        "usage": {"tokens": i.usage.tokens, "tool_calls": i.usage.tool_calls, "wall_s": i.usage.wall_s},
+        "budget": {"max_tool_calls": budget.max_tool_calls, "max_tokens": budget.max_tokens,
+                   "max_wall_s": budget.max_wall_s, "max_depth": budget.max_depth},
+        "scope": {"allow": list(i.scope.allow), "opsec": i.scope.opsec},
+        "tlp": tlp_label, "seeds": list(i.seeds), "error": i.error or None, "report": report,
+    }
+
+
+def _outcome(investigation: swarm_pb2.Investigation) -> str | None:
+    """Why a finished investigation did not complete, in one line; None if it completed."""
+    from bev.swarm.v1 import swarm_pb2
+
+    if investigation.status == swarm_pb2.STATUS_COMPLETED:
+        return None
+    status = _enum_label(swarm_pb2.Status, "STATUS_", investigation.status) or "unknown"
+    if investigation.status == swarm_pb2.STATUS_BUDGET_EXHAUSTED:
+        usage, budget = investigation.usage, investigation.budget
+        reason = (f"budget exhausted after {usage.tool_calls}/{budget.max_tool_calls} tool calls, "
+                  f"{usage.tokens}/{budget.max_tokens} tokens, {usage.wall_s:.0f}/{budget.max_wall_s:.0f}s")
+    else:
+        reason = status.replace("_", " ")
+    error = " ".join(investigation.error.split())
+    return f"investigation {investigation.id} {reason}" + (f": {error}" if error else "")
+
+
+def _event_line(event: swarm_pb2.InvestigationEvent) -> str:
+    """One line for an event: its kind and the most telling field of its data."""
+    try:
+        data = json.loads(event.data_json) if event.data_json else {}
+    except ValueError:
+        data = event.data_json
+    text = ""
+    if isinstance(data, dict):
+        for key in ("message", "summary", "statement", "text", "title", "uri", "tool", "value", "name", "phase",
+                    "status"):
+            if isinstance(data.get(key), str) and data[key].strip():
+                text = data[key]
+                break
+        else:
+            text = json.dumps(data, separators=(",", ":")) if data else ""
+        if isinstance(data.get("agent"), str) and data["agent"]:
+            text = f"{data['agent']}: {text}"
+    else:
+        text = str(data)
+    line = " ".join(f"{event.kind} {text}".split())
+    return line if len(line) <= 160 else line[:159] + "…"
+
+
+class _Follower:
+    """The live view of one investigation: a bar for its phase and progress, the counters, the
+    latest event. On a terminal it redraws in place; otherwise it prints one line per event."""
+
+    def __init__(self, investigation: swarm_pb2.Investigation, console: Console) -> None:
+        from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
+
+        self.console = console
+        self.counts = dict.fromkeys(COUNTED.values(), 0)
+        self.latest = ""
+        self.tokens = 0
+        self.progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), TaskProgressColumn(),
+                                 TimeElapsedColumn(), console=console)
+        self.task = self.progress.add_task("queued", total=1.0)
+        self.phase = ""
+        self.investigation(investigation)
+
+    def render(self) -> Any:
+        from rich.console import Group
+        from rich.text import Text
+
+        counters = " · ".join(f"{name} {count}" for name, count in self.counts.items())
+        return Group(self.progress.get_renderable(), Text(f"{counters} · tokens {self.tokens}", style="cyan"),
+                     Text(self.latest, no_wrap=True, overflow="ellipsis", style="dim"))
+
+    def investigation(self, investigation: swarm_pb2.Investigation) -> None:
+        from bev.swarm.v1 import swarm_pb2
+
+        phase = _enum_label(swarm_pb2.Phase, "PHASE_", investigation.phase) or \
+            _enum_label(swarm_pb2.Status, "STATUS_", investigation.status) or "queued"
+        self._set_phase(phase)
+        self.progress.update(self.task, completed=max(0.0, min(1.0, investigation.progress)))
+        self.counts["tool calls"] = max(self.counts["tool calls"], investigation.usage.tool_calls)
+        self.tokens = max(self.tokens, investigation.usage.tokens)
+
+    def _set_phase(self, phase: str) -> None:
+        if phase != self.phase:
+            self.phase = phase
+            self.progress.update(self.task, description=phase)
+
+    def event(self, event: swarm_pb2.InvestigationEvent) -> None:
+        if event.kind in COUNTED:
+            self.counts[COUNTED[event.kind]] += 1
+        try:
+            data = json.loads(event.data_json) if event.data_json else {}
+        except ValueError:
+            data = {}
+        if isinstance(data, dict):
+            if isinstance(data.get("phase"), str) and data["phase"]:
+                self._set_phase(data["phase"].lower())
+            progress = data.get("progress")
+            if isinstance(progress, int | float) and not isinstance(progress, bool):
+                self.progress.update(self.task, completed=max(0.0, min(1.0, float(progress))))
+            tokens = data.get("tokens")
+            if event.kind == "budget" and isinstance(tokens, int) and not isinstance(tokens, bool):
+                self.tokens = max(self.tokens, tokens)
+        self.latest = _event_line(event)
+        if not self.console.is_terminal:
+            self.console.print(f"[{event.id}] {self.latest}", highlight=False, markup=False)
+
+
+async def _watch_events(client: SwarmClient,
+                        investigation_id: str) -> AsyncGenerator[swarm_pb2.InvestigationEvent, None]:
+    """Every event of the investigation until `done`; reopened after the last one if the stream
+    runs past its deadline or its replica goes away."""
+    from bev.rpc import RpcError, StatusCode
+    from bev.swarm.v1 import swarm_pb2
+
+    last, tries = 0, 0
+    while True:
+        stream = cast(AsyncGenerator[swarm_pb2.InvestigationEvent, None], client.WatchInvestigation(
+            swarm_pb2.WatchInvestigationRequest(id=investigation_id, after_id=last)))
+        try:
+            async for event in stream:
+                if last and event.id <= last:
+                    continue
+                last, tries = event.id, 0
+                yield event
+                if event.kind == "done":
+                    return
+            return
+        except RpcError as exc:
+            tries += 1
+            if exc.code not in (StatusCode.DEADLINE_EXCEEDED, StatusCode.UNAVAILABLE) or tries > WATCH_REOPEN_TRIES:
+                raise
+            await asyncio.sleep(0.5 * tries)
+        finally:
+            await stream.aclose()  # here, in the task whose trace span the stream opened
+
+
+async def _follow(client: SwarmClient, investigation: swarm_pb2.Investigation, console: Console) -> None:
+    from rich.live import Live
+
+    from bev.rpc import RpcError
+    from bev.swarm.v1 import swarm_pb2
+
+    view = _Follower(investigation, console)
+
+    async def poll() -> None:
+        while True:
+            await asyncio.sleep(FOLLOW_POLL_S)
+            with contextlib.suppress(RpcError):  # a missed reading: the next one will do
+                view.investigation(await client.GetInvestigation(swarm_pb2.GetInvestigationRequest(id=investigation.id)))
+
+    poller = asyncio.create_task(poll())
+    events = _watch_events(client, investigation.id)
+    try:
+        with Live(console=console, refresh_per_second=8, get_renderable=view.render) if console.is_terminal \
+                else contextlib.nullcontext():
+            async for event in events:
+                view.event(event)
+    finally:
+        await events.aclose()
+        poller.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await poller
+
+
+async def _markdown_report(client: SwarmClient, investigation: swarm_pb2.Investigation) -> str | None:
+    """The finished investigation's report as Markdown; None while it has none."""
+    from bev.rpc import RpcError, StatusCode
+    from bev.swarm.v1 import swarm_pb2
+
+    if not investigation.report_json:
+        return None
+    try:
+        report = await client.GetReport(swarm_pb2.GetReportRequest(id=investigation.id,
+                                                                   format=swarm_pb2.REPORT_FORMAT_MARKDOWN))
+    except RpcError as exc:
+        if exc.code is StatusCode.FAILED_PRECONDITION:
+            return None
+        raise
+    return report.content
+
+
+def _print_markdown(text: str) -> None:
+    from rich.markdown import Markdown
+
+    console = Console()
+    if console.is_terminal:
+        console.print(Markdown(text))
+    else:
+        sys.stdout.write(text if text.endswith("\n") else text + "\n")
+
+
+T = TypeVar("T")
+
+
+def _on_swarm(data_dir: Path | None, work: Callable[[SwarmClient], Awaitable[T]]) -> T:
+    """Run `work` with a Swarm client on the running fleet's bus; an unreachable fleet or an RPC
+    error is one line on stderr and exit code 1."""
+    from bev.bus import BusUnavailable
+    from bev.rpc import RpcError
+    from bev.swarm.v1.swarm_rpc import SwarmClient
+
+    async def run() -> T:
+        nc = await _connect(_settings(data_dir).data_dir)
+        try:
+            return await work(SwarmClient.over_nats(nc))
+        finally:
+            await nc.close()
+
+    try:
+        return asyncio.run(run())
+    except (FileNotFoundError, BusUnavailable, RpcError) as exc:
+        raise _fail(_one_line(exc)) from None
+
+
+@app.command()
+def investigate(
+    target: Annotated[str, typer.Argument(help="What to investigate: domain, URL, IPv4, e-mail, wallet, hash, actor...")],
+    data_dir: DataDir = None,
+    target_type: Annotated[str, typer.Option("--type", help="The target's type (default: inferred), e.g. domain, "
+                                                          "url, ipv4, email, btc, eth, sha256, threat-actor")] = "",
+    mode: Annotated[str, typer.Option(help="How the agents coordinate: " + ", ".join(MODES))] = "hybrid",
+    allow: Annotated[list[str] | None, typer.Option("--allow", help="A domain or CIDR tool calls may touch "
+                                                                    "(repeatable; default: the target's domain)")] = None,
+    seed: Annotated[list[str] | None, typer.Option("--seed", help="A further starting URL (repeatable)")] = None,
+    opsec: Annotated[bool, typer.Option("--opsec", help="No direct connection: every fetch through Tor")] = False,
+    tlp: Annotated[str, typer.Option(help="TLP label: clear, green, amber, amber+strict, red")] = "clear",
+    max_tool_calls: Annotated[int | None, typer.Option(min=1, max=10_000, help="Budget: most tool calls")] = None,
+    max_wall_s: Annotated[float | None, typer.Option(min=0.001, max=86_400, help="Budget: most seconds")] = None,
+    max_depth: Annotated[int | None, typer.Option(min=1, max=5, help="Budget: most pivots away from the target")] = None,
+    max_tokens: Annotated[int | None, typer.Option(min=1, max=10_000_000, help="Budget: most model tokens")] = None,
+    follow: Annotated[bool, typer.Option("--follow/--no-follow", help="Show live progress, then the report")] = True,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the investigation as JSON (the report included)")] = False,
+) -> None:
+    """Start an investigation of TARGET and follow it to its report.
+
+    Exit code 0 when it completed; 1 when it failed, was cancelled or ran out of budget (with the
+    reason). Ctrl-C stops following only: the investigation goes on (`bev investigations cancel ID`)."""
+    from bev.swarm.v1 import swarm_pb2
+
+    request = swarm_pb2.StartInvestigationRequest(
+        target=target, target_type=target_type.strip(),
+        mode=swarm_pb2.Mode.Value(f"MODE_{_choice(mode, MODES, '--mode').upper()}"),
+        budget=swarm_pb2.Budget(max_tool_calls=max_tool_calls or 0, max_tokens=max_tokens or 0,
+                                max_wall_s=max_wall_s or 0.0, max_depth=max_depth or 0),
+        scope=swarm_pb2.Scope(allow=allow or [], opsec=opsec), tlp=_tlp(tlp).to_proto(), seeds=seed or [],
+    )
+    err = Console(stderr=True)
+    started: list[str] = []
+
+    async def work(client: SwarmClient) -> tuple[swarm_pb2.Investigation, str | None]:
+        investigation = await client.StartInvestigation(request)
+        started.append(investigation.id)
+        err.print(f"investigation {investigation.id}: {investigation.target} "
+                  f"({investigation.target_type or 'type inferred later'})", highlight=False, markup=False, soft_wrap=True)
+        if not follow:
+            return investigation, None
+        await _follow(client, investigation, err)
+        final = await client.GetInvestigation(swarm_pb2.GetInvestigationRequest(id=investigation.id))
+        return final, None if as_json else await _markdown_report(client, final)
+
+    try:
+        investigation, markdown = _on_swarm(data_dir, work)
+    except KeyboardInterrupt:
+        if not started:
+            raise _fail("interrupted before the swarm answered; `bev investigations list` shows whether it started") from None
+        err.print(f"stopped following; investigation {started[0]} goes on. "
+                  f"Cancel it with: bev investigations cancel {started[0]}", highlight=False, markup=False, soft_wrap=True)
+        raise typer.Exit(130) from None
+    if as_json:
+        print(json.dumps(_investigation_json(investigation), indent=2))
+    elif not follow:
+        print(investigation.id)
+        err.print(f"follow it with: bev investigations show {investigation.id}", highlight=False, markup=False, soft_wrap=True)
+    elif markdown:
+        _print_markdown(markdown)
+    if follow:
+        reason = _outcome(investigation)
+        if reason is not None:
+            raise _fail(reason)
+
+
+@investigations_app.command("list")
+def investigations_list(
+    data_dir: DataDir = None,
+    status_label: Annotated[str, typer.Option("--status", help="Only these: " + ", ".join(STATUSES))] = "",
+    limit: Annotated[int, typer.Option(min=1, max=500, help="How many, newest first")] = 50,
+    cursor: Annotated[str, typer.Option(help="Where the previous page ended (its next_cursor)")] = "",
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table")] = False,
+) -> None:
+    """Investigations, newest first."""
+    from bev.swarm.v1 import swarm_pb2
+
+    status_value = swarm_pb2.Status.Value(f"STATUS_{_choice(status_label, STATUSES, '--status').upper()}") \
+        if status_label.strip() else swarm_pb2.STATUS_UNSPECIFIED
+
+    async def work(client: SwarmClient) -> swarm_pb2.ListInvestigationsResponse:
+        return await client.ListInvestigations(
+            swarm_pb2.ListInvestigationsRequest(status=status_value, limit=limit, cursor=cursor))
+
+    page = _on_swarm(data_dir, work)
+    if as_json:
+        print(json.dumps({"investigations": [_investigation_json(i) for i in page.investigations],
+                          "next_cursor": page.next_cursor or None}, indent=2))
+        return
+    table = Table(title=f"{len(page.investigations)} investigations")
+    for column in ("id", "status", "phase", "progress", "target", "type", "mode", "created"):
+        table.add_column(column, overflow="fold")
+    for item in page.investigations:
+        shown = _investigation_json(item)
+        table.add_row(item.id, str(shown["status"]), shown["phase"] or "", f"{item.progress:.0%}", item.target,
+                      item.target_type, str(shown["mode"]), shown["created_at"] or "")
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=160)
+    console.print(table)
+    if page.next_cursor:
+        console.print(f"more: bev investigations list --cursor {page.next_cursor}", highlight=False, markup=False)
+
+
+@investigations_app.command("show")
+def investigations_show(
+    investigation_id: Annotated[str, typer.Argument(metavar="ID", help="The investigation's id")],
+    data_dir: DataDir = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON (the report included)")] = False,
+) -> None:
+    """An investigation's status, progress and usage; its Markdown report once it has finished
+    (then on stdout, the status on stderr)."""
+    from bev.swarm.v1 import swarm_pb2
+
+    async def work(client: SwarmClient) -> tuple[swarm_pb2.Investigation, str | None]:
+        investigation = await client.GetInvestigation(swarm_pb2.GetInvestigationRequest(id=investigation_id))
+        return investigation, None if as_json else await _markdown_report(client, investigation)
+
+    investigation, markdown = _on_swarm(data_dir, work)
+    shown = _investigation_json(investigation)
+    if as_json:
+        print(json.dumps(shown, indent=2))
+        return
+    usage, budget = shown["usage"], shown["budget"]
+    lines = [
+        f"investigation {investigation.id}: {investigation.target} ({investigation.target_type}), mode {shown['mode']}",
+        f"status {shown['status']}" + (f", phase {shown['phase']}" if shown["phase"] else "")
+        + f", {investigation.progress:.0%}",
+        f"usage {usage['tool_calls']}/{budget['max_tool_calls']} tool calls, {usage['tokens']}/{budget['max_tokens']} "
+        f"tokens, {usage['wall_s']:.0f}/{budget['max_wall_s']:.0f}s",
+        "created " + (shown["created_at"] or "-") + ", started " + (shown["started_at"] or "-")
+        + ", finished " + (shown["finished_at"] or "-"),
+    ]
+    if shown["error"]:
+        lines.append(f"error: {shown['error']}")
+    # With a report, the status goes to stderr: `bev investigations show ID > report.md` keeps the report alone.
+    Console(stderr=markdown is not None).print("\n".join(lines), highlight=False, markup=False, soft_wrap=True)
+    if markdown is not None:
+        _print_markdown(markdown)
+
+
+@investigations_app.command("cancel")
+def investigations_cancel(
+    investigation_id: Annotated[str, typer.Argument(metavar="ID", help="The investigation's id")],
+    data_dir: DataDir = None,
+) -> None:
+    """Stop an investigation within seconds; its partial report is kept. A finished one is left as it is."""
+    from bev.swarm.v1 import swarm_pb2
+
+    async def work(client: SwarmClient) -> swarm_pb2.Investigation:
+        return await client.CancelInvestigation(swarm_pb2.CancelInvestigationRequest(id=investigation_id))
+
+    investigation = _on_swarm(data_dir, work)
+    status_label = _enum_label(swarm_pb2.Status, "STATUS_", investigation.status)
+    print(f"investigation {investigation.id}: {status_label}")
 
 
 @deploy_app.command("nats-auth")

@@ -106,6 +106,9 @@ class ServiceSpec(_Spec):
     calls: list[str] | Literal["all"] = []
     # Vault secrets it reads besides its own NATS user and the secrets of its engines.
     secrets: list[str] = []
+    # Event subjects it publishes besides its own `bev.events.<name>.>`: `investigation` ->
+    # `bev.events.investigation.>` (the swarm's investigation events).
+    events: list[str] = []
     health: HealthSpec = HealthSpec()
     replicas: int = Field(default=1, ge=1)  # per node
     grpc_port: int = Field(ge=1, le=65535)
@@ -316,7 +319,8 @@ class Manifest(_Spec):
     def nats_permissions(self, service: str) -> dict[str, dict[str, list[str]]]:
         """Its NATS user's permissions: its own subjects and those of the services it calls."""
         return nats_permissions(service, self.callees(service),
-                                discovery=self.services[service].calls == ALL_SERVICES)
+                                discovery=self.services[service].calls == ALL_SERVICES,
+                                events=self.services[service].events)
 
     def secrets_of(self, service: str) -> list[str]:
         """Every Vault secret `service` may read: its NATS user, its engines' secrets, its own extras."""

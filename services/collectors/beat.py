@@ -7,6 +7,7 @@ every beat_max_loop_interval); the container healthcheck reads its age.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,15 @@ MAX_LOOP_S = 15
 
 class AliveScheduler(PersistentScheduler):
     alive_path = Path("collectors-beat.alive")
+
+    def setup_schedule(self) -> None:
+        super().setup_schedule()
+        # A source never polled is due now, not one interval after the beat first starts (celery's
+        # default): an operator who adds a feed, or a fresh fleet, expects its items at once. Polls
+        # are idempotent per source and interval (tasks.poll_source), so this never doubles one.
+        for entry in self.schedule.values():
+            if entry.total_run_count == 0:
+                entry.last_run_at = datetime(1970, 1, 1, tzinfo=UTC)
 
     def tick(self, *args: Any, **kwargs: Any) -> float:
         self.alive_path.touch()

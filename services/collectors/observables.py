@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-# STIX 2.1 section 2.9: the namespace of deterministic SCO ids.
-SCO_NAMESPACE = uuid.UUID("00abedb4-aa42-466c-9c01-fed23315a9b7")
-# Our namespace for ids STIX leaves random (SDOs, relationships): deterministic so re-runs dedupe.
-BEV_NAMESPACE = uuid.uuid5(SCO_NAMESPACE, "bev")
+from bev.stix import BEV_NAMESPACE, SCO_NAMESPACE, bundle, relationship_id
+
+__all__ = ["BEV_NAMESPACE", "SCO_NAMESPACE", "bundle", "relationship_id"]  # the shared id scheme, re-exported
 
 HASH_KEYS = {"md5": "MD5", "sha1": "SHA-1", "sha256": "SHA-256", "sha512": "SHA-512"}
 _HASH_PREFERENCE = ("MD5", "SHA-1", "SHA-256", "SHA-512")  # STIX's choice when several are known
@@ -119,10 +118,6 @@ def stix_id(observable: Observable) -> str:
     return f"{observable.type}--{uuid.uuid5(SCO_NAMESPACE, _canonical(id_contributing(observable)))}"
 
 
-def relationship_id(source_id: str, relationship_type: str, target_id: str) -> str:
-    return f"relationship--{uuid.uuid5(BEV_NAMESPACE, f'{source_id}|{relationship_type}|{target_id}')}"
-
-
 def from_indicator(type_name: str, value: str) -> Observable:
     """An extracted indicator (services.collectors.indicators) as an observable."""
     stix_type = INDICATOR_STIX_TYPES.get(type_name)
@@ -180,8 +175,3 @@ def to_stix_relationship(rel_id: str, source_id: str, rel_type: str, target_id: 
             "confidence": max(0, min(100, confidence))}
 
 
-def bundle(objects: Iterable[dict[str, Any]]) -> dict[str, Any]:
-    items = list(objects)
-    # The bundle id hashes its contents: exporting the same subgraph twice gives the same bundle.
-    digest = uuid.uuid5(BEV_NAMESPACE, "|".join(sorted(item["id"] for item in items)))
-    return {"type": "bundle", "id": f"bundle--{digest}", "objects": items}

@@ -23,9 +23,10 @@ _sym_db = _symbol_database.Default()
 
 
 from bev.common.v1 import common_pb2 as bev_dot_common_dot_v1_dot_common__pb2
+from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x62\x65v/swarm/v1/swarm.proto\x12\x0c\x62\x65v.swarm.v1\x1a\x1a\x62\x65v/common/v1/common.proto\"6\n\x10ListRolesRequest\x12\"\n\x05phase\x18\x01 \x01(\x0e\x32\x13.bev.swarm.v1.Phase\"t\n\tAgentRole\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12#\n\x06phases\x18\x03 \x03(\x0e\x32\x13.bev.swarm.v1.Phase\x12\r\n\x05tools\x18\x04 \x03(\t\x12\x10\n\x08\x63\x61n_vote\x18\x05 \x01(\x08\";\n\x11ListRolesResponse\x12&\n\x05roles\x18\x01 \x03(\x0b\x32\x17.bev.swarm.v1.AgentRole*\x90\x01\n\x05Phase\x12\x15\n\x11PHASE_UNSPECIFIED\x10\x00\x12\x13\n\x0fPHASE_INGESTION\x10\x01\x12\x14\n\x10PHASE_HYPOTHESES\x10\x02\x12\x15\n\x11PHASE_CORRELATION\x10\x03\x12\x19\n\x15PHASE_COUNTERFACTUALS\x10\x04\x12\x13\n\x0fPHASE_SYNTHESIS\x10\x05\x32\xbe\x01\n\x05Swarm\x12V\n\x06Health\x12\x1c.bev.common.v1.HealthRequest\x1a\x1d.bev.common.v1.HealthResponse\"\x0f\xa2\xbb\x18\x0b\t\x00\x00\x00\x00\x00\x00\x08@\x10\x01\x12]\n\tListRoles\x12\x1e.bev.swarm.v1.ListRolesRequest\x1a\x1f.bev.swarm.v1.ListRolesResponse\"\x0f\xa2\xbb\x18\x0b\t\x00\x00\x00\x00\x00\x00\x14@\x10\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x62\x65v/swarm/v1/swarm.proto\x12\x0c\x62\x65v.swarm.v1\x1a\x1a\x62\x65v/common/v1/common.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"6\n\x10ListRolesRequest\x12\"\n\x05phase\x18\x01 \x01(\x0e\x32\x13.bev.swarm.v1.Phase\"t\n\tAgentRole\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12#\n\x06phases\x18\x03 \x03(\x0e\x32\x13.bev.swarm.v1.Phase\x12\r\n\x05tools\x18\x04 \x03(\t\x12\x10\n\x08\x63\x61n_vote\x18\x05 \x01(\x08\";\n\x11ListRolesResponse\x12&\n\x05roles\x18\x01 \x03(\x0b\x32\x17.bev.swarm.v1.AgentRole\"[\n\x06\x42udget\x12\x16\n\x0emax_tool_calls\x18\x01 \x01(\x05\x12\x12\n\nmax_tokens\x18\x02 \x01(\x03\x12\x12\n\nmax_wall_s\x18\x03 \x01(\x01\x12\x11\n\tmax_depth\x18\x04 \x01(\x05\"%\n\x05Scope\x12\r\n\x05\x61llow\x18\x01 \x03(\t\x12\r\n\x05opsec\x18\x02 \x01(\x08\";\n\x05Usage\x12\x0e\n\x06tokens\x18\x01 \x01(\x03\x12\x12\n\ntool_calls\x18\x02 \x01(\x05\x12\x0e\n\x06wall_s\x18\x03 \x01(\x01\"\xdc\x01\n\x19StartInvestigationRequest\x12\x0e\n\x06target\x18\x01 \x01(\t\x12\x13\n\x0btarget_type\x18\x02 \x01(\t\x12 \n\x04mode\x18\x03 \x01(\x0e\x32\x12.bev.swarm.v1.Mode\x12$\n\x06\x62udget\x18\x04 \x01(\x0b\x32\x14.bev.swarm.v1.Budget\x12\"\n\x05scope\x18\x05 \x01(\x0b\x32\x13.bev.swarm.v1.Scope\x12\x1f\n\x03tlp\x18\x06 \x01(\x0e\x32\x12.bev.common.v1.Tlp\x12\r\n\x05seeds\x18\x07 \x03(\t\"\x91\x04\n\rInvestigation\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06target\x18\x02 \x01(\t\x12\x13\n\x0btarget_type\x18\x03 \x01(\t\x12 \n\x04mode\x18\x04 \x01(\x0e\x32\x12.bev.swarm.v1.Mode\x12$\n\x06status\x18\x05 \x01(\x0e\x32\x14.bev.swarm.v1.Status\x12\"\n\x05phase\x18\x06 \x01(\x0e\x32\x13.bev.swarm.v1.Phase\x12\x10\n\x08progress\x18\x07 \x01(\x01\x12.\n\ncreated_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x66inished_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\"\n\x05usage\x18\n \x01(\x0b\x32\x13.bev.swarm.v1.Usage\x12$\n\x06\x62udget\x18\x0b \x01(\x0b\x32\x14.bev.swarm.v1.Budget\x12\"\n\x05scope\x18\x0c \x01(\x0b\x32\x13.bev.swarm.v1.Scope\x12\x1f\n\x03tlp\x18\r \x01(\x0e\x32\x12.bev.common.v1.Tlp\x12\r\n\x05\x65rror\x18\x0e \x01(\t\x12\x13\n\x0breport_json\x18\x0f \x01(\t\x12\r\n\x05seeds\x18\x10 \x03(\t\x12.\n\nstarted_at\x18\x11 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"%\n\x17GetInvestigationRequest\x12\n\n\x02id\x18\x01 \x01(\t\"`\n\x19ListInvestigationsRequest\x12$\n\x06status\x18\x01 \x01(\x0e\x32\x14.bev.swarm.v1.Status\x12\r\n\x05limit\x18\x02 \x01(\x05\x12\x0e\n\x06\x63ursor\x18\x03 \x01(\t\"f\n\x1aListInvestigationsResponse\x12\x33\n\x0einvestigations\x18\x01 \x03(\x0b\x32\x1b.bev.swarm.v1.Investigation\x12\x13\n\x0bnext_cursor\x18\x02 \x01(\t\"(\n\x1a\x43\x61ncelInvestigationRequest\x12\n\n\x02id\x18\x01 \x01(\t\"J\n\x10GetReportRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12*\n\x06\x66ormat\x18\x02 \x01(\x0e\x32\x1a.bev.swarm.v1.ReportFormat\"-\n\x06Report\x12\x0f\n\x07\x63ontent\x18\x01 \x01(\t\x12\x12\n\nmedia_type\x18\x02 \x01(\t\"9\n\x19WatchInvestigationRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x10\n\x08\x61\x66ter_id\x18\x02 \x01(\x03\"\x83\x01\n\x12InvestigationEvent\x12\n\n\x02id\x18\x01 \x01(\x03\x12\x18\n\x10investigation_id\x18\x02 \x01(\t\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12&\n\x02\x61t\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tdata_json\x18\x05 \x01(\t\" \n\x12GetEvidenceRequest\x12\n\n\x02id\x18\x01 \x01(\t\"\xf3\x01\n\x08\x45vidence\x12\n\n\x02id\x18\x01 \x01(\t\x12\x18\n\x10investigation_id\x18\x02 \x01(\t\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12\x0b\n\x03uri\x18\x04 \x01(\t\x12\x11\n\tcollector\x18\x05 \x01(\t\x12\x30\n\x0c\x63ollected_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1f\n\x03tlp\x18\x07 \x01(\x0e\x32\x12.bev.common.v1.Tlp\x12\x0f\n\x07\x63ontent\x18\x08 \x01(\t\x12\x13\n\x0b\x64ocument_id\x18\t \x01(\t\x12\r\n\x05start\x18\n \x01(\x05\x12\x0b\n\x03\x65nd\x18\x0b \x01(\x05\"\x13\n\x11ListAgentsRequest\"\x8a\x01\n\x05\x41gent\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04role\x18\x02 \x01(\t\x12\x18\n\x10investigation_id\x18\x03 \x01(\t\x12\x10\n\x08\x61\x63tivity\x18\x04 \x01(\t\x12)\n\x05since\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08instance\x18\x06 \x01(\t\"a\n\x12ListAgentsResponse\x12&\n\x05roles\x18\x01 \x03(\x0b\x32\x17.bev.swarm.v1.AgentRole\x12#\n\x06\x61gents\x18\x02 \x03(\x0b\x32\x13.bev.swarm.v1.Agent*\x90\x01\n\x05Phase\x12\x15\n\x11PHASE_UNSPECIFIED\x10\x00\x12\x13\n\x0fPHASE_INGESTION\x10\x01\x12\x14\n\x10PHASE_HYPOTHESES\x10\x02\x12\x15\n\x11PHASE_CORRELATION\x10\x03\x12\x19\n\x15PHASE_COUNTERFACTUALS\x10\x04\x12\x13\n\x0fPHASE_SYNTHESIS\x10\x05*n\n\x04Mode\x12\x14\n\x10MODE_UNSPECIFIED\x10\x00\x12\x15\n\x11MODE_HIERARCHICAL\x10\x01\x12\x13\n\x0fMODE_DEMOCRATIC\x10\x02\x12\x0f\n\x0bMODE_HYBRID\x10\x03\x12\x13\n\x0fMODE_AUTONOMOUS\x10\x04*\xa3\x01\n\x06Status\x12\x16\n\x12STATUS_UNSPECIFIED\x10\x00\x12\x11\n\rSTATUS_QUEUED\x10\x01\x12\x12\n\x0eSTATUS_RUNNING\x10\x02\x12\x14\n\x10STATUS_COMPLETED\x10\x03\x12\x11\n\rSTATUS_FAILED\x10\x04\x12\x14\n\x10STATUS_CANCELLED\x10\x05\x12\x1b\n\x17STATUS_BUDGET_EXHAUSTED\x10\x06*Z\n\x0cReportFormat\x12\x16\n\x12REPORT_FORMAT_JSON\x10\x00\x12\x1a\n\x16REPORT_FORMAT_MARKDOWN\x10\x01\x12\x16\n\x12REPORT_FORMAT_STIX\x10\x02\x32\xfd\x07\n\x05Swarm\x12V\n\x06Health\x12\x1c.bev.common.v1.HealthRequest\x1a\x1d.bev.common.v1.HealthResponse\"\x0f\xa2\xbb\x18\x0b\t\x00\x00\x00\x00\x00\x00\x08@\x10\x01\x12]\n\tListRoles\x12\x1e.bev.swarm.v1.ListRolesRequest\x1a\x1f.bev.swarm.v1.ListRolesResponse\"\x0f\xa2\xbb\x18\x0b\t\x00\x00\x00\x00\x00\x00\x14@\x10\x01\x12i\n\x12StartInvestigation\x12\'.bev.swarm.v1.StartInvestigationRequest\x1a\x1b.bev.swarm.v1.Investigation\"\r\xa2\xbb\x18\t\t\x00\x00\x00\x00\x00\x00$@\x12g\n\x10GetInvestigation\x12%.bev.swarm.v1.GetInvestigationRequest\x1a\x1b.bev.swarm.v1.Investigation\"\x0f\xa2\xbb\x18\x0b\t\x00\x00\x00\x00\x00\x00\x14@\x10\x01\x12x\n\x12ListInvestigations\x12\'.bev.swarm.v1.ListInvestigationsRequest\x1a(.bev.swarm.v1.ListInvestigationsResponse\"\x0f\xa2\xbb\x18\x0b\t\x00\x00\x00\x00\x00\x00\x14@\x10\x01\x12m\n\x13\x43\x61ncelInvestigation\x12(.bev.swarm.v1.CancelInvestigationRequest\x1a\x1b.bev.swarm.v1.Investigation\"\x0f\xa2\xbb\x18\x0b\t\x00\x00\x00\x00\x00\x00$@\x10\x01\x12R\n\tGetReport\x12\x1e.bev.swarm.v1.GetReportRequest\x1a\x14.bev.swarm.v1.Report\"\x0f\xa2\xbb\x18\x0b\t\x00\x00\x00\x00\x00\x00$@\x10\x01\x12p\n\x12WatchInvestigation\x12\'.bev.swarm.v1.WatchInvestigationRequest\x1a .bev.swarm.v1.InvestigationEvent\"\r\xa2\xbb\x18\t\t\x00\x00\x00\x00\x00 \xac@0\x01\x12X\n\x0bGetEvidence\x12 .bev.swarm.v1.GetEvidenceRequest\x1a\x16.bev.swarm.v1.Evidence\"\x0f\xa2\xbb\x18\x0b\t\x00\x00\x00\x00\x00\x00\x14@\x10\x01\x12`\n\nListAgents\x12\x1f.bev.swarm.v1.ListAgentsRequest\x1a .bev.swarm.v1.ListAgentsResponse\"\x0f\xa2\xbb\x18\x0b\t\x00\x00\x00\x00\x00\x00\x14@\x10\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,14 +37,72 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SWARM'].methods_by_name['Health']._serialized_options = b'\242\273\030\013\t\000\000\000\000\000\000\010@\020\001'
   _globals['_SWARM'].methods_by_name['ListRoles']._loaded_options = None
   _globals['_SWARM'].methods_by_name['ListRoles']._serialized_options = b'\242\273\030\013\t\000\000\000\000\000\000\024@\020\001'
-  _globals['_PHASE']._serialized_start=306
-  _globals['_PHASE']._serialized_end=450
-  _globals['_LISTROLESREQUEST']._serialized_start=70
-  _globals['_LISTROLESREQUEST']._serialized_end=124
-  _globals['_AGENTROLE']._serialized_start=126
-  _globals['_AGENTROLE']._serialized_end=242
-  _globals['_LISTROLESRESPONSE']._serialized_start=244
-  _globals['_LISTROLESRESPONSE']._serialized_end=303
-  _globals['_SWARM']._serialized_start=453
-  _globals['_SWARM']._serialized_end=643
+  _globals['_SWARM'].methods_by_name['StartInvestigation']._loaded_options = None
+  _globals['_SWARM'].methods_by_name['StartInvestigation']._serialized_options = b'\242\273\030\t\t\000\000\000\000\000\000$@'
+  _globals['_SWARM'].methods_by_name['GetInvestigation']._loaded_options = None
+  _globals['_SWARM'].methods_by_name['GetInvestigation']._serialized_options = b'\242\273\030\013\t\000\000\000\000\000\000\024@\020\001'
+  _globals['_SWARM'].methods_by_name['ListInvestigations']._loaded_options = None
+  _globals['_SWARM'].methods_by_name['ListInvestigations']._serialized_options = b'\242\273\030\013\t\000\000\000\000\000\000\024@\020\001'
+  _globals['_SWARM'].methods_by_name['CancelInvestigation']._loaded_options = None
+  _globals['_SWARM'].methods_by_name['CancelInvestigation']._serialized_options = b'\242\273\030\013\t\000\000\000\000\000\000$@\020\001'
+  _globals['_SWARM'].methods_by_name['GetReport']._loaded_options = None
+  _globals['_SWARM'].methods_by_name['GetReport']._serialized_options = b'\242\273\030\013\t\000\000\000\000\000\000$@\020\001'
+  _globals['_SWARM'].methods_by_name['WatchInvestigation']._loaded_options = None
+  _globals['_SWARM'].methods_by_name['WatchInvestigation']._serialized_options = b'\242\273\030\t\t\000\000\000\000\000 \254@'
+  _globals['_SWARM'].methods_by_name['GetEvidence']._loaded_options = None
+  _globals['_SWARM'].methods_by_name['GetEvidence']._serialized_options = b'\242\273\030\013\t\000\000\000\000\000\000\024@\020\001'
+  _globals['_SWARM'].methods_by_name['ListAgents']._loaded_options = None
+  _globals['_SWARM'].methods_by_name['ListAgents']._serialized_options = b'\242\273\030\013\t\000\000\000\000\000\000\024@\020\001'
+  _globals['_PHASE']._serialized_start=2427
+  _globals['_PHASE']._serialized_end=2571
+  _globals['_MODE']._serialized_start=2573
+  _globals['_MODE']._serialized_end=2683
+  _globals['_STATUS']._serialized_start=2686
+  _globals['_STATUS']._serialized_end=2849
+  _globals['_REPORTFORMAT']._serialized_start=2851
+  _globals['_REPORTFORMAT']._serialized_end=2941
+  _globals['_LISTROLESREQUEST']._serialized_start=103
+  _globals['_LISTROLESREQUEST']._serialized_end=157
+  _globals['_AGENTROLE']._serialized_start=159
+  _globals['_AGENTROLE']._serialized_end=275
+  _globals['_LISTROLESRESPONSE']._serialized_start=277
+  _globals['_LISTROLESRESPONSE']._serialized_end=336
+  _globals['_BUDGET']._serialized_start=338
+  _globals['_BUDGET']._serialized_end=429
+  _globals['_SCOPE']._serialized_start=431
+  _globals['_SCOPE']._serialized_end=468
+  _globals['_USAGE']._serialized_start=470
+  _globals['_USAGE']._serialized_end=529
+  _globals['_STARTINVESTIGATIONREQUEST']._serialized_start=532
+  _globals['_STARTINVESTIGATIONREQUEST']._serialized_end=752
+  _globals['_INVESTIGATION']._serialized_start=755
+  _globals['_INVESTIGATION']._serialized_end=1284
+  _globals['_GETINVESTIGATIONREQUEST']._serialized_start=1286
+  _globals['_GETINVESTIGATIONREQUEST']._serialized_end=1323
+  _globals['_LISTINVESTIGATIONSREQUEST']._serialized_start=1325
+  _globals['_LISTINVESTIGATIONSREQUEST']._serialized_end=1421
+  _globals['_LISTINVESTIGATIONSRESPONSE']._serialized_start=1423
+  _globals['_LISTINVESTIGATIONSRESPONSE']._serialized_end=1525
+  _globals['_CANCELINVESTIGATIONREQUEST']._serialized_start=1527
+  _globals['_CANCELINVESTIGATIONREQUEST']._serialized_end=1567
+  _globals['_GETREPORTREQUEST']._serialized_start=1569
+  _globals['_GETREPORTREQUEST']._serialized_end=1643
+  _globals['_REPORT']._serialized_start=1645
+  _globals['_REPORT']._serialized_end=1690
+  _globals['_WATCHINVESTIGATIONREQUEST']._serialized_start=1692
+  _globals['_WATCHINVESTIGATIONREQUEST']._serialized_end=1749
+  _globals['_INVESTIGATIONEVENT']._serialized_start=1752
+  _globals['_INVESTIGATIONEVENT']._serialized_end=1883
+  _globals['_GETEVIDENCEREQUEST']._serialized_start=1885
+  _globals['_GETEVIDENCEREQUEST']._serialized_end=1917
+  _globals['_EVIDENCE']._serialized_start=1920
+  _globals['_EVIDENCE']._serialized_end=2163
+  _globals['_LISTAGENTSREQUEST']._serialized_start=2165
+  _globals['_LISTAGENTSREQUEST']._serialized_end=2184
+  _globals['_AGENT']._serialized_start=2187
+  _globals['_AGENT']._serialized_end=2325
+  _globals['_LISTAGENTSRESPONSE']._serialized_start=2327
+  _globals['_LISTAGENTSRESPONSE']._serialized_end=2424
+  _globals['_SWARM']._serialized_start=2944
+  _globals['_SWARM']._serialized_end=3965
 # @@protoc_insertion_point(module_scope)

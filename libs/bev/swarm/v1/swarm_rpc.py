@@ -20,6 +20,31 @@ class SwarmServicer(Servicer):
     async def ListRoles(self, request: swarm_pb2.ListRolesRequest, ctx: CallContext) -> swarm_pb2.ListRolesResponse:
         raise RpcError(StatusCode.UNIMPLEMENTED, "Swarm.ListRoles is not implemented")
 
+    async def StartInvestigation(self, request: swarm_pb2.StartInvestigationRequest, ctx: CallContext) -> swarm_pb2.Investigation:
+        raise RpcError(StatusCode.UNIMPLEMENTED, "Swarm.StartInvestigation is not implemented")
+
+    async def GetInvestigation(self, request: swarm_pb2.GetInvestigationRequest, ctx: CallContext) -> swarm_pb2.Investigation:
+        raise RpcError(StatusCode.UNIMPLEMENTED, "Swarm.GetInvestigation is not implemented")
+
+    async def ListInvestigations(self, request: swarm_pb2.ListInvestigationsRequest, ctx: CallContext) -> swarm_pb2.ListInvestigationsResponse:
+        raise RpcError(StatusCode.UNIMPLEMENTED, "Swarm.ListInvestigations is not implemented")
+
+    async def CancelInvestigation(self, request: swarm_pb2.CancelInvestigationRequest, ctx: CallContext) -> swarm_pb2.Investigation:
+        raise RpcError(StatusCode.UNIMPLEMENTED, "Swarm.CancelInvestigation is not implemented")
+
+    async def GetReport(self, request: swarm_pb2.GetReportRequest, ctx: CallContext) -> swarm_pb2.Report:
+        raise RpcError(StatusCode.UNIMPLEMENTED, "Swarm.GetReport is not implemented")
+
+    async def WatchInvestigation(self, request: swarm_pb2.WatchInvestigationRequest, ctx: CallContext) -> AsyncIterator[swarm_pb2.InvestigationEvent]:
+        raise RpcError(StatusCode.UNIMPLEMENTED, "Swarm.WatchInvestigation is not implemented")
+        yield  # an async generator, like the overrides
+
+    async def GetEvidence(self, request: swarm_pb2.GetEvidenceRequest, ctx: CallContext) -> swarm_pb2.Evidence:
+        raise RpcError(StatusCode.UNIMPLEMENTED, "Swarm.GetEvidence is not implemented")
+
+    async def ListAgents(self, request: swarm_pb2.ListAgentsRequest, ctx: CallContext) -> swarm_pb2.ListAgentsResponse:
+        raise RpcError(StatusCode.UNIMPLEMENTED, "Swarm.ListAgents is not implemented")
+
 
 class SwarmClient(Client):
     """Typed caller of bev.swarm.v1.Swarm: over NATS by default, gRPC when given an address."""
@@ -31,3 +56,27 @@ class SwarmClient(Client):
 
     async def ListRoles(self, request: swarm_pb2.ListRolesRequest, *, timeout_s: float | None = None, metadata: Mapping[str, str] | None = None) -> swarm_pb2.ListRolesResponse:
         return await self._call("ListRoles", request, swarm_pb2.ListRolesResponse, timeout_s, metadata)
+
+    async def StartInvestigation(self, request: swarm_pb2.StartInvestigationRequest, *, timeout_s: float | None = None, metadata: Mapping[str, str] | None = None) -> swarm_pb2.Investigation:
+        return await self._call("StartInvestigation", request, swarm_pb2.Investigation, timeout_s, metadata)
+
+    async def GetInvestigation(self, request: swarm_pb2.GetInvestigationRequest, *, timeout_s: float | None = None, metadata: Mapping[str, str] | None = None) -> swarm_pb2.Investigation:
+        return await self._call("GetInvestigation", request, swarm_pb2.Investigation, timeout_s, metadata)
+
+    async def ListInvestigations(self, request: swarm_pb2.ListInvestigationsRequest, *, timeout_s: float | None = None, metadata: Mapping[str, str] | None = None) -> swarm_pb2.ListInvestigationsResponse:
+        return await self._call("ListInvestigations", request, swarm_pb2.ListInvestigationsResponse, timeout_s, metadata)
+
+    async def CancelInvestigation(self, request: swarm_pb2.CancelInvestigationRequest, *, timeout_s: float | None = None, metadata: Mapping[str, str] | None = None) -> swarm_pb2.Investigation:
+        return await self._call("CancelInvestigation", request, swarm_pb2.Investigation, timeout_s, metadata)
+
+    async def GetReport(self, request: swarm_pb2.GetReportRequest, *, timeout_s: float | None = None, metadata: Mapping[str, str] | None = None) -> swarm_pb2.Report:
+        return await self._call("GetReport", request, swarm_pb2.Report, timeout_s, metadata)
+
+    def WatchInvestigation(self, request: swarm_pb2.WatchInvestigationRequest, *, timeout_s: float | None = None, metadata: Mapping[str, str] | None = None) -> AsyncIterator[swarm_pb2.InvestigationEvent]:
+        return self._stream("WatchInvestigation", request, swarm_pb2.InvestigationEvent, timeout_s, metadata)
+
+    async def GetEvidence(self, request: swarm_pb2.GetEvidenceRequest, *, timeout_s: float | None = None, metadata: Mapping[str, str] | None = None) -> swarm_pb2.Evidence:
+        return await self._call("GetEvidence", request, swarm_pb2.Evidence, timeout_s, metadata)
+
+    async def ListAgents(self, request: swarm_pb2.ListAgentsRequest, *, timeout_s: float | None = None, metadata: Mapping[str, str] | None = None) -> swarm_pb2.ListAgentsResponse:
+        return await self._call("ListAgents", request, swarm_pb2.ListAgentsResponse, timeout_s, metadata)
