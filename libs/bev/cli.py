@@ -367,6 +367,7 @@ def search(
 MODES = ("hierarchical", "democratic", "hybrid", "autonomous")
 STATUSES = ("queued", "running", "completed", "failed", "cancelled", "budget_exhausted")
 FOLLOW_POLL_S = 2.0  # how often the followed investigation's phase, progress and usage are read
+WATCH_IDLE_S = 15.0  # the swarm's heartbeats come every 5 s; silence this long means its replica died
 WATCH_REOPEN_TRIES = 3  # a watch that ends with DEADLINE_EXCEEDED or UNAVAILABLE is reopened after its last event
 COUNTED = {"tool_call": "tool calls", "evidence": "evidence", "entity": "entities", "hypothesis": "hypotheses",
            "vote": "votes"}
@@ -542,14 +543,19 @@ async def _watch_events(client: SwarmClient,
         stream = cast(AsyncGenerator[swarm_pb2.InvestigationEvent, None], client.WatchInvestigation(
             swarm_pb2.WatchInvestigationRequest(id=investigation_id, after_id=last)))
         try:
-            async for event in stream:
-                if last and event.id <= last:
+            while True:
+                try:  # the swarm sends a heartbeat while idle: silence means its replica died
+                    event = await asyncio.wait_for(anext(stream), WATCH_IDLE_S)
+                except StopAsyncIteration:
+                    return
+                except TimeoutError:
+                    raise RpcError(StatusCode.UNAVAILABLE, f"no event for {WATCH_IDLE_S:.0f} s") from None
+                if event.kind == "heartbeat" or (last and event.id <= last):
                     continue
                 last, tries = event.id, 0
                 yield event
                 if event.kind == "done":
                     return
-            return
         except RpcError as exc:
             tries += 1
             if exc.code not in (StatusCode.DEADLINE_EXCEEDED, StatusCode.UNAVAILABLE) or tries > WATCH_REOPEN_TRIES:

@@ -167,7 +167,7 @@ class Agent:
             if used >= int(inv.row.budget["max_tool_calls"]):
                 raise Stop("budget_exhausted", f"{used} tool calls: the budget of {inv.row.budget['max_tool_calls']} is spent")
             await deps.store.begin_call(inv.id, key, tool, args, self.name)
-        await inv.emit("tool_call", agent=self.name, role=self.role.name, tool=tool, args=args)
+        await inv.emit("tool_call", agent=self.name, role=self.role.name, tool=tool, args=args, key=key)
         await self.doing(f"{tool} {_describe(args)}")
         started = time.perf_counter()
         try:
@@ -175,12 +175,12 @@ class Agent:
         except RpcError as exc:
             message = f"{exc.code.name}: {exc.message}"
             await deps.store.end_call(inv.id, key, "error", message)
-            await inv.emit("tool_result", agent=self.name, tool=tool, status="error", error=message,
+            await inv.emit("tool_result", agent=self.name, tool=tool, key=key, status="error", error=message,
                            ms=round(1000 * (time.perf_counter() - started)))
             TOOL_EXECUTIONS.labels(tool, "error").inc()
             raise
         await deps.store.end_call(inv.id, key, "ok", result=result)
-        await inv.emit("tool_result", agent=self.name, tool=tool, status="ok", ms=round(1000 * (time.perf_counter() - started)),
+        await inv.emit("tool_result", agent=self.name, tool=tool, key=key, status="ok", ms=round(1000 * (time.perf_counter() - started)),
                        items=len(result) if isinstance(result, list) else 1)
         TOOL_EXECUTIONS.labels(tool, "ok").inc()
         return result

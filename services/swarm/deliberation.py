@@ -23,8 +23,9 @@ from services.swarm.store import EvidenceRow
 from services.swarm.voting import Consensus, borda
 
 INJECTION = re.compile(
-    r"ignore (all |any )?(previous|prior|above|earlier) (instructions|prompts)|disregard (the|all|your) "
-    r"(previous |prior )?(instructions|rules)|you are now (a|an|in)|system prompt|new instructions:",
+    r"\bignore (all |any )?(previous|prior|above|earlier) (instructions|prompts)\b|\bdisregard (the|all|your) "
+    r"(previous |prior )?(instructions|rules)\b|\byou are now (a|an) (ai|assistant|agent|model)\b|"
+    r"\b(reveal|print|show) (your|the) system prompt\b|\bnew instructions:",
     re.IGNORECASE)
 
 
@@ -116,14 +117,18 @@ async def propose(agent: Agent, evidence: Sequence[EvidenceRow], max_hypotheses:
 
 
 _WORD = re.compile(r"[A-Za-z]{3,}")
-_CLAIM_LIST = re.compile(r"\bC\d+\b.*\bC\d+\b")
+# "C1: C2: C3" or "claims C1 and C4": the model naming its inputs instead of saying something
+# ("C2 servers" is threat-intelligence speech, and stays).
+_CLAIM_LIST = re.compile(r"\bclaims?\s+C\d+\b|(\bC\d+\b[:,;]?\s*){3,}", re.IGNORECASE)
+_MARKUP = re.compile(r'[{}\[\]"]')  # JSON the model left around (or instead of) its sentence
 
 
 def usable_statement(text: str) -> bool:
     """A statement an analyst can read: a sentence of words, not a list of claim ids or numbers
     (what a 135M-parameter model writes into a free-text field all too often)."""
     words = _WORD.findall(text)
-    return len(words) >= 5 and len(" ".join(words)) >= 0.6 * len(text.strip()) and not _CLAIM_LIST.search(text)
+    return (len(words) >= 5 and len(" ".join(words)) >= 0.6 * len(text.strip()) and not _CLAIM_LIST.search(text)
+            and not _MARKUP.search(text))
 
 
 # The relation types each role reads first when it drafts a statement from facts.
@@ -150,9 +155,12 @@ def draft_from_facts(role: str, evidence: Sequence[EvidenceRow], facts: int = 3)
     seen: set[str] = set()
     for item in evidence:
         for line in item.content.splitlines():
-            parts = line.split(" ")
+            # Only the relation lines the swarm itself wrote ("<value> <relation> <value>"), never
+            # page text such as a title (what a page says is data, not a fact).
+            if ":" in line.split(" ", 1)[0] or line.startswith(("title:", "name:", "description:")):
+                continue
             for n, relation in enumerate(wanted):
-                if f" {relation} " in f" {line} " and line not in seen and len(parts) >= 3:
+                if f" {relation} " in line and line not in seen:
                     seen.add(line)
                     found.append((n, line, item.id, relation, ""))
     if not found:

@@ -17,6 +17,7 @@ come only from what the collectors extracted and every one passes the scope chec
 
 from __future__ import annotations
 
+import ipaddress
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -83,7 +84,7 @@ def initial_tasks(stix_type: str, value: str, seeds: Sequence[str]) -> list[Task
     elif stix_type == "url":
         tasks.append(Task("collect", "url", value, 0, "web", "the target page"))
         host = urlsplit(value).hostname or ""
-        if host:
+        if host and not _is_ip(host):
             tasks.append(Task("collect", "domain-name", host, 0, "dns", "the target's host"))
     elif stix_type == "x-crypto-address":
         collector = "ethereum" if value.lower().startswith("0x") else "bitcoin"
@@ -91,6 +92,14 @@ def initial_tasks(stix_type: str, value: str, seeds: Sequence[str]) -> list[Task
     tasks.append(Task("neighborhood", stix_type, value, 0, reason="what the graph already holds about the target"))
     tasks += [Task("collect", "url", seed, 0, "web", "a seed the analyst gave") for seed in seeds]
     return tasks
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 def observation_text(obs: Mapping[str, Any], names: Mapping[str, str]) -> str:
@@ -270,8 +279,12 @@ def follow_ups(task: Task, observations: Sequence[Mapping[str, Any]], inv: Inves
         if value == task.target:
             continue
         if kind == "url" and value.startswith(("http://", "https://")):
-            host = urlsplit(value).hostname or ""
-            if page_in_scope and host and not scope.allows_host(host):
+            parts = urlsplit(value)
+            host = parts.hostname or ""
+            # Widen only for a plain URL: with userinfo or a backslash, what a browser would reach
+            # is not what urlsplit reports as the host (and allows_url refuses such URLs anyway).
+            plain = not parts.username and "\\" not in value and "@" not in parts.netloc
+            if page_in_scope and plain and host and not scope.allows_host(host):
                 scope.widen(host, f"named by in-scope page {task.target}")
             if scope.allows_url(value):
                 out.append(Task("collect", "url", value, depth, "web", f"linked from {task.target}"))

@@ -46,6 +46,9 @@ STATUSES = {swarm_pb2.STATUS_QUEUED: "queued", swarm_pb2.STATUS_RUNNING: "runnin
 _STATUS_PROTO = {name: proto for proto, name in STATUSES.items()}
 CANCEL_GRACE_S = 3.0  # the workflow stops itself between tool calls; past this it is stopped from outside
 WATCH_POLL_S = 0.25
+# While nothing happens, a watcher gets a `heartbeat` (id = the last id sent) this often, so that it
+# can tell a quiet investigation from a replica that died mid-stream, and reopen.
+WATCH_HEARTBEAT_S = 5.0
 
 
 def _to_proto(role: AgentRole) -> swarm_pb2.AgentRole:
@@ -214,8 +217,15 @@ class Swarm(SwarmServicer):
                                  ctx: CallContext) -> AsyncIterator[swarm_pb2.InvestigationEvent]:
         await self._row(request.id, report_=False)
         after = request.after_id
+        loop = asyncio.get_running_loop()
+        quiet_since = loop.time()
         while True:
             events = await self._store().events(request.id, after)
+            if events:
+                quiet_since = loop.time()
+            elif loop.time() - quiet_since >= WATCH_HEARTBEAT_S:
+                quiet_since = loop.time()
+                yield swarm_pb2.InvestigationEvent(id=after, investigation_id=request.id, kind="heartbeat")
             for event in events:
                 after = event.id
                 message = swarm_pb2.InvestigationEvent(id=event.id, investigation_id=event.investigation_id,

@@ -293,7 +293,7 @@ class Store:
     async def set_agent(self, investigation_id: str, agent: str, role: str, activity: str, instance: str) -> None:
         await self._execute(
             "insert into swarm.agents (investigation_id, agent, role, activity, instance) values (%s, %s, %s, %s, %s) "
-            "on conflict (investigation_id, agent) do update set activity = excluded.activity, since = now(), "
+            "on conflict (investigation_id, agent) do update set role = excluded.role, activity = excluded.activity, since = now(), "
             "instance = excluded.instance", (investigation_id, agent, role, activity, instance))
 
     async def clear_agents(self, investigation_id: str) -> None:

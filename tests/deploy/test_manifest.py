@@ -84,7 +84,8 @@ def test_each_service_reads_exactly_its_declared_secrets(manifest: Manifest) -> 
     # Its own NATS user, then the secret of each engine it lists, then its own extras.
     assert manifest.secrets_of("collectors") == ["nats/collectors", "postgres", "redis", "falkordb"]
     assert manifest.secrets_of("embeddings") == ["nats/embeddings", "postgres"]
-    for service in ("gateway", "swarm", "monitoring", "avatar", "reasoning"):
+    assert manifest.secrets_of("swarm") == ["nats/swarm", "postgres"]  # investigations and DBOS's state
+    for service in ("gateway", "monitoring", "avatar", "reasoning"):
         assert manifest.secrets_of(service) == [f"nats/{service}"], service  # no grant that no code reads
 
 

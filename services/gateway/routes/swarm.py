@@ -78,6 +78,9 @@ WS_RESUME_WAIT_S = 1.0  # how long a WebSocket waits for {"after": N} before sta
 # this many tries in a row that each failed within REOPEN_FAST_S, the stream reports the error.
 REOPEN_CODES = frozenset({StatusCode.DEADLINE_EXCEEDED, StatusCode.UNAVAILABLE})
 REOPEN_TRIES = 3
+# The swarm sends a heartbeat every few seconds while an investigation is quiet (services/swarm
+# servicer.WATCH_HEARTBEAT_S); a stream silent this long is from a replica that died: reopen it.
+WATCH_IDLE_S = 15.0
 REOPEN_FAST_S = 30.0
 
 _ID = "{investigation_id}"
@@ -241,14 +244,19 @@ async def _pump(clients: Clients, investigation_id: str, after: int, queue: asyn
             stream = cast(AsyncGenerator[swarm_pb2.InvestigationEvent, None], clients.swarm.WatchInvestigation(
                 swarm_pb2.WatchInvestigationRequest(id=investigation_id, after_id=last)))
             try:
-                async for event in stream:
-                    if event.id <= last and last:
-                        continue  # a reopened stream's overlap
+                while True:
+                    try:  # the swarm sends a heartbeat while idle: silence means its replica died
+                        event = await asyncio.wait_for(anext(stream), WATCH_IDLE_S)
+                    except StopAsyncIteration:
+                        return  # the service ended it: the investigation is over
+                    except TimeoutError:
+                        raise RpcError(StatusCode.UNAVAILABLE, f"no event or heartbeat for {WATCH_IDLE_S:.0f} s") from None
+                    if event.kind == "heartbeat" or (event.id <= last and last):
+                        continue  # liveness only, or a reopened stream's overlap
                     queue.put_nowait(event)
                     last, tries = event.id, 0
                     if event.kind == "done":
                         return
-                return  # the service ended it: the investigation is over
             except RpcError as exc:
                 tries = 1 if time.monotonic() - opened > REOPEN_FAST_S else tries + 1
                 if exc.code not in REOPEN_CODES or tries > REOPEN_TRIES:

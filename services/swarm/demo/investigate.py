@@ -87,7 +87,7 @@ async def investigate(nats_creds: dict[str, Any], world: DemoWorld, mode: str, *
             budget=budget or swarm_pb2.Budget(max_depth=3)))
         async for event in swarm.WatchInvestigation(swarm_pb2.WatchInvestigationRequest(id=started.id),
                                                     timeout_s=3600):
-            if on_event is not None:
+            if on_event is not None and event.kind != "heartbeat":
                 on_event(event)
         final = await swarm.GetInvestigation(swarm_pb2.GetInvestigationRequest(id=started.id))
         return final, recall_of(json.loads(final.report_json or "{}"), world)

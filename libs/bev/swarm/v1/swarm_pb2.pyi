@@ -575,7 +575,9 @@ class InvestigationEvent(_message.Message):
     investigation_id: _builtins.str
     kind: _builtins.str
     """phase, plan, tool_call, tool_result, evidence, entity, relation, hypothesis, vote, consensus,
-    mode_switch, budget, warning, error, done (services/swarm/events.schema.json)
+    mode_switch, budget, warning, error, done (services/swarm/events.schema.json); on a watch also
+    `heartbeat` (id = the last id sent, no data) every 5 s while nothing happens: not an event of
+    the investigation, only a sign that the stream is alive.
     """
     data_json: _builtins.str
     """a JSON object, its fields per kind in the schema"""
