@@ -26,13 +26,15 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import nats
 import pytest
+from nats.js.api import DeliverPolicy
 from stix2validator import ValidationOptions, validate_string
 
 from services.swarm import report as report_schema
-from services.swarm.events import problems as event_problems
 from services.swarm.demo.investigate import recall_of, scope_of
 from services.swarm.demo.server import DemoWorld
+from services.swarm.events import problems as event_problems
 from tests.test_fleet import BEV, start_fleet
 
 pytestmark = pytest.mark.slow
@@ -235,6 +237,24 @@ def test_democratic_agents_propose_independently_and_vote(demo: DemoFleet) -> No
     assert consensus["winner"] == max(consensus["scores"], key=lambda h: consensus["scores"][h])
     assert all(h["votes"] for h in report["hypotheses"])
     assert len([e for e in seen if e["kind"] == "vote"]) == len(consensus["rankings"])
+    # A late subscriber on JetStream replays every event too (BEV_EVENTS, bev.events.investigation.<id>.<kind>).
+    replayed = asyncio.run(jetstream_events(demo, investigation["id"], len(seen)))
+    assert [(e["id"], e["kind"]) for e in replayed] == [(e["id"], e["kind"]) for e in seen]
+
+
+async def jetstream_events(demo: DemoFleet, investigation_id: str, expected: int) -> list[dict[str, Any]]:
+    creds = demo.state["nats"]
+    nc = await nats.connect(creds["url"], user=creds["user"], password=creds["password"])
+    try:
+        sub = await nc.jetstream().subscribe(f"bev.events.investigation.{investigation_id}.>", ordered_consumer=True,
+                                             deliver_policy=DeliverPolicy.ALL)
+        found: list[dict[str, Any]] = []
+        while len(found) < expected:
+            message = await sub.next_msg(timeout=10)
+            found.append(json.loads(message.data))
+        return sorted(found, key=lambda e: e["id"])
+    finally:
+        await nc.close()
 
 
 def test_autonomous_survives_its_replica_killed(demo: DemoFleet) -> None:
@@ -312,12 +332,10 @@ def test_bad_targets_are_refused_with_a_message(demo: DemoFleet) -> None:
 
 
 def test_metrics_count_investigations_and_tool_calls(demo: DemoFleet) -> None:
-    async def scrape() -> str:
-        result = subprocess.run([str(BEV), "status", "--json", "--data-dir", str(demo.data_dir)],
-                                capture_output=True, text=True, timeout=30, check=True)
-        swarm = next(i for i in json.loads(result.stdout)["instances"] if i["service"] == "swarm")
-        async with httpx.AsyncClient() as client:
-            return (await client.get(f"http://{swarm['metrics_address']}/metrics", timeout=10)).text
-
-    text = asyncio.run(scrape())
+    result = subprocess.run([str(BEV), "status", "--json", "--data-dir", str(demo.data_dir)],
+                            capture_output=True, text=True, timeout=30, check=True)
+    swarm = next(i for i in json.loads(result.stdout)["instances"] if i["service"] == "swarm")
+    text = httpx.get(f"http://{swarm['metrics_address']}/metrics", timeout=10).text
     assert "bev_tool_executions_total{" in text and "bev_swarm_live_agents" in text
+    assert 'bev_osint_analyses_total{mode="hierarchical",status="budget_exhausted"}' in text
+    assert "bev_investigation_duration_seconds_bucket{" in text and "bev_investigation_tokens_bucket{" in text

@@ -33,6 +33,7 @@ from services.swarm.store import InvestigationRow, Store, call_key
 log = get_logger(__name__)
 
 EVENT_SUBJECT = "bev.events.investigation"  # .<id>.<kind> on JetStream BEV_EVENTS
+EVENT_QUEUE = 10_000  # events waiting for the bus beyond this are not published (their rows stay)
 
 TOOL_EXECUTIONS = Counter("bev_tool_executions_total", "Tool calls made by investigation agents",
                           ["tool", "status"])
@@ -68,25 +69,37 @@ class Deps:
     config: SwarmConfig
     info: InstanceInfo
     nc: NatsClient | None = None
-    _publishing: set[asyncio.Task[None]] = field(default_factory=set)
+    _outbox: asyncio.Queue[tuple[str, bytes]] = field(default_factory=lambda: asyncio.Queue(maxsize=EVENT_QUEUE))
+    _publisher: asyncio.Task[None] | None = None
 
     async def emit(self, investigation_id: str, kind: str, data: Mapping[str, Any]) -> None:
-        """The event row is the truth (SSE replays it); JetStream carries it to live listeners."""
+        """The event row is the truth (SSE replays it); JetStream carries it to live listeners, in
+        order, from one background task, so no step waits on the bus."""
         row = await self.store.add_event(investigation_id, kind, data)
-        if self.nc is None or not self.nc.is_connected:
+        if self.nc is None:
             return
         payload = json.dumps({"id": row.id, "investigation_id": investigation_id, "kind": kind,
                               "at": row.at.isoformat(), "data": dict(data)}).encode()
-        task = asyncio.create_task(self._publish(f"{EVENT_SUBJECT}.{investigation_id}.{kind}", payload))
-        self._publishing.add(task)
-        task.add_done_callback(self._publishing.discard)
-
-    async def _publish(self, subject: str, payload: bytes) -> None:
-        assert self.nc is not None
         try:
-            await self.nc.jetstream().publish(subject, payload, timeout=5)
-        except Exception as exc:  # best effort: the row has the event
-            log.warning("investigation event not published", subject=subject, error=str(exc) or type(exc).__name__)
+            self._outbox.put_nowait((f"{EVENT_SUBJECT}.{investigation_id}.{kind}", payload))
+        except asyncio.QueueFull:
+            log.warning("investigation event not published: the bus is behind", investigation=investigation_id)
+        if self._publisher is None or self._publisher.done():
+            self._publisher = asyncio.create_task(self._publish(), name="investigation-events")
+
+    async def _publish(self) -> None:
+        assert self.nc is not None
+        js = self.nc.jetstream()
+        while True:
+            subject, payload = await self._outbox.get()
+            try:
+                await js.publish(subject, payload, timeout=5)
+            except Exception as exc:  # best effort: the row has the event
+                log.warning("investigation event not published", subject=subject, error=str(exc) or type(exc).__name__)
+
+    async def close(self) -> None:
+        if self._publisher is not None:
+            self._publisher.cancel()
 
 
 class Investigation:

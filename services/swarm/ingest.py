@@ -202,6 +202,7 @@ async def run_task(agent: Agent, task: Task, names: Names, max_depth: int) -> Ou
             id=evidence_id(inv.id, "observation", obs["id"]), investigation_id=inv.id, kind="observation",
             uri=obs["source"], collector=obs["collector"], collected_at=datetime.fromtimestamp(obs["observed_at"], UTC),
             tlp=obs["tlp"], content=observation_text(obs, names.known), data=obs) for obs in observations]
+        rows = list({row.id: row for row in rows}.values())  # a page that links a URL twice: one finding
         new = await deps.store.add_evidence(rows)
         await _announce(inv, rows, new, names.known)
         follow = follow_ups(task, observations, inv, max_depth)

@@ -315,3 +315,90 @@ class Store:
 
     async def forget_replica(self, instance: str) -> None:
         await self._execute("delete from swarm.replicas where instance = %s", (instance,))
+
+    # -- workflows (services/swarm/dag.py) ---------------------------------------------------------
+
+    async def create_workflow(self, *, id: str, name: str, spec: Mapping[str, Any],
+                              steps: Mapping[str, Mapping[str, Any]]) -> None:
+        await self._execute("insert into swarm.workflows (id, name, spec, steps) values (%s, %s, %s, %s)",
+                            (id, name, Jsonb(dict(spec)), Jsonb({k: dict(v) for k, v in steps.items()})))
+
+    async def get_workflow(self, workflow_id: str) -> WorkflowRow | None:
+        rows = await self._fetch(f"select {_WORKFLOW_COLUMNS.format(steps='w.steps', spec='w.spec')} "
+                                 "from swarm.workflows w where w.id = %s", (workflow_id,))
+        return WorkflowRow(**rows[0]) if rows else None
+
+    async def page_workflows(self, *, status: str = "", limit: int = 50,
+                             before: tuple[datetime, str] | None = None) -> list[WorkflowRow]:
+        """Newest first; each step's state without its output, and the spec without its steps' bodies."""
+        steps = ("coalesce((select jsonb_object_agg(e.key, e.value - 'output') from jsonb_each(w.steps) e), "
+                 "'{}'::jsonb)")
+        spec = ("jsonb_build_object('name', w.spec -> 'name', 'steps', coalesce((select jsonb_agg("
+                "jsonb_build_object('id', s -> 'id', 'type', s -> 'type', 'depends_on', s -> 'depends_on')) "
+                "from jsonb_array_elements(w.spec -> 'steps') s), '[]'::jsonb))")
+        where, params = ["true"], dict[str, Any](limit=limit)
+        if status:
+            where.append("w.status = %(status)s")
+            params["status"] = status
+        if before is not None:
+            where.append("(w.created_at, w.id) < (%(at)s, %(id)s)")
+            params.update(at=before[0], id=before[1])
+        rows = await self._fetch(f"select {_WORKFLOW_COLUMNS.format(steps=steps, spec=spec)} from swarm.workflows w "
+                                 f"where {' and '.join(where)} order by w.created_at desc, w.id desc "
+                                 "limit %(limit)s", params)
+        return [WorkflowRow(**row) for row in rows]
+
+    async def start_workflow(self, workflow_id: str) -> None:
+        """Running, unless it already finished (a recovered workflow that was cancelled)."""
+        await self._execute("update swarm.workflows set status = 'running', started_at = coalesce(started_at, now()) "
+                            "where id = %s and status = 'queued'", (workflow_id,))
+
+    async def set_workflow_step(self, workflow_id: str, step_id: str, state: Mapping[str, Any],
+                                progress: float | None = None) -> bool:
+        """One step's state, while the workflow is unfinished (a step still running when the workflow was
+        cancelled writes nothing). False: the workflow had finished."""
+        return await self._execute(
+            "update swarm.workflows set steps = jsonb_set(steps, %s::text[], %s), "
+            "progress = greatest(progress, coalesce(%s, progress)) "
+            "where id = %s and status in ('queued', 'running')",
+            ([step_id], Jsonb(dict(state)), progress, workflow_id)) > 0
+
+    async def request_workflow_cancel(self, workflow_id: str) -> bool:
+        """Marks it; the workflow notices before its next step. False: it had already finished."""
+        return await self._execute(
+            "update swarm.workflows set cancel_requested = true where id = %s and status in ('queued', 'running')",
+            (workflow_id,)) > 0
+
+    async def finish_workflow(self, workflow_id: str, status: str, error: str,
+                              steps: Mapping[str, Mapping[str, Any]], progress: float) -> bool:
+        """Once: the first finisher wins (the workflow and a cancel racing to close it)."""
+        return await self._execute(
+            "update swarm.workflows set status = %s, error = %s, steps = %s, progress = %s, finished_at = now(), "
+            "started_at = coalesce(started_at, now()) where id = %s and status in ('queued', 'running')",
+            (status, error, Jsonb({k: dict(v) for k, v in steps.items()}), progress, workflow_id)) > 0
+
+
+WORKFLOW_FINISHED = ("completed", "failed", "cancelled")
+
+
+@dataclass
+class WorkflowRow:
+    id: str
+    name: str
+    spec: dict[str, Any]
+    status: str
+    progress: float
+    steps: dict[str, dict[str, Any]]
+    error: str
+    cancel_requested: bool
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+    @property
+    def finished(self) -> bool:
+        return self.status in WORKFLOW_FINISHED
+
+
+_WORKFLOW_COLUMNS = ("w.id, w.name, {spec} as spec, w.status, w.progress, {steps} as steps, w.error, "
+                     "w.cancel_requested, w.created_at, w.started_at, w.finished_at")

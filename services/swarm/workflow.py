@@ -516,6 +516,7 @@ class Engine:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.deps.store.forget_replica(self.deps.info.instance)
+        await self.deps.close()
         await asyncio.to_thread(DBOS.destroy, workflow_completion_timeout_sec=0)
         DEPS = None
 
