@@ -36,6 +36,9 @@ SEED = int(os.environ.get("BEV_FUZZ_SEED", "20261201"))
 FLEET_ENV = {
     "BEV_REASONING__DEFAULT_MAX_TOKENS": "16",  # a chat request without max_tokens
     "BEV_REASONING__ANALYZE__PHASE_MAX_TOKENS": "32",  # each Analyze phase's answer
+    # Investigations the fuzzer starts stay queued: this fleet tests the API surface, and a hundred
+    # investigations running on two cores would only slow every other answer past its limit.
+    "BEV_SWARM__QUEUE_POLL_S": "3600",
 }
 
 # Statuses valid data may get on top of 2xx, 401, 403, 404, 409, 429. Where an operation adds 400,
@@ -64,6 +67,27 @@ enabled = false
 [[operations]]
 include-path = "/api/v1/collectors/{{name}}/collect"
 checks.positive_data_acceptance.expected-statuses = ["2xx", "400", "401", "403", "404", "409", "429"]
+
+# Investigations: whether a target can be typed (a bare word needs target_type) and whether seeds
+# and allow entries make a sane scope is 400 with the reason; the schema cannot say it.
+[[operations]]
+include-path = "/api/v1/investigations"
+include-method = "POST"
+checks.positive_data_acceptance.expected-statuses = ["2xx", "400", "401", "403", "404", "409", "429"]
+
+# Workflows: a cycle, a dependency or template naming an unknown step, a tool's arguments and a
+# Collect target outside the scope are 400 with the reason; the schema cannot say them.
+[[operations]]
+include-path = "/api/v1/workflows"
+include-method = "POST"
+checks.positive_data_acceptance.expected-statuses = ["2xx", "400", "401", "403", "404", "409", "429"]
+
+# An investigation's event stream stays open until the investigation ends (here: never, they stay
+# queued), which no request timeout can tell from a hang. tests/test_investigations.py and
+# services/gateway/tests test it, and its refusals.
+[[operations]]
+include-path-regex = "/events$"
+enabled = false
 
 # Graph query: a Cypher text that does not parse, or writes, is 400 from the graph.
 [[operations]]

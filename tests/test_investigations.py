@@ -37,7 +37,7 @@ from services.swarm.demo.server import DemoWorld
 from services.swarm.events import problems as event_problems
 from tests.test_fleet import BEV, start_fleet
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]  # an investigation takes 1-3 min on 2 loaded cores
 FINISHED = {"completed", "failed", "cancelled", "budget_exhausted"}
 
 

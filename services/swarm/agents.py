@@ -15,6 +15,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from nats.aio.client import Client as NatsClient
@@ -68,6 +69,7 @@ class Deps:
     reasoning: ReasoningClient
     config: SwarmConfig
     info: InstanceInfo
+    data_dir: Path  # workflows' file operations stay under <data_dir>/workflows/<id>/
     nc: NatsClient | None = None
     _outbox: asyncio.Queue[tuple[str, bytes]] = field(default_factory=lambda: asyncio.Queue(maxsize=EVENT_QUEUE))
     _publisher: asyncio.Task[None] | None = None

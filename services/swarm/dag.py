@@ -21,17 +21,21 @@ Step types (each step has an `id`, its `type` and `depends_on`, the ids of the s
   a ``collectors.Collect`` target passes the same scope check as an investigation's (the spec's
   ``scope.allow``, or by default the target's own registrable domain or address).
 - ``data_processing``: a named built-in ``operation``: ``extract_indicators`` (collectors.Extract of
-  ``text``, or of the output of step ``input``), ``filter`` (the items of step ``input``'s list
-  output whose ``field``, a dotted path, ``equals`` a value or ``contains`` a text), ``merge``
-  (the list outputs of steps ``inputs`` concatenated, duplicates dropped unless ``dedupe`` is false).
-- ``file_operations``: ``read``, ``write`` (``content``) or ``list`` text files under
-  ``<data_dir>/workflows/<workflow id>/`` only: absolute paths, ``..`` and symbolic links that lead
-  out are refused, and files and the folder are size-limited.
+  ``text``; ``"{{step}}"`` extracts from an earlier output), ``filter`` (the items of step ``input``'s
+  list output that have ``field``, a dotted path, and whose field ``equals`` a value and/or
+  ``contains`` a text), ``merge`` (the list outputs of steps ``inputs`` concatenated, duplicates
+  dropped unless ``dedupe`` is false). Outputs: the indicators [{type, value}], the kept items, the list.
+- ``file_operations``: ``read`` (output: the text), ``write`` (``content``; output: {path, bytes}) or
+  ``list`` (output: [{path, type, bytes}]) text files under ``<data_dir>/workflows/<workflow id>/``
+  only: absolute paths, ``..`` and symbolic links that lead out are refused (the step fails saying
+  so), and files (`MAX_FILE_BYTES`) and the folder (`MAX_FOLDER_BYTES`) are size-limited.
 
 Text fields (prompts, tool arguments' strings, ``text``, ``content``) are templates: ``{{step}}``
 is that step's output (text as it is, anything else as JSON) and ``{{step.key.0}}`` a part of it.
 A template, ``input`` or ``inputs`` may name only steps the step depends on (directly or through
-others), so that their outputs exist when it runs.
+others), so that their outputs exist when it runs. Tool steps' outputs: Extract [{type, value}],
+Collect [observation], Neighborhood {entities, relations, truncated}, GraphQuery {columns, rows,
+truncated}, Search [hit].
 
 Validation (`parse`) happens before the workflow is queued: unique ids, known types and fields,
 dependencies on existing steps, no cycle (the message names it), references to ancestors only, at
@@ -45,7 +49,6 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import functools
 import json
 import os
 import re
@@ -58,7 +61,7 @@ from pathlib import Path, PurePosixPath
 from typing import Annotated, Any, Final, Literal, TypeAlias
 
 from dbos import DBOS, SetWorkflowID
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, StringConstraints, Tag, ValidationError
 
 from bev.collectors.v1 import collectors_pb2
 from bev.collectors.v1.collectors_rpc import CollectorsClient
@@ -72,7 +75,6 @@ from bev.vocab import Tier, Tlp, UnknownLabel
 from services.swarm import workflow
 from services.swarm.roles import COLLECT
 from services.swarm.scope import Scope, ScopeError
-from services.swarm.settings import Settings
 from services.swarm.store import WorkflowRow
 from services.swarm.targets import UntypableTarget, infer_target
 
@@ -103,7 +105,6 @@ StepId = Annotated[str, StringConstraints(pattern=_ID_PATTERN)]
 Template = Annotated[str, Field(max_length=MAX_TEMPLATE)]
 Json: TypeAlias = Any
 
-DATA_DIR: Path | None = None  # tests set it; the service uses its settings' data_dir ($BEV_DATA_DIR)
 
 
 class InvalidWorkflow(ValueError):
@@ -159,69 +160,91 @@ class ToolStep(_Step):
         return list(_strings(self.args))
 
 
-class ProcessStep(_Step):
-    type: Literal["data_processing"]
-    operation: Literal["extract_indicators", "filter", "merge"]
-    text: Template | None = None                  # extract_indicators: the text (or `input`)
-    input: StepId | None = None                   # extract_indicators, filter: the step whose output is read
-    inputs: list[StepId] | None = Field(default=None, min_length=1, max_length=MAX_STEPS)  # merge
-    field: str | None = Field(default=None, min_length=1, max_length=200)  # filter: a dotted path into each item
-    equals: str | int | float | bool | None = None  # filter: keep items whose field equals this
-    contains: str | None = Field(default=None, max_length=1000)  # filter: ... or whose field contains this
-    ignore_case: bool = False                      # filter: compare text case-insensitively
-    dedupe: bool = True                            # merge: drop items seen before
-    scrub_pii: bool = False                        # extract_indicators: replace PII before extracting
+class ExtractStep(_Step):
+    """collectors.Extract of `text` (a template: "{{step}}" extracts from an earlier output)."""
 
-    @model_validator(mode="after")
-    def _fields_of_the_operation(self) -> ProcessStep:
-        given = {name for name in ("text", "input", "inputs", "field", "equals", "contains")
-                 if getattr(self, name) is not None}
-        allowed, needs = {
-            "extract_indicators": ({"text", "input"}, "exactly one of text and input"),
-            "filter": ({"input", "field", "equals", "contains"}, "input, field and exactly one of equals and contains"),
-            "merge": ({"inputs"}, "inputs"),
-        }[self.operation]
-        extra = sorted(given - allowed)
-        if extra:
-            raise ValueError(f"{self.operation} takes {needs}, not {', '.join(extra)}")
-        if self.operation == "extract_indicators":
-            ok = len(given) == 1
-        elif self.operation == "filter":
-            ok = {"input", "field"} <= given and len(given & {"equals", "contains"}) == 1
-        else:
-            ok = "inputs" in given
-        if not ok:
-            raise ValueError(f"{self.operation} needs {needs}")
-        return self
+    type: Literal["data_processing"]
+    operation: Literal["extract_indicators"]
+    text: Template = Field(min_length=1)
+    scrub_pii: bool = False  # replace e-mails, phone, card and social-security numbers first
 
     def templates(self) -> list[str]:
-        return [self.text] if self.text is not None else []
+        return [self.text]
+
+
+class FilterStep(_Step):
+    """The items of step `input`'s list output that have `field` (a dotted path into each item)
+    and, if given, whose field `equals` a value and/or `contains` a text (a substring of a text
+    field, an element of a list field)."""
+
+    type: Literal["data_processing"]
+    operation: Literal["filter"]
+    input: StepId
+    field: str = Field(min_length=1, max_length=200)
+    equals: str | int | float | bool | None = None
+    contains: str | None = Field(default=None, max_length=1000)
+    ignore_case: bool = False
 
     def inputs_named(self) -> list[str]:
-        return [*([self.input] if self.input else []), *(self.inputs or [])]
+        return [self.input]
 
 
-class FileStep(_Step):
+class MergeStep(_Step):
+    """The list outputs of steps `inputs`, one after the other; equal items once unless `dedupe` is false."""
+
+    type: Literal["data_processing"]
+    operation: Literal["merge"]
+    inputs: list[StepId] = Field(min_length=1, max_length=MAX_STEPS)
+    dedupe: bool = True
+
+    def inputs_named(self) -> list[str]:
+        return list(self.inputs)
+
+
+class ReadStep(_Step):
     type: Literal["file_operations"]
-    operation: Literal["read", "write", "list"]
-    path: str = Field(default="", max_length=1024, description="relative to the workflow's folder")
-    content: str | None = Field(default=None, max_length=MAX_FILE_BYTES)  # write: a template
+    operation: Literal["read"]
+    path: str = Field(min_length=1, max_length=1024, description="relative to the workflow's folder")
 
-    @model_validator(mode="after")
-    def _fields_of_the_operation(self) -> FileStep:
-        if self.operation == "write" and self.content is None:
-            raise ValueError("write needs content")
-        if self.operation != "write" and self.content is not None:
-            raise ValueError(f"{self.operation} takes no content")
-        if self.operation in ("read", "write") and not self.path:
-            raise ValueError(f"{self.operation} needs a path")
-        return self
+
+class WriteStep(_Step):
+    type: Literal["file_operations"]
+    operation: Literal["write"]
+    path: str = Field(min_length=1, max_length=1024, description="relative to the workflow's folder")
+    content: str = Field(max_length=MAX_FILE_BYTES)  # a template
 
     def templates(self) -> list[str]:
-        return [self.content] if self.content is not None else []
+        return [self.content]
 
 
-Step = Annotated[LlmStep | ToolStep | ProcessStep | FileStep, Field(discriminator="type")]
+class ListStep(_Step):
+    type: Literal["file_operations"]
+    operation: Literal["list"]
+    path: str = Field(default="", max_length=1024, description='a folder in the workflow\'s; "" = the whole folder')
+
+
+OPERATIONS: Final = {"data_processing": ("extract_indicators", "filter", "merge"),
+                     "file_operations": ("read", "write", "list")}
+
+
+def step_tag(value: Any) -> str | None:
+    """The union's tag of a step: its type, and its operation for the types that have operations."""
+    kind = value.get("type") if isinstance(value, dict) else getattr(value, "type", None)
+    operation = value.get("operation") if isinstance(value, dict) else getattr(value, "operation", None)
+    if not isinstance(kind, str):
+        return None
+    return f"{kind}:{operation}" if kind in OPERATIONS else kind
+
+
+ProcessStep = ExtractStep | FilterStep | MergeStep
+FileStep = ReadStep | WriteStep | ListStep
+Step = Annotated[
+    Annotated[LlmStep, Tag("llm_generation")] | Annotated[ToolStep, Tag("tool_execution")]
+    | Annotated[ExtractStep, Tag("data_processing:extract_indicators")]
+    | Annotated[FilterStep, Tag("data_processing:filter")] | Annotated[MergeStep, Tag("data_processing:merge")]
+    | Annotated[ReadStep, Tag("file_operations:read")] | Annotated[WriteStep, Tag("file_operations:write")]
+    | Annotated[ListStep, Tag("file_operations:list")],
+    Discriminator(step_tag)]
 
 
 class ScopeSpec(_Model):
@@ -303,9 +326,17 @@ def validate(data: Any) -> Spec:
         if len(steps) > MAX_STEPS:
             raise InvalidWorkflow(f"a workflow has at most {MAX_STEPS} steps; this one has {len(steps)}")
         for n, step in enumerate(steps):
-            if isinstance(step, dict) and "type" in step and step["type"] not in STEP_TYPES:
-                raise InvalidWorkflow(f"{_where(steps, n)}: unknown type {str(step['type'])[:64]!r}; "
+            if not isinstance(step, dict):
+                continue
+            kind = step.get("type")
+            if kind is None:
+                raise InvalidWorkflow(f"{_where(steps, n)}: no type; a step is one of {', '.join(STEP_TYPES)}")
+            if kind not in STEP_TYPES:
+                raise InvalidWorkflow(f"{_where(steps, n)}: unknown type {str(kind)[:64]!r}; "
                                       f"a step is one of {', '.join(STEP_TYPES)}")
+            if kind in OPERATIONS and step.get("operation") not in OPERATIONS[kind]:
+                raise InvalidWorkflow(f"{_where(steps, n)}: {kind} operation {str(step.get('operation'))[:64]!r} "
+                                      f"is not one of {', '.join(OPERATIONS[kind])}")
     try:
         spec = Spec.model_validate(data)
     except ValidationError as exc:
@@ -366,7 +397,7 @@ def _describe(exc: ValidationError, steps: Sequence[Any]) -> str:
         where = ""
         if len(loc) >= 2 and loc[0] == "steps" and isinstance(loc[1], int):
             where = _where(steps, loc[1])
-            loc = loc[3:] if len(loc) > 2 and loc[2] in STEP_TYPES else loc[2:]  # drop the union's tag
+            loc = loc[3:] if len(loc) > 2 and str(loc[2]).split(":")[0] in STEP_TYPES else loc[2:]  # the union's tag
         path = ".".join(str(part) for part in loc)
         message = str(error["msg"]).removeprefix("Value error, ")
         problems.append(f"{where}{'.' if where and path else ''}{path}: {message}" if where or path else message)
@@ -515,8 +546,9 @@ def _field(item: Any, path: Sequence[str]) -> Any:
 
 def filter_items(items: Any, field: str, *, equals: Any = None, contains: str | None = None,
                  ignore_case: bool = False, what: str = "the input") -> list[Any]:
-    """The items of a list whose `field` (a dotted path) equals `equals`, or contains `contains`
-    (a substring of a text, or an element of a list); items without the field are dropped."""
+    """The items of a list that have `field` (a dotted path: "entity.type", "tags.0") and, when given,
+    whose field equals `equals` (the same JSON value; texts case-insensitively with `ignore_case`)
+    and contains `contains` (a substring of a text, an element of a list)."""
     if not isinstance(items, list):
         raise StepFailed(f"filter needs a list; the output of {what} is {_kind(items)}")
     path = field.split(".")
@@ -524,22 +556,18 @@ def filter_items(items: Any, field: str, *, equals: Any = None, contains: str | 
     def fold(value: Any) -> Any:
         return value.casefold() if ignore_case and isinstance(value, str) else value
 
-    kept = []
-    for item in items:
-        value = _field(item, path)
-        if value is _MISSING:
-            continue
+    def matches(value: Any) -> bool:
+        if equals is not None and not (_same_kind(value, equals) and fold(value) == fold(equals)):
+            return False
         if contains is None:
-            match = _same_kind(value, equals) and fold(value) == fold(equals)
-        elif isinstance(value, str):
-            match = fold(contains) in fold(value)
-        elif isinstance(value, list):
-            match = any(fold(v) == fold(contains) for v in value)
-        else:
-            match = False
-        if match:
-            kept.append(item)
-    return kept
+            return True
+        if isinstance(value, str):
+            return bool(fold(contains) in fold(value))
+        if isinstance(value, list):
+            return any(fold(v) == fold(contains) for v in value)
+        return False
+
+    return [item for item in items if (value := _field(item, path)) is not _MISSING and matches(value)]
 
 
 def _same_kind(a: Any, b: Any) -> bool:
@@ -582,16 +610,7 @@ def as_text(value: Any) -> str:
 
 # -- files ----------------------------------------------------------------------------------------
 
-def data_dir() -> Path:
-    return DATA_DIR if DATA_DIR is not None else _settings_data_dir()
-
-
-@functools.cache
-def _settings_data_dir() -> Path:
-    return Settings().data_dir
-
-
-def folder(workflow_id: str) -> Path:
+def folder(workflow_id: str, data_dir: Path) -> Path:
     """<data_dir>/workflows/<workflow id>: the only place a workflow's file steps reach."""
     try:  # ids are the service's own UUIDs: never a path of their own
         canonical = str(uuid.UUID(workflow_id)) == workflow_id
@@ -599,7 +618,7 @@ def folder(workflow_id: str) -> Path:
         canonical = False
     if not canonical:
         raise StepFailed(f"{workflow_id[:64]!r} is not a workflow id")
-    return data_dir().absolute() / "workflows" / workflow_id
+    return data_dir.absolute() / "workflows" / workflow_id
 
 
 def contained(base: Path, path: str) -> Path:
@@ -633,10 +652,14 @@ def read_file(base: Path, path: str) -> str:
         raise StepFailed(f"no file {path[:200]!r} in the workflow's folder") from None
     except OSError as exc:
         raise StepFailed(f"cannot read {path[:200]!r}: {_os_error(exc)}") from None
-    with os.fdopen(fd, "rb") as handle:
-        if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise StepFailed(f"{path[:200]!r} is not a file")
-        data = handle.read(MAX_FILE_BYTES + 1)
+        data = b""
+        while len(data) <= MAX_FILE_BYTES and (chunk := os.read(fd, MAX_FILE_BYTES + 1 - len(data))):
+            data += chunk
+    finally:
+        os.close(fd)
     if len(data) > MAX_FILE_BYTES:
         raise StepFailed(f"{path[:200]!r} is over {MAX_FILE_BYTES} bytes; file steps read at most that")
     try:
@@ -746,20 +769,18 @@ async def execute(step: Step, ctx: Context) -> Any:
         if isinstance(step, ToolStep):
             args = render_all(step.args, ctx.outputs)
             return await call_tool(step.tool, args, ctx)
-        if isinstance(step, ProcessStep):
-            if step.operation == "extract_indicators":
-                text = render(step.text, ctx.outputs) if step.text is not None else \
-                    as_text(ctx.outputs[step.input or ""])
-                return await call_tool(EXTRACT, {"text": text, "scrub_pii": step.scrub_pii}, ctx)
-            if step.operation == "filter":
-                assert step.input is not None and step.field is not None
-                return filter_items(ctx.outputs[step.input], step.field, equals=step.equals, contains=step.contains,
-                                    ignore_case=step.ignore_case, what=step.input)
-            return merge_lists([(sid, ctx.outputs[sid]) for sid in step.inputs or []], dedupe=step.dedupe)
-        if step.operation == "read":
+        if isinstance(step, ExtractStep):
+            text = render(step.text, ctx.outputs)
+            return await call_tool(EXTRACT, {"text": text, "scrub_pii": step.scrub_pii}, ctx)
+        if isinstance(step, FilterStep):
+            return filter_items(ctx.outputs[step.input], step.field, equals=step.equals, contains=step.contains,
+                                ignore_case=step.ignore_case, what=step.input)
+        if isinstance(step, MergeStep):
+            return merge_lists([(sid, ctx.outputs[sid]) for sid in step.inputs], dedupe=step.dedupe)
+        if isinstance(step, ReadStep):
             return await asyncio.to_thread(read_file, ctx.base, step.path)
-        if step.operation == "write":
-            content = render(step.content or "", ctx.outputs)
+        if isinstance(step, WriteStep):
+            content = render(step.content, ctx.outputs)
             return await asyncio.to_thread(write_file, ctx.base, step.path, content)
         return await asyncio.to_thread(list_files, ctx.base, step.path)
     except RpcError as exc:
@@ -809,10 +830,10 @@ async def call_tool(tool: str, raw: Mapping[str, Any], ctx: Context) -> Any:
                 "relations": [_relation(r) for r in graph.relations], "truncated": graph.truncated}
     if isinstance(args, GraphQueryArgs):
         collectors = ctx.client("collectors")
-        answer = await collectors.GraphQuery(collectors_pb2.GraphQueryRequest(
+        table = await collectors.GraphQuery(collectors_pb2.GraphQueryRequest(
             cypher=args.cypher, params_json=json.dumps(args.params), limit=args.limit))
-        return {"columns": list(answer.columns), "rows": [json.loads(row) for row in answer.rows_json],
-                "truncated": answer.truncated}
+        return {"columns": list(table.columns), "rows": [json.loads(row) for row in table.rows_json],
+                "truncated": table.truncated}
     assert isinstance(args, SearchArgs)
     embeddings: EmbeddingsClient = ctx.client("embeddings")
     mode = {"hybrid": embeddings_pb2.SEARCH_MODE_HYBRID, "vector": embeddings_pb2.SEARCH_MODE_VECTOR,
@@ -910,7 +931,7 @@ async def run_step(workflow_id: str, step_id: str) -> str:
     if not await d.store.set_workflow_step(workflow_id, step_id, {"status": "running", "started_at": started}):
         return "stop"
     outputs = {sid: row.steps[sid].get("output") for sid in ancestors(spec, step_id)}
-    ctx = Context(workflow_id, outputs, folder(workflow_id), spec.scope.allow, d.config.tier,
+    ctx = Context(workflow_id, outputs, folder(workflow_id, d.data_dir), spec.scope.allow, d.config.tier,
                   d.collectors, d.embeddings, d.reasoning)
     result: dict[str, Any] = {"status": "completed", "output": None, "error": "", "started_at": started}
     try:

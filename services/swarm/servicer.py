@@ -9,6 +9,7 @@ import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 
 from google.protobuf.timestamp_pb2 import Timestamp
 from nats.aio.client import Client as NatsClient
@@ -21,7 +22,7 @@ from bev.runtime import ServiceRuntime, StartupError
 from bev.swarm.v1 import swarm_pb2
 from bev.swarm.v1.swarm_rpc import SwarmServicer
 from bev.vocab import Tlp
-from services.swarm import report, store, workflow
+from services.swarm import dag, report, store, workflow
 from services.swarm.agents import Deps
 from services.swarm.roles import ROLES, AgentRole, Phase, roles_for_phase
 from services.swarm.scope import Scope, ScopeError
@@ -104,6 +105,7 @@ class SwarmDeps:
     collectors: CollectorsClient
     embeddings: EmbeddingsClient
     reasoning: ReasoningClient
+    data_dir: Path
     nc: NatsClient | None = None
 
 
@@ -120,7 +122,7 @@ class Swarm(SwarmServicer):
         self.store = await store.Store.open(self.swarm_deps.dsn)
         d = self.swarm_deps
         self.engine = workflow.Engine(Deps(self.store, d.collectors, d.embeddings, d.reasoning, self.config, self.info,
-                                           d.nc), d.dsn)
+                                           d.data_dir, d.nc), d.dsn)
         await self.engine.start()
 
     async def close(self) -> None:
@@ -260,6 +262,87 @@ class Swarm(SwarmServicer):
         return swarm_pb2.ListAgentsResponse(roles=[_to_proto(r) for r in ROLES], agents=agents)
 
 
+    # -- workflows (services/swarm/dag.py) ---------------------------------------------------------
+
+    async def _workflow_row(self, workflow_id: str) -> store.WorkflowRow:
+        row = await self._store().get_workflow(workflow_id) if workflow_id else None
+        if row is None:
+            raise RpcError(StatusCode.NOT_FOUND, f"no workflow {workflow_id!r}")
+        return row
+
+    async def SubmitWorkflow(self, request: swarm_pb2.SubmitWorkflowRequest, ctx: CallContext) -> swarm_pb2.Workflow:
+        try:
+            spec = dag.parse(request.spec_json)
+        except dag.InvalidWorkflow as exc:
+            raise RpcError(StatusCode.INVALID_ARGUMENT, str(exc)) from None
+        if self.engine is None:
+            raise RpcError(StatusCode.UNAVAILABLE, "the swarm is starting")
+        workflow_id = str(uuid.uuid4())
+        await self._store().create_workflow(id=workflow_id, name=spec.name, spec=spec.model_dump(mode="json"),
+                                            steps=dag.initial_states(spec))
+        await dag.submit(workflow_id)
+        return _workflow(await self._workflow_row(workflow_id))
+
+    async def GetWorkflow(self, request: swarm_pb2.GetWorkflowRequest, ctx: CallContext) -> swarm_pb2.Workflow:
+        return _workflow(await self._workflow_row(request.id))
+
+    async def ListWorkflows(self, request: swarm_pb2.ListWorkflowsRequest,
+                            ctx: CallContext) -> swarm_pb2.ListWorkflowsResponse:
+        limit = min(request.limit or 50, 500)
+        before = _parse_cursor(request.cursor) if request.cursor else None
+        rows = await self._store().page_workflows(status=STATUSES.get(request.status, ""), limit=limit + 1,
+                                                  before=before)
+        page = rows[:limit]
+        last = page[-1] if page else None
+        return swarm_pb2.ListWorkflowsResponse(
+            workflows=[_workflow(r, full=False) for r in page],
+            next_cursor=base64.urlsafe_b64encode(f"{last.created_at.isoformat()}|{last.id}".encode()).decode()
+            if last is not None and len(rows) > limit else "")
+
+    async def CancelWorkflow(self, request: swarm_pb2.CancelWorkflowRequest, ctx: CallContext) -> swarm_pb2.Workflow:
+        row = await self._workflow_row(request.id)
+        if row.finished or not await self._store().request_workflow_cancel(row.id):
+            row = await self._workflow_row(request.id)
+            if row.status != "cancelled":
+                raise RpcError(StatusCode.FAILED_PRECONDITION, f"workflow {row.id} has {row.status}: nothing to cancel")
+            return _workflow(row)
+        if row.status == "running":  # it stops itself before its next step
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + CANCEL_GRACE_S
+            while loop.time() < deadline:
+                await asyncio.sleep(0.2)
+                row = await self._workflow_row(request.id)
+                if row.finished:
+                    return _workflow(row)
+        # Queued, or in a long step (a model answer): stop the DBOS workflow and close the row here.
+        await dag.stop(row.id)
+        await dag.conclude(row.id)
+        return _workflow(await self._workflow_row(request.id))
+
+
+def _workflow(row: store.WorkflowRow, *, full: bool = True) -> swarm_pb2.Workflow:
+    """A workflow as the API shows it; `full`: with the spec and each step's output."""
+    message = swarm_pb2.Workflow(id=row.id, name=row.name, status=_STATUS_PROTO[row.status], progress=row.progress,
+                                 error=row.error, cancel_requested=row.cancel_requested,
+                                 spec_json=json.dumps(row.spec) if full else "")
+    for step, state in dag.steps_in_order(row):
+        output = state.get("output")
+        item = swarm_pb2.WorkflowStep(
+            id=str(step.get("id", "")), type=str(step.get("type", "")), depends_on=list(step.get("depends_on", [])),
+            status=str(state.get("status", "pending")), error=str(state.get("error") or ""),
+            output_json=json.dumps(output) if full and state.get("status") == "completed" else "")
+        for field in ("started_at", "finished_at"):
+            if state.get(field):
+                getattr(item, field).FromDatetime(datetime.fromisoformat(str(state[field])))
+        message.steps.append(item)
+    for field, value in (("created_at", row.created_at), ("started_at", row.started_at),
+                         ("finished_at", row.finished_at)):
+        stamp = _timestamp(value)
+        if stamp is not None:
+            getattr(message, field).CopyFrom(stamp)
+    return message
+
+
 async def assemble(info: InstanceInfo, config: SwarmConfig, deps: SwarmDeps) -> Swarm:
     return Swarm(info, config, deps)
 
@@ -271,4 +354,5 @@ async def build(runtime: ServiceRuntime[Settings]) -> Swarm:
         raise StartupError("Vault secret 'postgres' has no dsn; the swarm keeps investigations there")
     nc = runtime.nc
     return await assemble(runtime.info, runtime.settings.swarm, SwarmDeps(
-        dsn, CollectorsClient.over_nats(nc), EmbeddingsClient.over_nats(nc), ReasoningClient.over_nats(nc), nc))
+        dsn, CollectorsClient.over_nats(nc), EmbeddingsClient.over_nats(nc), ReasoningClient.over_nats(nc),
+        runtime.settings.data_dir, nc))

@@ -548,7 +548,7 @@ class Engine:
             await asyncio.sleep(config.orphan_after_s / 2)
             try:
                 live = await self.deps.store.live_replicas(config.orphan_after_s)
-                pending = await DBOS.list_workflows_async(status="PENDING", name="swarm.investigate",
+                pending = await DBOS.list_workflows_async(status="PENDING", name=["swarm.investigate", "swarm.dag"],
                                                          load_input=False, load_output=False)
                 orphans = {w.executor_id for w in pending if w.executor_id and w.executor_id not in live}
                 for executor in sorted(orphans):

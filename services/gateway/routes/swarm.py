@@ -22,13 +22,13 @@ import contextlib
 import json
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
-from typing import Annotated, Any, TypeAlias, cast
+from typing import Annotated, Any, Literal, TypeAlias, cast
 from urllib.parse import quote
 
 from fastapi import APIRouter, Header, HTTPException, Query, WebSocket
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from google.protobuf.message import Message
-from pydantic import ConfigDict, Field
+from pydantic import ConfigDict, Discriminator, Field, Tag
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
 from bev.rpc import RpcError, StatusCode
@@ -39,6 +39,8 @@ from services.gateway.clients import Clients
 from services.gateway.routes.common import (
     HTTP_STATUS,
     INTEGRAL,
+    MAX_TOKENS,
+    TIER_LABELS,
     TLP_LABELS,
     Body,
     enum_value,
@@ -58,6 +60,7 @@ def _labels_of(names: list[str], prefix: str) -> list[str]:
 PHASES = _labels_of(list(swarm_pb2.Phase.keys()), "PHASE_")
 MODES = _labels_of(list(swarm_pb2.Mode.keys()), "MODE_")
 STATUSES = _labels_of(list(swarm_pb2.Status.keys()), "STATUS_")
+WORKFLOW_STATUSES = ("queued", "running", "completed", "failed", "cancelled")
 TARGET_TYPES = ("domain", "url", "ipv4", "email", "btc", "eth", "md5", "sha1", "sha256", "threat-actor", "malware")
 
 # The API's bounds on a budget (0 in the RPC: the service's default, so 0 is not taken here).
@@ -138,6 +141,145 @@ class StartBody(StrictBody):
         default=[], max_length=MAX_SEEDS, description="further starting points (URLs), each checked against the scope")
 
 
+# -- workflows: the bounds are the swarm's own (services/swarm/dag.py), which checks them again
+# along with what a schema cannot say (dependencies on existing steps, no cycle, templates naming
+# only steps depended on, tool arguments, the scope of a Collect target).
+
+WORKFLOW_PATH = "/api/v1/workflows/{workflow_id}"
+MAX_WORKFLOW_STEPS = 50
+MAX_TEMPLATE = 50_000
+MAX_FILE_BYTES = 128 * 1024
+STEP_ID = r"^[A-Za-z][A-Za-z0-9_-]{0,63}$"
+WORKFLOW_TOOLS = ("collectors.Extract", "collectors.Collect", "collectors.Neighborhood", "collectors.GraphQuery",
+                  "embeddings.Search")
+StepIdField = Annotated[str, Field(pattern=STEP_ID)]
+_TEMPLATE_NOTE = " (a template: {{step}} is that step's output, {{step.key.0}} a part of it)"
+
+
+class StepBody(StrictBody):
+    id: str = Field(pattern=STEP_ID, description="unique in the workflow; other steps name it in depends_on "
+                                                 "and in templates ({{id}})")
+    depends_on: list[StepIdField] = Field(default=[], max_length=MAX_WORKFLOW_STEPS,
+                                          description="the steps this one runs after; their outputs are what "
+                                                      "it may read")
+    description: str = Field(default="", max_length=1000)
+
+
+class LlmStepBody(StepBody):
+    """reasoning.Chat of the prompt; the output is the text."""
+
+    type: Literal["llm_generation"]
+    prompt: str = Field(min_length=1, max_length=MAX_TEMPLATE, description="the user message" + _TEMPLATE_NOTE)
+    system: str = Field(default="", max_length=MAX_TEMPLATE, description="a system message" + _TEMPLATE_NOTE)
+    tier: str = Field(default="", json_schema_extra=TIER_LABELS,
+                      description="fast, balanced, powerful (any case); empty: the swarm's tier")
+    max_tokens: Annotated[int, Field(ge=1, le=MAX_TOKENS), INTEGRAL] = 256
+    temperature: float = Field(default=0.2, ge=0, le=2)
+
+
+class ToolStepBody(StepBody):
+    """One allowlisted RPC. args per tool: collectors.Extract {text, scrub_pii}; collectors.Collect
+    {collector, target, target_type, opsec, tlp} (the target is checked against the workflow's scope);
+    collectors.Neighborhood {entity_id, depth, limit}; collectors.GraphQuery {cypher, params, limit};
+    embeddings.Search {query, k, mode, investigation_id}. String values are templates."""
+
+    type: Literal["tool_execution"]
+    tool: str = Field(json_schema_extra=labels(*WORKFLOW_TOOLS), description="one of " + ", ".join(WORKFLOW_TOOLS))
+    args: dict[str, Any] = Field(default={}, description="the tool's arguments (see above)")
+
+
+class ExtractStepBody(StepBody):
+    """collectors.Extract of the text; the output is [{type, value}] (defanged forms refanged)."""
+
+    type: Literal["data_processing"]
+    operation: Literal["extract_indicators"]
+    text: str = Field(min_length=1, max_length=MAX_TEMPLATE, description="the text" + _TEMPLATE_NOTE)
+    scrub_pii: bool = Field(default=False, description="replace e-mails, phone, card and social-security numbers first")
+
+
+class FilterStepBody(StepBody):
+    """The items of step `input`'s list output that have `field` and, when given, whose field
+    equals `equals` and/or contains `contains`; the output is the items kept."""
+
+    type: Literal["data_processing"]
+    operation: Literal["filter"]
+    input: str = Field(pattern=STEP_ID, description="the step whose list output is filtered")
+    field: str = Field(min_length=1, max_length=200, description='a dotted path into each item: "type", "entity.value"')
+    equals: str | int | float | bool | None = Field(default=None, description="keep items whose field is this value")
+    contains: str | None = Field(default=None, max_length=1000,
+                                 description="keep items whose field holds this text (or, a list, this element)")
+    ignore_case: bool = False
+
+
+class MergeStepBody(StepBody):
+    """The list outputs of `inputs`, one after the other; the output is the merged list."""
+
+    type: Literal["data_processing"]
+    operation: Literal["merge"]
+    inputs: list[StepIdField] = Field(min_length=1, max_length=MAX_WORKFLOW_STEPS)
+    dedupe: bool = Field(default=True, description="drop items equal to one before")
+
+
+_PATH_NOTE = "relative to the workflow's folder (<data_dir>/workflows/<id>/); absolute paths, .. and links out are refused"
+
+
+class ReadStepBody(StepBody):
+    """The output is the file's text."""
+
+    type: Literal["file_operations"]
+    operation: Literal["read"]
+    path: str = Field(min_length=1, max_length=1024, description=_PATH_NOTE)
+
+
+class WriteStepBody(StepBody):
+    """The output is {path, bytes}."""
+
+    type: Literal["file_operations"]
+    operation: Literal["write"]
+    path: str = Field(min_length=1, max_length=1024, description=_PATH_NOTE)
+    content: str = Field(max_length=MAX_FILE_BYTES, description="the text to write" + _TEMPLATE_NOTE)
+
+
+class ListStepBody(StepBody):
+    """The output is [{path, type, bytes}]."""
+
+    type: Literal["file_operations"]
+    operation: Literal["list"]
+    path: str = Field(default="", max_length=1024, description="a folder; empty: the workflow's whole folder")
+
+
+def _step_tag(value: Any) -> str | None:
+    kind = value.get("type") if isinstance(value, dict) else getattr(value, "type", None)
+    operation = value.get("operation") if isinstance(value, dict) else getattr(value, "operation", None)
+    if not isinstance(kind, str):
+        return None
+    return f"{kind}:{operation}" if kind in ("data_processing", "file_operations") else kind
+
+
+WorkflowStepBody = Annotated[
+    Annotated[LlmStepBody, Tag("llm_generation")] | Annotated[ToolStepBody, Tag("tool_execution")]
+    | Annotated[ExtractStepBody, Tag("data_processing:extract_indicators")]
+    | Annotated[FilterStepBody, Tag("data_processing:filter")]
+    | Annotated[MergeStepBody, Tag("data_processing:merge")]
+    | Annotated[ReadStepBody, Tag("file_operations:read")] | Annotated[WriteStepBody, Tag("file_operations:write")]
+    | Annotated[ListStepBody, Tag("file_operations:list")],
+    Discriminator(_step_tag)]
+
+
+class WorkflowScopeBody(StrictBody):
+    allow: list[Annotated[str, Field(min_length=1, max_length=255)]] = Field(
+        default=[], max_length=MAX_ALLOW,
+        description="domains and CIDRs collectors.Collect steps may reach; empty: each target's own registrable "
+                    "domain or address")
+
+
+class WorkflowBody(StrictBody):
+    name: str = Field(default="", max_length=200)
+    scope: WorkflowScopeBody = Field(default_factory=WorkflowScopeBody)
+    steps: list[WorkflowStepBody] = Field(min_length=1, max_length=MAX_WORKFLOW_STEPS,
+                                          description="the DAG: each step runs after the steps it depends_on")
+
+
 def _label(name: str, prefix: str) -> str:
     return name.removeprefix(prefix).lower()
 
@@ -199,6 +341,21 @@ def investigation_json(investigation: swarm_pb2.Investigation) -> dict[str, Any]
         "seeds": list(i.seeds),
         "error": i.error or None,
         "report": _json_object(i.report_json, "a report") if i.report_json else None,
+    }
+
+
+def workflow_json(w: swarm_pb2.Workflow) -> dict[str, Any]:
+    """A workflow as the API shows it: the spec and each step's output parsed (null while unset and in lists)."""
+    return {
+        "id": w.id, "name": w.name, "status": _enum_label(swarm_pb2.Status, "STATUS_", w.status),
+        "progress": w.progress, "error": w.error or None, "cancel_requested": w.cancel_requested,
+        "created_at": _time(w, "created_at"), "started_at": _time(w, "started_at"),
+        "finished_at": _time(w, "finished_at"),
+        "spec": _json_object(w.spec_json, "a workflow spec") if w.spec_json else None,
+        "steps": [{"id": s.id, "type": s.type, "depends_on": list(s.depends_on), "status": s.status,
+                   "output": _json_object(s.output_json, "a step output") if s.output_json else None,
+                   "error": s.error or None, "started_at": _time(s, "started_at"),
+                   "finished_at": _time(s, "finished_at")} for s in w.steps],
     }
 
 
@@ -485,6 +642,46 @@ def router(clients: Clients) -> APIRouter:
             if websocket.application_state is WebSocketState.CONNECTED:
                 with contextlib.suppress(RuntimeError, WebSocketDisconnect):
                     await websocket.close(1000)
+
+    @api.post("/api/v1/workflows", status_code=202, responses={
+        202: {"description": "Queued: the workflow, its `Location` header its URL",
+              "headers": {"Location": {"description": "/api/v1/workflows/{id}", "schema": {"type": "string"}}}},
+        400: {"description": "A spec the swarm refuses, the message saying why: a dependency on no step, a cycle "
+                             "(named), a template naming a step not depended on, duplicate step ids, tool arguments "
+                             "that do not fit the tool, a Collect target outside the scope, an unknown tier"}})
+    async def submit_workflow(body: WorkflowBody) -> JSONResponse:
+        """Queue a workflow, a DAG of typed steps (llm_generation, tool_execution, data_processing,
+        file_operations), run durably by the swarm; follow it at GET /api/v1/workflows/{id}."""
+        spec = body.model_dump(mode="json", exclude_unset=True)
+        answer = await clients.swarm.SubmitWorkflow(swarm_pb2.SubmitWorkflowRequest(spec_json=json.dumps(spec)))
+        return JSONResponse(workflow_json(answer), status_code=202,
+                            headers={"Location": f"/api/v1/workflows/{quote(answer.id, safe='')}"})
+
+    @api.get("/api/v1/workflows", responses={400: {"description": "An unknown status label, or a bad cursor"}})
+    async def list_workflows(
+        status: Annotated[str, Query(description=", ".join(WORKFLOW_STATUSES) + " (any case); empty: any",
+                                     json_schema_extra=labels("", *WORKFLOW_STATUSES))] = "",
+        limit: Annotated[int, Query(ge=1, le=MAX_LIST)] = 50,
+        cursor: Annotated[str, Query(max_length=1024, description="`next_cursor` of the previous page")] = "",
+    ) -> dict[str, Any]:
+        """Newest first, without specs and step outputs; `next_cursor` is null on the last page."""
+        value = parse_label(swarm_pb2.Status, "STATUS_", list(WORKFLOW_STATUSES), status, "status") \
+            if status.strip() else swarm_pb2.STATUS_UNSPECIFIED
+        page = await clients.swarm.ListWorkflows(swarm_pb2.ListWorkflowsRequest(status=value, limit=limit, cursor=cursor))
+        return {"workflows": [workflow_json(w) for w in page.workflows], "next_cursor": page.next_cursor or None}
+
+    @api.get(WORKFLOW_PATH, responses={404: {"description": "No workflow by that id"}})
+    async def get_workflow(workflow_id: str) -> dict[str, Any]:
+        """Status (queued, running, completed, failed, cancelled), progress (0..1), the spec, and each
+        step's status (pending, running, completed, failed, skipped, cancelled), output and error."""
+        return workflow_json(await clients.swarm.GetWorkflow(swarm_pb2.GetWorkflowRequest(id=workflow_id)))
+
+    @api.delete(WORKFLOW_PATH, responses={404: {"description": "No workflow by that id"},
+                                          409: {"description": "The workflow already completed or failed"}})
+    async def cancel_workflow(workflow_id: str) -> dict[str, Any]:
+        """Cancel it within seconds: finished steps keep their outputs, the rest are cancelled. A
+        cancelled one is returned as it is."""
+        return workflow_json(await clients.swarm.CancelWorkflow(swarm_pb2.CancelWorkflowRequest(id=workflow_id)))
 
     @api.get("/api/v1/evidence/{evidence_id}", responses={404: {"description": "No evidence by that id"}})
     async def evidence(evidence_id: str) -> dict[str, Any]:

@@ -209,7 +209,7 @@ async def real(tmp_path_factory: pytest.TempPathFactory,
             await clients_nc.jetstream().add_stream(name="BEV_EVENTS", subjects=["bev.events.>"])
             service = await assemble(InstanceInfo(service="swarm"), SwarmConfig(queue_poll_s=3600), SwarmDeps(
                 fresh_database(), CollectorsClient.over_nats(clients_nc), EmbeddingsClient.over_nats(clients_nc),
-                ReasoningClient.over_nats(clients_nc), clients_nc))
+                ReasoningClient.over_nats(clients_nc), tmp_path_factory.mktemp("swarm-data"), clients_nc))
             async with serving_on_nats(service, server.url) as bus, gateway_on_free_port(bus) as url, \
                     httpx.AsyncClient(base_url=url, timeout=30, trust_env=False) as http:
                 yield RealSwarm(service, server.url, bus, http)

@@ -45,6 +45,18 @@ class SwarmServicer(Servicer):
     async def ListAgents(self, request: swarm_pb2.ListAgentsRequest, ctx: CallContext) -> swarm_pb2.ListAgentsResponse:
         raise RpcError(StatusCode.UNIMPLEMENTED, "Swarm.ListAgents is not implemented")
 
+    async def SubmitWorkflow(self, request: swarm_pb2.SubmitWorkflowRequest, ctx: CallContext) -> swarm_pb2.Workflow:
+        raise RpcError(StatusCode.UNIMPLEMENTED, "Swarm.SubmitWorkflow is not implemented")
+
+    async def GetWorkflow(self, request: swarm_pb2.GetWorkflowRequest, ctx: CallContext) -> swarm_pb2.Workflow:
+        raise RpcError(StatusCode.UNIMPLEMENTED, "Swarm.GetWorkflow is not implemented")
+
+    async def ListWorkflows(self, request: swarm_pb2.ListWorkflowsRequest, ctx: CallContext) -> swarm_pb2.ListWorkflowsResponse:
+        raise RpcError(StatusCode.UNIMPLEMENTED, "Swarm.ListWorkflows is not implemented")
+
+    async def CancelWorkflow(self, request: swarm_pb2.CancelWorkflowRequest, ctx: CallContext) -> swarm_pb2.Workflow:
+        raise RpcError(StatusCode.UNIMPLEMENTED, "Swarm.CancelWorkflow is not implemented")
+
 
 class SwarmClient(Client):
     """Typed caller of bev.swarm.v1.Swarm: over NATS by default, gRPC when given an address."""
@@ -80,3 +92,15 @@ class SwarmClient(Client):
 
     async def ListAgents(self, request: swarm_pb2.ListAgentsRequest, *, timeout_s: float | None = None, metadata: Mapping[str, str] | None = None) -> swarm_pb2.ListAgentsResponse:
         return await self._call("ListAgents", request, swarm_pb2.ListAgentsResponse, timeout_s, metadata)
+
+    async def SubmitWorkflow(self, request: swarm_pb2.SubmitWorkflowRequest, *, timeout_s: float | None = None, metadata: Mapping[str, str] | None = None) -> swarm_pb2.Workflow:
+        return await self._call("SubmitWorkflow", request, swarm_pb2.Workflow, timeout_s, metadata)
+
+    async def GetWorkflow(self, request: swarm_pb2.GetWorkflowRequest, *, timeout_s: float | None = None, metadata: Mapping[str, str] | None = None) -> swarm_pb2.Workflow:
+        return await self._call("GetWorkflow", request, swarm_pb2.Workflow, timeout_s, metadata)
+
+    async def ListWorkflows(self, request: swarm_pb2.ListWorkflowsRequest, *, timeout_s: float | None = None, metadata: Mapping[str, str] | None = None) -> swarm_pb2.ListWorkflowsResponse:
+        return await self._call("ListWorkflows", request, swarm_pb2.ListWorkflowsResponse, timeout_s, metadata)
+
+    async def CancelWorkflow(self, request: swarm_pb2.CancelWorkflowRequest, *, timeout_s: float | None = None, metadata: Mapping[str, str] | None = None) -> swarm_pb2.Workflow:
+        return await self._call("CancelWorkflow", request, swarm_pb2.Workflow, timeout_s, metadata)
