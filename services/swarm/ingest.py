@@ -30,7 +30,7 @@ from bev.embeddings.v1 import embeddings_pb2
 from bev.rpc import RpcError
 from bev.vocab import Tlp
 from services.swarm.agents import Agent, Investigation, Refused
-from services.swarm.roles import COLLECT, NEIGHBORHOOD, SEARCH
+from services.swarm.roles import COLLECT, GET_DOCUMENT, NEIGHBORHOOD, SEARCH
 from services.swarm.store import EvidenceRow, evidence_id
 
 # Entity types whose graph neighbourhood is worth a lookup (what feeds and STIX bundles relate).
@@ -325,6 +325,35 @@ async def corpus_excerpts(agent: Agent, query: str, document_ids: set[str], k: i
         kind="excerpt", uri=h["uri"], collector="embeddings.Search", collected_at=datetime.now(UTC), tlp=h["tlp"],
         content=h["excerpt"], document_id=h["document_id"], start=h["start"], end=h["end"],
         data={"title": h["title"]}) for h in hits if h["document_id"] in document_ids][:k]
+    new = await inv.deps.store.add_evidence(rows)
+    for item in rows:
+        if item.id in new:
+            await inv.emit("evidence", evidence=item.id, kind=item.kind, uri=item.uri, collector=item.collector)
+    return [item.id for item in rows]
+
+
+async def injection_excerpts(agent: Agent, document_id: str, context: int = 160) -> list[str]:
+    """Excerpt evidence around every span of a stored page that reads like an instruction to an AI
+    (services.swarm.deliberation.INJECTION): the page is data; the analyst should see what it tried."""
+    from services.swarm.deliberation import INJECTION
+
+    inv = agent.investigation
+
+    async def fetch() -> dict[str, Any]:
+        document = await inv.deps.embeddings.GetDocument(embeddings_pb2.GetDocumentRequest(document_id=document_id))
+        return {"text": document.text, "uri": document.uri, "tlp": Tlp.from_proto(document.tlp, Tlp.CLEAR).value}
+
+    try:
+        page: dict[str, Any] = await agent.call(GET_DOCUMENT, {"document_id": document_id}, fetch)
+    except (Refused, RpcError):
+        return []
+    rows = []
+    for match in INJECTION.finditer(page["text"]):
+        start, end = max(0, match.start() - context), min(len(page["text"]), match.end() + context)
+        rows.append(EvidenceRow(
+            id=evidence_id(inv.id, "excerpt", f"{document_id}:{start}:{end}"), investigation_id=inv.id, kind="excerpt",
+            uri=page["uri"], collector="embeddings.GetDocument", collected_at=datetime.now(UTC), tlp=page["tlp"],
+            content=page["text"][start:end], document_id=document_id, start=start, end=end))
     new = await inv.deps.store.add_evidence(rows)
     for item in rows:
         if item.id in new:

@@ -33,6 +33,7 @@ NEIGHBORHOOD = "collectors.Neighborhood"
 GET_ENTITY = "collectors.GetEntity"
 GRAPH_QUERY = "collectors.GraphQuery"
 SEARCH = "embeddings.Search"
+GET_DOCUMENT = "embeddings.GetDocument"
 ANALYZE = "reasoning.Analyze"
 CHAT = "reasoning.Chat"
 
@@ -171,11 +172,11 @@ ROLES: tuple[AgentRole, ...] = (
     AgentRole(
         name="monitor",
         description=(
-            "Watches the budget, stalls, loops, repeated tool calls and out-of-scope or injected "
-            "instructions in collected content, and raises warnings; calls no tool."
+            "Watches the budget, repeated tool calls and out-of-scope or injected instructions in "
+            "collected content (it reads stored pages by pattern, with no model), and raises warnings."
         ),
         phases=tuple(Phase),
-        tools=(),
+        tools=(GET_DOCUMENT,),
         can_vote=False,
     ),
 )

@@ -23,7 +23,15 @@ from bev.migrations import sqlalchemy_url
 from bev.telemetry import get_logger
 from services.swarm import deliberation, report
 from services.swarm.agents import ANALYSES, DURATION, LIVE_AGENTS, TOKENS, Deps, Investigation, Stop
-from services.swarm.ingest import Names, Task, corpus_excerpts, initial_tasks, known_names, run_task
+from services.swarm.ingest import (
+    Names,
+    Task,
+    corpus_excerpts,
+    initial_tasks,
+    injection_excerpts,
+    known_names,
+    run_task,
+)
 from services.swarm.roles import Phase
 from services.swarm.store import EvidenceRow, InvestigationRow
 from services.swarm.voting import Consensus
@@ -134,15 +142,18 @@ async def gather_context(investigation_id: str) -> dict[str, Any]:
     documents = {str(e.data.get("entity", {}).get("properties", {}).get("corpus_document_id", ""))
                  for e in evidence} - {""}
     analyst = inv.agent("analyst")
+    monitor = inv.agent("monitor")
     try:
-        for query in (inv.row.target, f"{inv.row.target} malware payment infrastructure",
-                      "ignore previous instructions"):
+        for query in (inv.row.target, f"{inv.row.target} malware payment infrastructure"):
             await corpus_excerpts(analyst, query, documents)
+        # The monitor reads every page the investigation stored (by pattern, not with a model) for
+        # text aimed at an AI reader; each hit becomes an excerpt evidence item the warning cites.
+        await monitor.doing("scanning collected text for injected instructions")
+        for document_id in sorted(documents):
+            await injection_excerpts(monitor, document_id)
     except Stop as exc:
         return _stopped(exc)
     evidence = await inv.deps.store.evidence(inv.id)
-    monitor = inv.agent("monitor")
-    await monitor.doing("scanning collected text for injected instructions")
     for warning in deliberation.injection_warnings(evidence):
         await inv.emit("warning", agent="monitor", warning=warning["kind"], evidence=warning["evidence"],
                        message=warning["message"])

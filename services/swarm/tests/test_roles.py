@@ -45,7 +45,7 @@ def test_a_role_that_reads_with_a_model_has_no_network_tool() -> None:
         assert not (set(role.tools) & MODEL_TOOLS and set(role.tools) & NETWORK_TOOLS), role.name
     assert get_role("worker").may_call("collectors.Collect")
     assert not get_role("worker").may_call("reasoning.Analyze")
-    assert get_role("monitor").tools == ()
+    assert get_role("monitor").tools == ("embeddings.GetDocument",)  # reads stored pages, by pattern
 
 
 def test_get_role_and_aliases() -> None:
