@@ -189,7 +189,7 @@ async def run_task(agent: Agent, task: Task, names: Names, max_depth: int) -> Ou
 
         args = {"collector": task.collector, "target_type": task.target_type, "target": task.target}
         try:
-            observations: list[dict[str, Any]] = await agent.call(COLLECT, args, collect)
+            observations: list[dict[str, Any]] = _one_per_id(await agent.call(COLLECT, args, collect))
         except Refused as exc:
             return Outcome([], [], refused=str(exc))
         except RpcError as exc:
@@ -202,7 +202,6 @@ async def run_task(agent: Agent, task: Task, names: Names, max_depth: int) -> Ou
             id=evidence_id(inv.id, "observation", obs["id"]), investigation_id=inv.id, kind="observation",
             uri=obs["source"], collector=obs["collector"], collected_at=datetime.fromtimestamp(obs["observed_at"], UTC),
             tlp=obs["tlp"], content=observation_text(obs, names.known), data=obs) for obs in observations]
-        rows = list({row.id: row for row in rows}.values())  # a page that links a URL twice: one finding
         new = await deps.store.add_evidence(rows)
         await _announce(inv, rows, new, names.known)
         follow = follow_ups(task, observations, inv, max_depth)
@@ -237,6 +236,23 @@ async def run_task(agent: Agent, task: Task, names: Names, max_depth: int) -> Ou
     await _announce(inv, [item], new, names.known)
     observations = [{"entity": e, "relations": [], "collector": "graph", "source": item.uri} for e in graph["entities"]]
     return Outcome(new, follow_ups(task, observations, inv, max_depth))
+
+
+def _one_per_id(observations: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One observation per id. A page that links to itself, or names a URL twice, yields the same
+    observation again; the one that carries the entity's properties (the page's corpus document)
+    is kept, with every relation either saw."""
+    merged: dict[str, dict[str, Any]] = {}
+    for obs in observations:
+        kept = merged.get(obs["id"])
+        if kept is None:
+            merged[obs["id"]] = obs
+            continue
+        richer, other = ((obs, kept) if len(obs["entity"]["properties"]) > len(kept["entity"]["properties"])
+                         else (kept, obs))
+        relations = list(richer["relations"]) + [r for r in other["relations"] if r not in richer["relations"]]
+        merged[obs["id"]] = {**richer, "relations": relations}
+    return list(merged.values())
 
 
 async def _entity_id(inv: Investigation, task: Task) -> str:
