@@ -262,6 +262,7 @@ def test_autonomous_survives_its_replica_killed(demo: DemoFleet) -> None:
     investigation = start(demo, request_for(demo.world, "autonomous"))
     wait_for(demo, investigation["id"], lambda i: i["usage"]["tool_calls"] >= 6)
     os.kill(swarm_pid(demo), signal.SIGKILL)
+    wait_for(demo, investigation["id"], lambda i: True, timeout_s=120)  # 503 until the supervisor restarts it
     seen = events(demo, investigation["id"])
     final = httpx.get(f"{demo.gateway}/api/v1/investigations/{investigation['id']}", timeout=10).json()
     report = check_finished(demo, final, seen)

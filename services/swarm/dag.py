@@ -994,17 +994,18 @@ async def finish(workflow_id: str, error: str = "") -> str:
 
 @DBOS.workflow(name="swarm.dag")
 async def run(workflow_id: str) -> str:
-    try:
-        start = await begin(workflow_id)
-        if start["finished"]:
-            return str(start["status"])
-        for step_id in start["order"]:
-            if await run_step(workflow_id, step_id) == "stop":
-                break
-        return str(await finish(workflow_id))
-    except Exception as exc:  # a cancellation is not an Exception (DBOSWorkflowCancelledError)
-        log.error("workflow failed", workflow=workflow_id, error=str(exc))
-        return str(await finish(workflow_id, f"{type(exc).__name__}: {exc}"[:1000]))
+    with workflow.running_here():
+        try:
+            start = await begin(workflow_id)
+            if start["finished"]:
+                return str(start["status"])
+            for step_id in start["order"]:
+                if await run_step(workflow_id, step_id) == "stop":
+                    break
+            return str(await finish(workflow_id))
+        except Exception as exc:  # a cancellation is not an Exception (DBOSWorkflowCancelledError)
+            log.error("workflow failed", workflow=workflow_id, error=str(exc))
+            return str(await finish(workflow_id, f"{type(exc).__name__}: {exc}"[:1000]))
 
 
 async def submit(workflow_id: str) -> None:

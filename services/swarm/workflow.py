@@ -14,7 +14,8 @@ module's `DEPS`, set once by `Engine.start`.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+import contextlib
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from dbos import DBOS, SetWorkflowID
@@ -45,6 +46,7 @@ PROGRESS = {Phase.INGESTION: 0.05, Phase.HYPOTHESES: 0.5, Phase.CORRELATION: 0.7
             Phase.COUNTERFACTUALS: 0.85, Phase.SYNTHESIS: 0.92}
 
 DEPS: Deps | None = None
+RUNNING: set[asyncio.Task[Any]] = set()  # the workflows this replica is running now
 
 
 def deps() -> Deps:
@@ -303,12 +305,28 @@ async def fail(investigation_id: str, error: str) -> str:
     return "failed"
 
 
+@contextlib.contextmanager
+def running_here() -> Iterator[None]:
+    """Marks the current task as a workflow this replica runs, so that `Engine.stop` can cancel it
+    before the bus and the database close under it (a cancelled workflow stays PENDING in DBOS and
+    is resumed elsewhere; one that met a closed connection would have ended as failed)."""
+    task = asyncio.current_task()
+    if task is not None:
+        RUNNING.add(task)
+    try:
+        yield
+    finally:
+        if task is not None:
+            RUNNING.discard(task)
+
+
 @DBOS.workflow(name="swarm.investigate")
 async def investigate(investigation_id: str) -> str:
-    try:
-        return await _investigate(investigation_id)
-    except Exception as exc:  # a cancellation is not an Exception (DBOSWorkflowCancelledError)
-        return str(await fail(investigation_id, f"{type(exc).__name__}: {exc}"[:1000]))
+    with running_here():
+        try:
+            return await _investigate(investigation_id)
+        except Exception as exc:  # a cancellation is not an Exception (DBOSWorkflowCancelledError)
+            return str(await fail(investigation_id, f"{type(exc).__name__}: {exc}"[:1000]))
 
 
 async def _investigate(investigation_id: str) -> str:
@@ -523,8 +541,9 @@ class Engine:
 
     async def stop(self) -> None:
         global DEPS
-        for task in self._tasks:
+        for task in [*self._tasks, *RUNNING]:
             task.cancel()
+        await asyncio.gather(*RUNNING, return_exceptions=True)
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.deps.store.forget_replica(self.deps.info.instance)
         await self.deps.close()
