@@ -24,7 +24,7 @@ from prometheus_client import Counter, Gauge, Histogram
 from bev.collectors.v1.collectors_rpc import CollectorsClient
 from bev.embeddings.v1.embeddings_rpc import EmbeddingsClient
 from bev.reasoning.v1.reasoning_rpc import ReasoningClient
-from bev.rpc import InstanceInfo, RpcError
+from bev.rpc import InstanceInfo, RpcError, StatusCode
 from bev.telemetry import get_logger
 from services.swarm.roles import AgentRole, get_role
 from services.swarm.scope import Scope
@@ -186,7 +186,7 @@ class Agent:
         await self.doing(f"{tool} {_describe(args)}")
         started = time.perf_counter()
         try:
-            result = await run()
+            result = await while_starting(run)
         except RpcError as exc:
             message = f"{exc.code.name}: {exc.message}"
             await deps.store.end_call(inv.id, key, "error", message)
@@ -199,6 +199,23 @@ class Agent:
                        items=len(result) if isinstance(result, list) else 1)
         TOOL_EXECUTIONS.labels(tool, "ok").inc()
         return result
+
+
+# A service with no instance yet (the fleet is starting, or restarting after a crash) is waited for
+# this long, in growing steps, before the call counts as failed.
+STARTING_WAITS_S = (1.0, 2.0, 4.0, 8.0, 15.0, 15.0, 15.0, 20.0)
+
+
+async def while_starting(run: Callable[[], Awaitable[Any]]) -> Any:
+    for wait in (*STARTING_WAITS_S, None):
+        try:
+            return await run()
+        except RpcError as exc:
+            if wait is None or exc.code != StatusCode.UNAVAILABLE or not exc.message.startswith("no instance"):
+                raise
+            log.info("a service is not serving yet; waiting", error=exc.message, wait_s=wait)
+            await asyncio.sleep(wait)
+    raise AssertionError("unreachable")
 
 
 def _describe(args: Mapping[str, Any]) -> str:

@@ -17,6 +17,7 @@ come only from what the collectors extracted and every one passes the scope chec
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import json
 from collections.abc import Iterable, Mapping, Sequence
@@ -29,7 +30,7 @@ from bev.collectors.v1 import collectors_pb2
 from bev.embeddings.v1 import embeddings_pb2
 from bev.rpc import RpcError
 from bev.vocab import Tlp
-from services.swarm.agents import Agent, Investigation, Refused
+from services.swarm.agents import Agent, Investigation, Refused, while_starting
 from services.swarm.roles import COLLECT, GET_DOCUMENT, NEIGHBORHOOD, SEARCH
 from services.swarm.store import EvidenceRow, evidence_id
 
@@ -150,9 +151,10 @@ class Names:
         for entity_id in ids:
             if entity_id in self.known:
                 continue
+            collectors = self.investigation.deps.collectors
+            request = collectors_pb2.GetEntityRequest(id=entity_id)
             try:  # bookkeeping on our own graph, not an agent's tool call
-                entity = await self.investigation.deps.collectors.GetEntity(
-                    collectors_pb2.GetEntityRequest(id=entity_id))
+                entity = await while_starting(functools.partial(collectors.GetEntity, request))
                 self.known[entity_id] = entity.value
             except RpcError:
                 self.known[entity_id] = entity_id
@@ -258,9 +260,9 @@ def _one_per_id(observations: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 async def _entity_id(inv: Investigation, task: Task) -> str:
     """The STIX id the graph keeps for a target (deterministic, but computed by the collectors)."""
     cypher = "MATCH (e:Entity) WHERE e.value = $value RETURN e.id, e.type LIMIT 5"
+    request = collectors_pb2.GraphQueryRequest(cypher=cypher, params_json=json.dumps({"value": task.target}), limit=5)
     try:
-        answer = await inv.deps.collectors.GraphQuery(collectors_pb2.GraphQueryRequest(
-            cypher=cypher, params_json=json.dumps({"value": task.target}), limit=5))
+        answer = await while_starting(lambda: inv.deps.collectors.GraphQuery(request))
     except RpcError:
         return ""
     rows = [json.loads(row) for row in answer.rows_json]
