@@ -14,6 +14,7 @@ import errno
 import http.client
 import importlib.util
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -39,16 +40,39 @@ class EngineStartError(RuntimeError):
 
 
 def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port the OS reports free right now on `host`.
+    """A TCP port free right now on `host`, chosen below the kernel's ephemeral range.
 
-    Another process may still take it before the engine binds it; `Engine.start` checks again
+    A port from the ephemeral range (what binding port 0 gives) is also what every outgoing
+    connection takes as its local port, so between picking it and binding it a plain client
+    connection could take it: a fleet restarted with --free-ports lost that race. Below the range
+    only an explicit bind can. Another process may still take it; `Engine.start` checks again
     and a lost race shows up as a clear EngineStartError rather than a hang.
     """
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as sock:
+    low = _ephemeral_low()
+    for _ in range(200):
+        port = random.randint(FIXED_PORTS_FROM, low - 1)
+        with socket.socket(family, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
+            return port
+    with socket.socket(family, socket.SOCK_STREAM) as sock:  # a crowded machine: any port at all
         sock.bind((host, 0))
-        port: int = sock.getsockname()[1]
-        return port
+        chosen: int = sock.getsockname()[1]
+        return chosen
+
+
+FIXED_PORTS_FROM = 20000  # above the usual service ports (8080, 9090, 50051...), below the ephemeral range
+
+
+def _ephemeral_low() -> int:
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768  # Linux's default
+    return max(low, FIXED_PORTS_FROM + 1000)
 
 
 def port_in_use(host: str, port: int) -> bool:
