@@ -42,7 +42,9 @@ _FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
 
 def create_app(nc: NatsClient, config: GatewayConfig, callees: Iterable[str]) -> FastAPI:
     """The HTTP API over `nc`; `callees` are the services the gateway's manifest entry calls."""
-    app = FastAPI(title="BEV gateway", version="0.1.0")
+    # No trailing-slash redirects: `/api/v1/documents/` (an empty id) is 404, not a redirect to the
+    # collection path and then a 405 for the method.
+    app = FastAPI(title="BEV gateway", version="0.1.0", redirect_slashes=False)
     clients = Clients.over_nats(nc, config.rpc_timeout_s, callees)
     routes: list[APIRoute] = []
     for module in (fleet, reasoning, openai, embeddings, collectors, swarm, avatar):

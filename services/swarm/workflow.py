@@ -14,6 +14,7 @@ module's `DEPS`, set once by `Engine.start`.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -548,6 +549,9 @@ class Engine:
         await self.deps.store.forget_replica(self.deps.info.instance)
         await self.deps.close()
         await asyncio.to_thread(DBOS.destroy, workflow_completion_timeout_sec=0)
+        # DBOS made its thread pool this loop's default executor and has just shut it down; give the
+        # loop a live one (in the service the loop ends next, but a test's loop goes on).
+        asyncio.get_running_loop().set_default_executor(concurrent.futures.ThreadPoolExecutor())
         DEPS = None
 
     async def submit(self, investigation_id: str) -> None:

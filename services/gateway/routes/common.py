@@ -107,6 +107,7 @@ OPENAI_ERROR_SCHEMA: dict[str, Any] = {
 COMMON_ERRORS: dict[int, str] = {
     400: "A value the API or the service refuses; the message says which and why",
     408: "The request was not received in time (slow client)",
+    405: "The path exists, for other methods",
     413: "The body is over the size limit",
     422: "The request does not match its schema (OpenAI routes: 400 instead)",
     429: "The service is at capacity; retry later",
