@@ -52,7 +52,6 @@ right before an ASCII letter (``访问google.com``) are taken as text, not as th
 from __future__ import annotations
 
 import functools
-import hashlib
 import ipaddress
 import re
 import string
@@ -65,6 +64,8 @@ from urllib.parse import quote, unquote_plus
 import idna
 from ioc_finder import find_iocs
 from ioc_finder.ioc_grammars import TLD_SET
+
+from bev.wallets import is_valid_bitcoin_address
 
 INDICATOR_TYPES: tuple[str, ...] = (
     "ipv4",
@@ -113,11 +114,6 @@ _SPACE_RUN_RE = re.compile(r"[ \t]{2,}")
 # Sentence punctuation that ioc-finder leaves on the end of a URL ("see http://x.test/a.").
 _URL_TRAILING_PUNCTUATION = ".,;:!?'\""
 
-_BASE58_ALPHABET = "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"
-_BASE58_INDEX = {char: index for index, char in enumerate(_BASE58_ALPHABET)}
-_BECH32_CHARSET = "qpzry9x8gf2tvdw0s3jn54khce6mua7l"
-_BECH32_CONST = 1
-_BECH32M_CONST = 0x2BC830A3
 
 
 @dataclass(frozen=True)
@@ -508,58 +504,3 @@ def _homoglyph(host: str) -> Homoglyph | None:
     if not mixed and not skeleton:
         return None
     return Homoglyph(tuple(sorted(scripts)), mixed, skeleton)
-
-
-def is_valid_bitcoin_address(address: str) -> bool:
-    """True when a mainnet address's checksum verifies (Base58Check, or Bech32/Bech32m for bc1)."""
-    if address[:3].lower() == "bc1":
-        return _is_valid_bech32_address(address)
-    return _is_valid_base58check_address(address)
-
-
-def _is_valid_base58check_address(address: str) -> bool:
-    """P2PKH (version 0x00, '1...') and P2SH (0x05, '3...') addresses: 25 bytes with a sha256d checksum."""
-    number = 0
-    for char in address:
-        digit = _BASE58_INDEX.get(char)
-        if digit is None:
-            return False
-        number = number * 58 + digit
-    leading_zeros = len(address) - len(address.lstrip("1"))
-    body = number.to_bytes((number.bit_length() + 7) // 8, "big") if number else b""
-    raw = b"\x00" * leading_zeros + body
-    if len(raw) != 25 or raw[0] not in (0x00, 0x05):
-        return False
-    payload, checksum = raw[:-4], raw[-4:]
-    return hashlib.sha256(hashlib.sha256(payload).digest()).digest()[:4] == checksum
-
-
-def _bech32_polymod(values: Iterable[int]) -> int:
-    generator = (0x3B6A57B2, 0x26508E6D, 0x1EA119FA, 0x3D4233DD, 0x2A1462B3)
-    checksum = 1
-    for value in values:
-        top = checksum >> 25
-        checksum = (checksum & 0x1FFFFFF) << 5 ^ value
-        for bit in range(5):
-            checksum ^= generator[bit] if (top >> bit) & 1 else 0
-    return checksum
-
-
-def _is_valid_bech32_address(address: str) -> bool:
-    """SegWit v0 uses the Bech32 constant, v1+ (Taproot) the Bech32m one (BIP-173, BIP-350)."""
-    if address.lower() != address and address.upper() != address:
-        return False  # mixed case is invalid in Bech32
-    address = address.lower()
-    hrp, _, data_part = address.rpartition("1")
-    if hrp != "bc" or not 6 < len(data_part) <= 90 - 3:
-        return False
-    if any(char not in _BECH32_CHARSET for char in data_part):
-        return False
-    data = [_BECH32_CHARSET.index(char) for char in data_part]
-    expanded_hrp = [ord(char) >> 5 for char in hrp] + [0] + [ord(char) & 31 for char in hrp]
-    constant = _bech32_polymod(expanded_hrp + data)
-    witness_version = data[0]
-    if witness_version > 16:
-        return False
-    expected = _BECH32_CONST if witness_version == 0 else _BECH32M_CONST
-    return constant == expected

@@ -14,8 +14,8 @@ from collections import deque
 from collections.abc import AsyncIterator
 from typing import Any
 
+from bev.wallets import is_valid_bitcoin_address
 from services.collectors.contract import CollectContext, CollectorError, Finding, InvalidTarget
-from services.collectors.indicators import is_valid_bitcoin_address
 from services.collectors.observables import Observable, Relation
 from services.collectors.settings import CollectorsConfig
 

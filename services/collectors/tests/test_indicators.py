@@ -8,12 +8,12 @@ import time
 
 import pytest
 
+from bev.wallets import is_valid_bitcoin_address
 from services.collectors.indicators import (
     INDICATOR_TYPES,
     Homoglyph,
     Indicator,
     extract_indicators,
-    is_valid_bitcoin_address,
     to_ascii_host,
     to_unicode_host,
 )
