@@ -8,7 +8,7 @@ import json
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -47,6 +47,7 @@ STATUSES = {swarm_pb2.STATUS_QUEUED: "queued", swarm_pb2.STATUS_RUNNING: "runnin
 _STATUS_PROTO = {name: proto for proto, name in STATUSES.items()}
 CANCEL_GRACE_S = 3.0  # the workflow stops itself between tool calls; past this it is stopped from outside
 WATCH_POLL_S = 0.25
+DONE_GRACE_S = 10.0  # a finished investigation without its `done` event (the writer died between the two)
 # While nothing happens, a watcher gets a `heartbeat` (id = the last id sent) this often, so that it
 # can tell a quiet investigation from a replica that died mid-stream, and reopen.
 WATCH_HEARTBEAT_S = 5.0
@@ -237,8 +238,11 @@ class Swarm(SwarmServicer):
                 if event.kind == "done":
                     return
             if not events:
+                # The row is closed a moment before its `done` event is written (services/swarm/
+                # workflow.finish): a finished investigation's stream waits DONE_GRACE_S for it.
                 row = await self._row(request.id, report_=False)
-                if row.finished and not await self._store().events(request.id, after):
+                if row.finished and row.finished_at is not None and \
+                        (datetime.now(UTC) - row.finished_at).total_seconds() > DONE_GRACE_S:
                     return
                 await asyncio.sleep(WATCH_POLL_S)
 
