@@ -174,6 +174,40 @@ def draft_from_facts(role: str, evidence: Sequence[EvidenceRow], facts: int = 3)
             "counterfactual": ""}
 
 
+async def _ask(agent: Agent, activity: str, key: Mapping[str, Any], question: str, schema: Mapping[str, Any],
+               max_tokens: int, tier: str) -> dict[str, Any] | None:
+    """One JSON-schema-constrained answer of the agent's model (reasoning.Chat), as the agent's tool
+    call: the parsed object ({} if the model's text is not one), or None if the call failed."""
+    inv = agent.investigation
+    request = reasoning_pb2.ChatRequest(
+        messages=[reasoning_pb2.ChatMessage(role="system", content=agent.role.prompt),
+                  reasoning_pb2.ChatMessage(role="user", content=question)],
+        max_tokens=max_tokens, temperature=0.2, tier=Tier(tier).to_proto(), session_id=inv.id,
+        json_schema=json.dumps(schema))
+
+    async def chat() -> dict[str, Any]:
+        answer = await inv.deps.reasoning.Chat(request)
+        return {"text": answer.text, "tokens": answer.usage.prompt_tokens + answer.usage.completion_tokens}
+
+    await agent.doing(activity)
+    try:
+        result: dict[str, Any] = await agent.call(CHAT, key, chat)
+    except (Refused, RpcError) as exc:
+        await inv.emit("warning", agent=agent.name, warning="tool_error", message=f"{activity} failed: {exc}")
+        return None
+    await add_tokens(inv, int(result["tokens"]))
+    try:
+        parsed = json.loads(result["text"])
+    except json.JSONDecodeError:
+        return {}
+    return parsed if isinstance(parsed, dict) else {}
+
+
+def _one_field(name: str, max_length: int) -> dict[str, Any]:
+    return {"type": "object", "properties": {name: {"type": "string", "maxLength": max_length}},
+            "required": [name], "additionalProperties": False}
+
+
 async def rank(agent: Agent, hypotheses: Sequence[Mapping[str, Any]], tier: str) -> list[str]:
     """The agent's ranking of every hypothesis, best first (a JSON-schema-constrained answer)."""
     inv = agent.investigation
@@ -184,30 +218,14 @@ async def rank(agent: Agent, hypotheses: Sequence[Mapping[str, Any]], tier: str)
     schema = {"type": "object", "properties": {"ranking": {"type": "array", "items": {"enum": ids},
                                                            "minItems": len(ids), "maxItems": len(ids)}},
               "required": ["ranking"], "additionalProperties": False}
-    messages = [reasoning_pb2.ChatMessage(role="system", content=agent.role.prompt),
-                reasoning_pb2.ChatMessage(role="user", content=(
-                    f"Target: {inv.row.target}. Rank these hypotheses from best supported by the evidence to worst. "
-                    f"Answer with the ids in order.\n{listing}"))]
-    request = reasoning_pb2.ChatRequest(messages=messages, max_tokens=120, temperature=0.2, tier=Tier(tier).to_proto(),
-                                        session_id=inv.id, json_schema=json.dumps(schema))
-
-    async def chat() -> dict[str, Any]:
-        answer = await inv.deps.reasoning.Chat(request)
-        return {"text": answer.text, "tokens": answer.usage.prompt_tokens + answer.usage.completion_tokens}
-
-    await agent.doing("ranking hypotheses")
     by_confidence = [h["id"] for h in sorted(hypotheses, key=lambda h: -float(h["confidence"]))]
-    try:
-        result: dict[str, Any] = await agent.call(CHAT, {"rank": ids, "agent": agent.name}, chat)
-    except (Refused, RpcError) as exc:
-        await inv.emit("warning", agent=agent.name, warning="tool_error", message=f"ranking failed: {exc}")
+    answer = await _ask(agent, "ranking hypotheses", {"rank": ids, "agent": agent.name},
+                        f"Target: {inv.row.target}. Rank these hypotheses from best supported by the evidence to "
+                        f"worst. Answer with the ids in order.\n{listing}", schema, 120, tier)
+    if answer is None:
         return by_confidence
-    await add_tokens(inv, int(result["tokens"]))
-    try:
-        proposed = json.loads(result["text"]).get("ranking", [])
-    except (json.JSONDecodeError, AttributeError):
-        proposed = []
-    ranking = list(dict.fromkeys(h for h in proposed if h in ids))
+    proposed = answer.get("ranking", [])
+    ranking = list(dict.fromkeys(h for h in proposed if h in ids)) if isinstance(proposed, list) else []
     if len(ranking) < len(ids):
         await inv.emit("warning", agent=agent.name, warning="ranking_repaired",
                        message=f"{agent.name} ranked {len(ranking)} of {len(ids)} hypotheses; the rest follow by confidence")
@@ -218,54 +236,16 @@ async def rank(agent: Agent, hypotheses: Sequence[Mapping[str, Any]], tier: str)
 
 async def counterfactual(agent: Agent, hypothesis: Mapping[str, Any], tier: str) -> str:
     """What would have to be true for the hypothesis to be wrong (one constrained sentence)."""
-    inv = agent.investigation
-    schema = {"type": "object", "properties": {"condition": {"type": "string", "maxLength": 300}},
-              "required": ["condition"], "additionalProperties": False}
-    request = reasoning_pb2.ChatRequest(
-        messages=[reasoning_pb2.ChatMessage(role="system", content=agent.role.prompt),
-                  reasoning_pb2.ChatMessage(role="user", content=f"Hypothesis: {hypothesis['statement']}\n"
-                                                                 "What would have to be true for it to be wrong?")],
-        max_tokens=120, temperature=0.2, tier=Tier(tier).to_proto(), session_id=inv.id, json_schema=json.dumps(schema))
-
-    async def chat() -> dict[str, Any]:
-        answer = await inv.deps.reasoning.Chat(request)
-        return {"text": answer.text, "tokens": answer.usage.prompt_tokens + answer.usage.completion_tokens}
-
-    await agent.doing(f"counterfactual for {hypothesis['id']}")
-    try:
-        result: dict[str, Any] = await agent.call(CHAT, {"counterfactual": hypothesis["id"]}, chat)
-    except (Refused, RpcError):
-        return ""
-    await add_tokens(inv, int(result["tokens"]))
-    try:
-        return str(json.loads(result["text"]).get("condition", "")).strip()
-    except (json.JSONDecodeError, AttributeError):
-        return ""
+    answer = await _ask(agent, f"counterfactual for {hypothesis['id']}", {"counterfactual": hypothesis["id"]},
+                        f"Hypothesis: {hypothesis['statement']}\nWhat would have to be true for it to be wrong?",
+                        _one_field("condition", 300), 120, tier)
+    return str((answer or {}).get("condition", "")).strip()
 
 
 async def summarize(agent: Agent, facts: str, tier: str) -> str:
-    inv = agent.investigation
-    schema = {"type": "object", "properties": {"summary": {"type": "string", "maxLength": 600}},
-              "required": ["summary"], "additionalProperties": False}
-    request = reasoning_pb2.ChatRequest(
-        messages=[reasoning_pb2.ChatMessage(role="system", content=agent.role.prompt),
-                  reasoning_pb2.ChatMessage(role="user", content=f"Findings:\n{facts}\nSummarise them.")],
-        max_tokens=200, temperature=0.2, tier=Tier(tier).to_proto(), session_id=inv.id, json_schema=json.dumps(schema))
-
-    async def chat() -> dict[str, Any]:
-        answer = await inv.deps.reasoning.Chat(request)
-        return {"text": answer.text, "tokens": answer.usage.prompt_tokens + answer.usage.completion_tokens}
-
-    await agent.doing("writing the summary")
-    try:
-        result: dict[str, Any] = await agent.call(CHAT, {"summary": facts[:2000]}, chat)
-    except (Refused, RpcError):
-        return ""
-    await add_tokens(inv, int(result["tokens"]))
-    try:
-        return str(json.loads(result["text"]).get("summary", "")).strip()
-    except (json.JSONDecodeError, AttributeError):
-        return ""
+    answer = await _ask(agent, "writing the summary", {"summary": facts[:2000]},
+                        f"Findings:\n{facts}\nSummarise them.", _one_field("summary", 600), 200, tier)
+    return str((answer or {}).get("summary", "")).strip()
 
 
 async def add_tokens(inv: Investigation, tokens: int) -> None:
