@@ -372,15 +372,21 @@ class GetEntityRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     ID_FIELD_NUMBER: _builtins.int
+    ACCESS_FIELD_NUMBER: _builtins.int
     id: _builtins.str
+    @_builtins.property
+    def access(self) -> _common_pb2.Access:
+        """who asks (the gateway sets it): see bev.common.v1.Access"""
+
     def __init__(
         self,
         *,
         id: _builtins.str = ...,
+        access: _common_pb2.Access | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["access", b"access"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["access", b"access", "id", b"id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -393,21 +399,27 @@ class NeighborhoodRequest(_message.Message):
     ENTITY_ID_FIELD_NUMBER: _builtins.int
     DEPTH_FIELD_NUMBER: _builtins.int
     LIMIT_FIELD_NUMBER: _builtins.int
+    ACCESS_FIELD_NUMBER: _builtins.int
     entity_id: _builtins.str
     depth: _builtins.int
     """1..3; 0 = 1"""
     limit: _builtins.int
     """most entities returned; 0 = 200"""
+    @_builtins.property
+    def access(self) -> _common_pb2.Access:
+        """who asks (the gateway sets it): see bev.common.v1.Access"""
+
     def __init__(
         self,
         *,
         entity_id: _builtins.str = ...,
         depth: _builtins.int = ...,
         limit: _builtins.int = ...,
+        access: _common_pb2.Access | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["access", b"access"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["depth", b"depth", "entity_id", b"entity_id", "limit", b"limit"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["access", b"access", "depth", b"depth", "entity_id", b"entity_id", "limit", b"limit"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -447,21 +459,27 @@ class GraphQueryRequest(_message.Message):
     CYPHER_FIELD_NUMBER: _builtins.int
     PARAMS_JSON_FIELD_NUMBER: _builtins.int
     LIMIT_FIELD_NUMBER: _builtins.int
+    ACCESS_FIELD_NUMBER: _builtins.int
     cypher: _builtins.str
     params_json: _builtins.str
     """a JSON object of query parameters"""
     limit: _builtins.int
     """most rows returned; 0 = 100"""
+    @_builtins.property
+    def access(self) -> _common_pb2.Access:
+        """who asks (the gateway sets it): see bev.common.v1.Access"""
+
     def __init__(
         self,
         *,
         cypher: _builtins.str = ...,
         params_json: _builtins.str = ...,
         limit: _builtins.int = ...,
+        access: _common_pb2.Access | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["access", b"access"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cypher", b"cypher", "limit", b"limit", "params_json", b"params_json"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["access", b"access", "cypher", b"cypher", "limit", b"limit", "params_json", b"params_json"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -502,19 +520,25 @@ class ExportStixRequest(_message.Message):
 
     ENTITY_IDS_FIELD_NUMBER: _builtins.int
     DEPTH_FIELD_NUMBER: _builtins.int
+    ACCESS_FIELD_NUMBER: _builtins.int
     depth: _builtins.int
     """0 = only the entities and the relations between them"""
     @_builtins.property
     def entity_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def access(self) -> _common_pb2.Access:
+        """who asks (the gateway sets it): see bev.common.v1.Access"""
+
     def __init__(
         self,
         *,
         entity_ids: _abc.Iterable[_builtins.str] | None = ...,
         depth: _builtins.int = ...,
+        access: _common_pb2.Access | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["access", b"access"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["depth", b"depth", "entity_ids", b"entity_ids"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["access", b"access", "depth", b"depth", "entity_ids", b"entity_ids"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

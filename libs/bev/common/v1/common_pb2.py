@@ -25,17 +25,17 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import descriptor_pb2 as google_dot_protobuf_dot_descriptor__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x62\x65v/common/v1/common.proto\x12\rbev.common.v1\x1a google/protobuf/descriptor.proto\"4\n\nCallPolicy\x12\x12\n\ndeadline_s\x18\x01 \x01(\x01\x12\x12\n\nidempotent\x18\x02 \x01(\x08\"\x0f\n\rHealthRequest\"7\n\x0bHealthCheck\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\n\n\x02ok\x18\x02 \x01(\x08\x12\x0e\n\x06\x64\x65tail\x18\x03 \x01(\t\"\xa9\x02\n\x0eHealthResponse\x12\x34\n\x06status\x18\x01 \x01(\x0e\x32$.bev.common.v1.HealthResponse.Status\x12\x0f\n\x07service\x18\x02 \x01(\t\x12\x10\n\x08instance\x18\x03 \x01(\t\x12\x0c\n\x04node\x18\x04 \x01(\t\x12\x0f\n\x07version\x18\x05 \x01(\t\x12\x10\n\x08uptime_s\x18\x06 \x01(\x01\x12*\n\x06\x63hecks\x18\x07 \x03(\x0b\x32\x1a.bev.common.v1.HealthCheck\"a\n\x06Status\x12\x16\n\x12STATUS_UNSPECIFIED\x10\x00\x12\x12\n\x0eSTATUS_SERVING\x10\x01\x12\x13\n\x0fSTATUS_DEGRADED\x10\x02\x12\x16\n\x12STATUS_NOT_SERVING\x10\x03\"M\n\x0b\x45rrorDetail\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x0f\n\x07service\x18\x03 \x01(\t\x12\x0e\n\x06method\x18\x04 \x01(\t\"4\n\x0bPageRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\";\n\x0cPageResponse\x12\x17\n\x0fnext_page_token\x18\x01 \x01(\t\x12\x12\n\ntotal_size\x18\x02 \x01(\x03\"G\n\x08Identity\x12\x11\n\tprincipal\x18\x01 \x01(\t\x12\x0e\n\x06scopes\x18\x02 \x03(\t\x12\x18\n\x10investigation_id\x18\x03 \x01(\t*Q\n\x04Tier\x12\x14\n\x10TIER_UNSPECIFIED\x10\x00\x12\r\n\tTIER_FAST\x10\x01\x12\x11\n\rTIER_BALANCED\x10\x02\x12\x11\n\rTIER_POWERFUL\x10\x03*j\n\x03Tlp\x12\x13\n\x0fTLP_UNSPECIFIED\x10\x00\x12\r\n\tTLP_CLEAR\x10\x01\x12\r\n\tTLP_GREEN\x10\x02\x12\r\n\tTLP_AMBER\x10\x03\x12\x14\n\x10TLP_AMBER_STRICT\x10\x04\x12\x0b\n\x07TLP_RED\x10\x05:I\n\x04\x63\x61ll\x12\x1e.google.protobuf.MethodOptions\x18\xb4\x87\x03 \x01(\x0b\x32\x19.bev.common.v1.CallPolicyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x62\x65v/common/v1/common.proto\x12\rbev.common.v1\x1a google/protobuf/descriptor.proto\"4\n\nCallPolicy\x12\x12\n\ndeadline_s\x18\x01 \x01(\x01\x12\x12\n\nidempotent\x18\x02 \x01(\x08\"\x0f\n\rHealthRequest\"7\n\x0bHealthCheck\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\n\n\x02ok\x18\x02 \x01(\x08\x12\x0e\n\x06\x64\x65tail\x18\x03 \x01(\t\"\xa9\x02\n\x0eHealthResponse\x12\x34\n\x06status\x18\x01 \x01(\x0e\x32$.bev.common.v1.HealthResponse.Status\x12\x0f\n\x07service\x18\x02 \x01(\t\x12\x10\n\x08instance\x18\x03 \x01(\t\x12\x0c\n\x04node\x18\x04 \x01(\t\x12\x0f\n\x07version\x18\x05 \x01(\t\x12\x10\n\x08uptime_s\x18\x06 \x01(\x01\x12*\n\x06\x63hecks\x18\x07 \x03(\x0b\x32\x1a.bev.common.v1.HealthCheck\"a\n\x06Status\x12\x16\n\x12STATUS_UNSPECIFIED\x10\x00\x12\x12\n\x0eSTATUS_SERVING\x10\x01\x12\x13\n\x0fSTATUS_DEGRADED\x10\x02\x12\x16\n\x12STATUS_NOT_SERVING\x10\x03\"M\n\x0b\x45rrorDetail\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x0f\n\x07service\x18\x03 \x01(\t\x12\x0e\n\x06method\x18\x04 \x01(\t\"4\n\x0bPageRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\";\n\x0cPageResponse\x12\x17\n\x0fnext_page_token\x18\x01 \x01(\t\x12\x12\n\ntotal_size\x18\x02 \x01(\x03\"K\n\x06\x41\x63\x63\x65ss\x12\x0c\n\x04team\x18\x01 \x01(\t\x12#\n\x07max_tlp\x18\x02 \x01(\x0e\x32\x12.bev.common.v1.Tlp\x12\x0e\n\x06key_id\x18\x03 \x01(\t*Q\n\x04Tier\x12\x14\n\x10TIER_UNSPECIFIED\x10\x00\x12\r\n\tTIER_FAST\x10\x01\x12\x11\n\rTIER_BALANCED\x10\x02\x12\x11\n\rTIER_POWERFUL\x10\x03*j\n\x03Tlp\x12\x13\n\x0fTLP_UNSPECIFIED\x10\x00\x12\r\n\tTLP_CLEAR\x10\x01\x12\r\n\tTLP_GREEN\x10\x02\x12\r\n\tTLP_AMBER\x10\x03\x12\x14\n\x10TLP_AMBER_STRICT\x10\x04\x12\x0b\n\x07TLP_RED\x10\x05:I\n\x04\x63\x61ll\x12\x1e.google.protobuf.MethodOptions\x18\xb4\x87\x03 \x01(\x0b\x32\x19.bev.common.v1.CallPolicyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'bev.common.v1.common_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_TIER']._serialized_start=774
-  _globals['_TIER']._serialized_end=855
-  _globals['_TLP']._serialized_start=857
-  _globals['_TLP']._serialized_end=963
+  _globals['_TIER']._serialized_start=778
+  _globals['_TIER']._serialized_end=859
+  _globals['_TLP']._serialized_start=861
+  _globals['_TLP']._serialized_end=967
   _globals['_CALLPOLICY']._serialized_start=79
   _globals['_CALLPOLICY']._serialized_end=131
   _globals['_HEALTHREQUEST']._serialized_start=133
@@ -52,6 +52,6 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PAGEREQUEST']._serialized_end=638
   _globals['_PAGERESPONSE']._serialized_start=640
   _globals['_PAGERESPONSE']._serialized_end=699
-  _globals['_IDENTITY']._serialized_start=701
-  _globals['_IDENTITY']._serialized_end=772
+  _globals['_ACCESS']._serialized_start=701
+  _globals['_ACCESS']._serialized_end=776
 # @@protoc_insertion_point(module_scope)

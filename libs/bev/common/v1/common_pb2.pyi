@@ -287,36 +287,37 @@ class PageResponse(_message.Message):
 Global___PageResponse: _TypeAlias = PageResponse  # noqa: Y015
 
 @_typing.final
-class Identity(_message.Message):
-    """Who is asking, propagated from the gateway so services can authorise per object."""
+class Access(_message.Message):
+    """Who is asking, set by the gateway from the caller's API key, so that each service authorises
+    per object: an object of another team is NOT_FOUND (as if it did not exist), and no item above
+    max_tlp is returned. Unset (a service calling another, or an admin key): every team, any label.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
-    PRINCIPAL_FIELD_NUMBER: _builtins.int
-    SCOPES_FIELD_NUMBER: _builtins.int
-    INVESTIGATION_ID_FIELD_NUMBER: _builtins.int
-    principal: _builtins.str
-    """API key id or user"""
-    investigation_id: _builtins.str
-    """the investigation this call works for, if any"""
-    @_builtins.property
-    def scopes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """read, write, admin"""
-
+    TEAM_FIELD_NUMBER: _builtins.int
+    MAX_TLP_FIELD_NUMBER: _builtins.int
+    KEY_ID_FIELD_NUMBER: _builtins.int
+    team: _builtins.str
+    """the caller's team; empty = every team"""
+    max_tlp: Global___Tlp.ValueType
+    """the most restrictive label the caller may read; unspecified = any"""
+    key_id: _builtins.str
+    """the API key's id, for the services' logs (never the key itself)"""
     def __init__(
         self,
         *,
-        principal: _builtins.str = ...,
-        scopes: _abc.Iterable[_builtins.str] | None = ...,
-        investigation_id: _builtins.str = ...,
+        team: _builtins.str = ...,
+        max_tlp: Global___Tlp.ValueType = ...,
+        key_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["investigation_id", b"investigation_id", "principal", b"principal", "scopes", b"scopes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["key_id", b"key_id", "max_tlp", b"max_tlp", "team", b"team"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___Identity: _TypeAlias = Identity  # noqa: Y015
+Global___Access: _TypeAlias = Access  # noqa: Y015
 
 CALL_FIELD_NUMBER: _builtins.int
 call: _extension_dict._ExtensionFieldDescriptor[_descriptor_pb2.MethodOptions, Global___CallPolicy]

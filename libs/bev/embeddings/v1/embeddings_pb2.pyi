@@ -266,16 +266,22 @@ class IngestRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     DOCUMENT_FIELD_NUMBER: _builtins.int
+    ACCESS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def document(self) -> Global___DocumentInput: ...
+    @_builtins.property
+    def access(self) -> _common_pb2.Access:
+        """who asks (the gateway sets it): see bev.common.v1.Access"""
+
     def __init__(
         self,
         *,
         document: Global___DocumentInput | None = ...,
+        access: _common_pb2.Access | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["document", b"document"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["access", b"access", "document", b"document"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["document", b"document"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["access", b"access", "document", b"document"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -315,16 +321,22 @@ class IngestStreamRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     DOCUMENTS_FIELD_NUMBER: _builtins.int
+    ACCESS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def documents(self) -> _containers.RepeatedCompositeFieldContainer[Global___DocumentInput]: ...
+    @_builtins.property
+    def access(self) -> _common_pb2.Access:
+        """who asks (the gateway sets it): see bev.common.v1.Access"""
+
     def __init__(
         self,
         *,
         documents: _abc.Iterable[Global___DocumentInput] | None = ...,
+        access: _common_pb2.Access | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["access", b"access"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["documents", b"documents"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["access", b"access", "documents", b"documents"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -374,16 +386,22 @@ class SubmitIngestRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     DOCUMENT_FIELD_NUMBER: _builtins.int
+    ACCESS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def document(self) -> Global___DocumentInput: ...
+    @_builtins.property
+    def access(self) -> _common_pb2.Access:
+        """who asks (the gateway sets it): see bev.common.v1.Access"""
+
     def __init__(
         self,
         *,
         document: Global___DocumentInput | None = ...,
+        access: _common_pb2.Access | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["document", b"document"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["access", b"access", "document", b"document"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["document", b"document"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["access", b"access", "document", b"document"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -394,15 +412,21 @@ class GetIngestJobRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     JOB_ID_FIELD_NUMBER: _builtins.int
+    ACCESS_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
+    @_builtins.property
+    def access(self) -> _common_pb2.Access:
+        """who asks (the gateway sets it): see bev.common.v1.Access"""
+
     def __init__(
         self,
         *,
         job_id: _builtins.str = ...,
+        access: _common_pb2.Access | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["access", b"access"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["job_id", b"job_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["access", b"access", "job_id", b"job_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -540,12 +564,17 @@ class SearchRequest(_message.Message):
     K_FIELD_NUMBER: _builtins.int
     FILTERS_FIELD_NUMBER: _builtins.int
     MODE_FIELD_NUMBER: _builtins.int
+    ACCESS_FIELD_NUMBER: _builtins.int
     query: _builtins.str
     k: _builtins.int
     """0 = 10"""
     mode: Global___SearchMode.ValueType
     @_builtins.property
     def filters(self) -> Global___SearchFilters: ...
+    @_builtins.property
+    def access(self) -> _common_pb2.Access:
+        """who asks (the gateway sets it): see bev.common.v1.Access"""
+
     def __init__(
         self,
         *,
@@ -553,10 +582,11 @@ class SearchRequest(_message.Message):
         k: _builtins.int = ...,
         filters: Global___SearchFilters | None = ...,
         mode: Global___SearchMode.ValueType = ...,
+        access: _common_pb2.Access | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["filters", b"filters"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["access", b"access", "filters", b"filters"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["filters", b"filters", "k", b"k", "mode", b"mode", "query", b"query"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["access", b"access", "filters", b"filters", "k", b"k", "mode", b"mode", "query", b"query"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -648,15 +678,21 @@ class GetDocumentRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     DOCUMENT_ID_FIELD_NUMBER: _builtins.int
+    ACCESS_FIELD_NUMBER: _builtins.int
     document_id: _builtins.str
+    @_builtins.property
+    def access(self) -> _common_pb2.Access:
+        """who asks (the gateway sets it): see bev.common.v1.Access"""
+
     def __init__(
         self,
         *,
         document_id: _builtins.str = ...,
+        access: _common_pb2.Access | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["access", b"access"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["document_id", b"document_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["access", b"access", "document_id", b"document_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -678,6 +714,7 @@ class Document(_message.Message):
     CONTENT_HASH_FIELD_NUMBER: _builtins.int
     TEXT_FIELD_NUMBER: _builtins.int
     CHUNKS_FIELD_NUMBER: _builtins.int
+    TEAM_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     title: _builtins.str
     uri: _builtins.str
@@ -690,6 +727,8 @@ class Document(_message.Message):
     text: _builtins.str
     """the normalised text that chunk offsets index"""
     chunks: _builtins.int
+    team: _builtins.str
+    """the team that uploaded it; empty = the shared corpus (collected, fed)"""
     @_builtins.property
     def collected_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -709,10 +748,11 @@ class Document(_message.Message):
         content_hash: _builtins.str = ...,
         text: _builtins.str = ...,
         chunks: _builtins.int = ...,
+        team: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["collected_at", b"collected_at", "ingested_at", b"ingested_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunks", b"chunks", "collected_at", b"collected_at", "content_hash", b"content_hash", "id", b"id", "ingested_at", b"ingested_at", "investigation_id", b"investigation_id", "media_type", b"media_type", "source", b"source", "text", b"text", "title", b"title", "tlp", b"tlp", "uri", b"uri"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunks", b"chunks", "collected_at", b"collected_at", "content_hash", b"content_hash", "id", b"id", "ingested_at", b"ingested_at", "investigation_id", b"investigation_id", "media_type", b"media_type", "source", b"source", "team", b"team", "text", b"text", "title", b"title", "tlp", b"tlp", "uri", b"uri"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -723,15 +763,21 @@ class DeleteDocumentRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     DOCUMENT_ID_FIELD_NUMBER: _builtins.int
+    ACCESS_FIELD_NUMBER: _builtins.int
     document_id: _builtins.str
+    @_builtins.property
+    def access(self) -> _common_pb2.Access:
+        """who asks (the gateway sets it): see bev.common.v1.Access"""
+
     def __init__(
         self,
         *,
         document_id: _builtins.str = ...,
+        access: _common_pb2.Access | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["access", b"access"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["document_id", b"document_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["access", b"access", "document_id", b"document_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

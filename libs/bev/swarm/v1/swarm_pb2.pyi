@@ -290,6 +290,7 @@ class StartInvestigationRequest(_message.Message):
     SCOPE_FIELD_NUMBER: _builtins.int
     TLP_FIELD_NUMBER: _builtins.int
     SEEDS_FIELD_NUMBER: _builtins.int
+    ACCESS_FIELD_NUMBER: _builtins.int
     target: _builtins.str
     target_type: _builtins.str
     """empty = inferred: domain, url, ipv4, email, btc, eth, md5, sha1, sha256, threat-actor, malware"""
@@ -303,6 +304,10 @@ class StartInvestigationRequest(_message.Message):
     def seeds(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """further starting points (URLs), each checked against the scope"""
 
+    @_builtins.property
+    def access(self) -> _common_pb2.Access:
+        """who asks (the gateway sets it): see bev.common.v1.Access"""
+
     def __init__(
         self,
         *,
@@ -313,10 +318,11 @@ class StartInvestigationRequest(_message.Message):
         scope: Global___Scope | None = ...,
         tlp: _common_pb2.Tlp.ValueType = ...,
         seeds: _abc.Iterable[_builtins.str] | None = ...,
+        access: _common_pb2.Access | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["budget", b"budget", "scope", b"scope"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["access", b"access", "budget", b"budget", "scope", b"scope"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["budget", b"budget", "mode", b"mode", "scope", b"scope", "seeds", b"seeds", "target", b"target", "target_type", b"target_type", "tlp", b"tlp"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["access", b"access", "budget", b"budget", "mode", b"mode", "scope", b"scope", "seeds", b"seeds", "target", b"target", "target_type", b"target_type", "tlp", b"tlp"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -343,6 +349,7 @@ class Investigation(_message.Message):
     REPORT_JSON_FIELD_NUMBER: _builtins.int
     SEEDS_FIELD_NUMBER: _builtins.int
     STARTED_AT_FIELD_NUMBER: _builtins.int
+    TEAM_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     target: _builtins.str
     target_type: _builtins.str
@@ -356,6 +363,8 @@ class Investigation(_message.Message):
     """why it failed"""
     report_json: _builtins.str
     """once finished (completed, cancelled, budget_exhausted: partial)"""
+    team: _builtins.str
+    """the team that owns it (the starting key's); empty = no team (started by a service)"""
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -392,10 +401,11 @@ class Investigation(_message.Message):
         report_json: _builtins.str = ...,
         seeds: _abc.Iterable[_builtins.str] | None = ...,
         started_at: _timestamp_pb2.Timestamp | None = ...,
+        team: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["budget", b"budget", "created_at", b"created_at", "finished_at", b"finished_at", "scope", b"scope", "started_at", b"started_at", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["budget", b"budget", "created_at", b"created_at", "error", b"error", "finished_at", b"finished_at", "id", b"id", "mode", b"mode", "phase", b"phase", "progress", b"progress", "report_json", b"report_json", "scope", b"scope", "seeds", b"seeds", "started_at", b"started_at", "status", b"status", "target", b"target", "target_type", b"target_type", "tlp", b"tlp", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["budget", b"budget", "created_at", b"created_at", "error", b"error", "finished_at", b"finished_at", "id", b"id", "mode", b"mode", "phase", b"phase", "progress", b"progress", "report_json", b"report_json", "scope", b"scope", "seeds", b"seeds", "started_at", b"started_at", "status", b"status", "target", b"target", "target_type", b"target_type", "team", b"team", "tlp", b"tlp", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -406,15 +416,21 @@ class GetInvestigationRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     ID_FIELD_NUMBER: _builtins.int
+    ACCESS_FIELD_NUMBER: _builtins.int
     id: _builtins.str
+    @_builtins.property
+    def access(self) -> _common_pb2.Access:
+        """who asks (the gateway sets it): see bev.common.v1.Access"""
+
     def __init__(
         self,
         *,
         id: _builtins.str = ...,
+        access: _common_pb2.Access | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["access", b"access"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["access", b"access", "id", b"id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -427,22 +443,28 @@ class ListInvestigationsRequest(_message.Message):
     STATUS_FIELD_NUMBER: _builtins.int
     LIMIT_FIELD_NUMBER: _builtins.int
     CURSOR_FIELD_NUMBER: _builtins.int
+    ACCESS_FIELD_NUMBER: _builtins.int
     status: Global___Status.ValueType
     """unspecified = any"""
     limit: _builtins.int
     """0 = 50; at most 500"""
     cursor: _builtins.str
     """next_cursor of the previous page"""
+    @_builtins.property
+    def access(self) -> _common_pb2.Access:
+        """who asks (the gateway sets it): see bev.common.v1.Access"""
+
     def __init__(
         self,
         *,
         status: Global___Status.ValueType = ...,
         limit: _builtins.int = ...,
         cursor: _builtins.str = ...,
+        access: _common_pb2.Access | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["access", b"access"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cursor", b"cursor", "limit", b"limit", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["access", b"access", "cursor", b"cursor", "limit", b"limit", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -479,15 +501,21 @@ class CancelInvestigationRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     ID_FIELD_NUMBER: _builtins.int
+    ACCESS_FIELD_NUMBER: _builtins.int
     id: _builtins.str
+    @_builtins.property
+    def access(self) -> _common_pb2.Access:
+        """who asks (the gateway sets it): see bev.common.v1.Access"""
+
     def __init__(
         self,
         *,
         id: _builtins.str = ...,
+        access: _common_pb2.Access | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["access", b"access"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["access", b"access", "id", b"id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -499,17 +527,23 @@ class GetReportRequest(_message.Message):
 
     ID_FIELD_NUMBER: _builtins.int
     FORMAT_FIELD_NUMBER: _builtins.int
+    ACCESS_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     format: Global___ReportFormat.ValueType
+    @_builtins.property
+    def access(self) -> _common_pb2.Access:
+        """who asks (the gateway sets it): see bev.common.v1.Access"""
+
     def __init__(
         self,
         *,
         id: _builtins.str = ...,
         format: Global___ReportFormat.ValueType = ...,
+        access: _common_pb2.Access | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["access", b"access"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["format", b"format", "id", b"id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["access", b"access", "format", b"format", "id", b"id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -544,18 +578,24 @@ class WatchInvestigationRequest(_message.Message):
 
     ID_FIELD_NUMBER: _builtins.int
     AFTER_ID_FIELD_NUMBER: _builtins.int
+    ACCESS_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     after_id: _builtins.int
     """0 = from the first event (an SSE Last-Event-ID resumes after it)"""
+    @_builtins.property
+    def access(self) -> _common_pb2.Access:
+        """who asks (the gateway sets it): see bev.common.v1.Access"""
+
     def __init__(
         self,
         *,
         id: _builtins.str = ...,
         after_id: _builtins.int = ...,
+        access: _common_pb2.Access | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["access", b"access"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_id", b"after_id", "id", b"id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["access", b"access", "after_id", b"after_id", "id", b"id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -605,15 +645,21 @@ class GetEvidenceRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     ID_FIELD_NUMBER: _builtins.int
+    ACCESS_FIELD_NUMBER: _builtins.int
     id: _builtins.str
+    @_builtins.property
+    def access(self) -> _common_pb2.Access:
+        """who asks (the gateway sets it): see bev.common.v1.Access"""
+
     def __init__(
         self,
         *,
         id: _builtins.str = ...,
+        access: _common_pb2.Access | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["access", b"access"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["access", b"access", "id", b"id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -678,12 +724,19 @@ Global___Evidence: _TypeAlias = Evidence  # noqa: Y015
 class ListAgentsRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
+    ACCESS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def access(self) -> _common_pb2.Access:
+        """who asks (the gateway sets it): see bev.common.v1.Access"""
+
     def __init__(
         self,
+        *,
+        access: _common_pb2.Access | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["access", b"access"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["access", b"access"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -758,19 +811,25 @@ class SubmitWorkflowRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     SPEC_JSON_FIELD_NUMBER: _builtins.int
+    ACCESS_FIELD_NUMBER: _builtins.int
     spec_json: _builtins.str
     """The DAG as a JSON object: {"name": "...", "scope": {"allow": [...]}, "steps": [{"id": "...",
     "type": "llm_generation" | "tool_execution" | "data_processing" | "file_operations",
     "depends_on": [...], ...the type's fields}]} (services/swarm/dag.py documents each type).
     """
+    @_builtins.property
+    def access(self) -> _common_pb2.Access:
+        """who asks (the gateway sets it): see bev.common.v1.Access"""
+
     def __init__(
         self,
         *,
         spec_json: _builtins.str = ...,
+        access: _common_pb2.Access | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["access", b"access"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["spec_json", b"spec_json"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["access", b"access", "spec_json", b"spec_json"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -837,6 +896,7 @@ class Workflow(_message.Message):
     CREATED_AT_FIELD_NUMBER: _builtins.int
     STARTED_AT_FIELD_NUMBER: _builtins.int
     FINISHED_AT_FIELD_NUMBER: _builtins.int
+    TEAM_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     name: _builtins.str
     status: Global___Status.ValueType
@@ -848,6 +908,8 @@ class Workflow(_message.Message):
     error: _builtins.str
     """why it failed"""
     cancel_requested: _builtins.bool
+    team: _builtins.str
+    """the team that owns it (the submitting key's); empty = no team"""
     @_builtins.property
     def steps(self) -> _containers.RepeatedCompositeFieldContainer[Global___WorkflowStep]:
         """in the spec's order"""
@@ -872,10 +934,11 @@ class Workflow(_message.Message):
         created_at: _timestamp_pb2.Timestamp | None = ...,
         started_at: _timestamp_pb2.Timestamp | None = ...,
         finished_at: _timestamp_pb2.Timestamp | None = ...,
+        team: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "finished_at", b"finished_at", "started_at", b"started_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cancel_requested", b"cancel_requested", "created_at", b"created_at", "error", b"error", "finished_at", b"finished_at", "id", b"id", "name", b"name", "progress", b"progress", "spec_json", b"spec_json", "started_at", b"started_at", "status", b"status", "steps", b"steps"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cancel_requested", b"cancel_requested", "created_at", b"created_at", "error", b"error", "finished_at", b"finished_at", "id", b"id", "name", b"name", "progress", b"progress", "spec_json", b"spec_json", "started_at", b"started_at", "status", b"status", "steps", b"steps", "team", b"team"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -886,15 +949,21 @@ class GetWorkflowRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     ID_FIELD_NUMBER: _builtins.int
+    ACCESS_FIELD_NUMBER: _builtins.int
     id: _builtins.str
+    @_builtins.property
+    def access(self) -> _common_pb2.Access:
+        """who asks (the gateway sets it): see bev.common.v1.Access"""
+
     def __init__(
         self,
         *,
         id: _builtins.str = ...,
+        access: _common_pb2.Access | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["access", b"access"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["access", b"access", "id", b"id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -907,22 +976,28 @@ class ListWorkflowsRequest(_message.Message):
     STATUS_FIELD_NUMBER: _builtins.int
     LIMIT_FIELD_NUMBER: _builtins.int
     CURSOR_FIELD_NUMBER: _builtins.int
+    ACCESS_FIELD_NUMBER: _builtins.int
     status: Global___Status.ValueType
     """unspecified = any"""
     limit: _builtins.int
     """0 = 50; at most 500"""
     cursor: _builtins.str
     """next_cursor of the previous page"""
+    @_builtins.property
+    def access(self) -> _common_pb2.Access:
+        """who asks (the gateway sets it): see bev.common.v1.Access"""
+
     def __init__(
         self,
         *,
         status: Global___Status.ValueType = ...,
         limit: _builtins.int = ...,
         cursor: _builtins.str = ...,
+        access: _common_pb2.Access | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["access", b"access"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cursor", b"cursor", "limit", b"limit", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["access", b"access", "cursor", b"cursor", "limit", b"limit", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -957,15 +1032,21 @@ class CancelWorkflowRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     ID_FIELD_NUMBER: _builtins.int
+    ACCESS_FIELD_NUMBER: _builtins.int
     id: _builtins.str
+    @_builtins.property
+    def access(self) -> _common_pb2.Access:
+        """who asks (the gateway sets it): see bev.common.v1.Access"""
+
     def __init__(
         self,
         *,
         id: _builtins.str = ...,
+        access: _common_pb2.Access | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["access", b"access"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["access", b"access", "id", b"id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
