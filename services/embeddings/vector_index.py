@@ -2,7 +2,7 @@
 
 Documents, chunk text and the full-text index always stay in PostgreSQL; a backend holds one
 vector per chunk and model with the payload that search filters on (document id, offsets,
-source, TLP, investigation, collection time). Every backend passes one conformance suite
+source, TLP, investigation, collection time, team). Every backend passes one conformance suite
 (services/embeddings/tests/test_vector_index.py). Scores are cosine similarities.
 """
 
@@ -39,6 +39,7 @@ class ChunkPayload:
     tlp: str
     investigation_id: str
     collected_at: datetime
+    team: str  # '' = the shared corpus
 
 
 @dataclass(frozen=True)
@@ -48,10 +49,12 @@ class SearchFilter:
     collected_before: datetime | None = None  # exclusive
     tlp: list[str] = field(default_factory=list)  # any of
     investigation_id: str = ""
+    teams: list[str] = field(default_factory=list)  # any of ('' = the shared corpus)
 
     @property
     def empty(self) -> bool:
-        return not (self.sources or self.collected_after or self.collected_before or self.tlp or self.investigation_id)
+        return not (self.sources or self.collected_after or self.collected_before or self.tlp or self.investigation_id
+                    or self.teams)
 
 
 @dataclass(frozen=True)
@@ -181,6 +184,9 @@ def pg_filter_sql(filters: SearchFilter) -> tuple[sql.Composable, dict[str, Any]
     if filters.investigation_id:
         parts.append(sql.SQL("d.investigation_id = %(f_investigation)s"))
         params["f_investigation"] = filters.investigation_id
+    if filters.teams:
+        parts.append(sql.SQL("d.team = any(%(f_teams)s)"))
+        params["f_teams"] = list(filters.teams)
     if filters.collected_after:
         parts.append(sql.SQL("d.collected_at >= %(f_after)s"))
         params["f_after"] = filters.collected_after
@@ -233,6 +239,7 @@ class QdrantIndex:
                                     ("source", models.PayloadSchemaType.KEYWORD),
                                     ("tlp", models.PayloadSchemaType.KEYWORD),
                                     ("investigation_id", models.PayloadSchemaType.KEYWORD),
+                                    ("team", models.PayloadSchemaType.KEYWORD),
                                     ("collected_at", models.PayloadSchemaType.FLOAT)):
                     await self._client.create_payload_index(name, key, field_schema=schema)
         self._collections[model] = name
@@ -257,6 +264,7 @@ class QdrantIndex:
                     "tlp": c.tlp,
                     "investigation_id": c.investigation_id,
                     "collected_at": c.collected_at.timestamp(),
+                    "team": c.team,
                 },
             )
             for c, v in zip(chunks, vectors, strict=True)
@@ -279,6 +287,12 @@ class QdrantIndex:
                 gte=filters.collected_after.timestamp() if filters.collected_after else None,
                 lt=filters.collected_before.timestamp() if filters.collected_before else None,
             )))
+        if filters.teams:
+            teams: list[models.Condition] = [
+                models.FieldCondition(key="team", match=models.MatchAny(any=list(filters.teams)))]
+            if "" in filters.teams:  # points stored before documents had a team are shared ones
+                teams.append(models.IsEmptyCondition(is_empty=models.PayloadField(key="team")))
+            must.append(models.Filter(should=teams))
         response = await self._client.query_points(
             self._name(model), query=vector.tolist(), limit=k,
             query_filter=models.Filter(must=must) if must else None, with_payload=False,
@@ -311,6 +325,9 @@ class WeaviateIndex:
     weaviate-client's sync API runs in worker threads: it is the documented, stable one, and
     search latency is dominated by the server. No Weaviate server runs on the development
     machine: the conformance suite runs against one when WEAVIATE_URL is set.
+
+    The team is stored as "team:<team>" ("team:" for the shared corpus): a field-tokenized empty
+    string leaves no token to filter on.
     """
 
     name = "weaviate"
@@ -344,7 +361,14 @@ class WeaviateIndex:
 
         def create() -> None:
             # FIELD tokenization: filters match whole values ("feed-a"), not words within them.
+            team = Property(name="team", data_type=DataType.TEXT, tokenization=Tokenization.FIELD)
             if self._client.collections.exists(name):
+                # A collection made before documents had a team: add the property before an insert
+                # would (auto-schema tokenizes by word). Objects stored before have no team: only
+                # readers of every team find them until they are indexed again.
+                collection = self._client.collections.get(name)
+                if all(p.name != "team" for p in collection.config.get().properties):
+                    collection.config.add_property(team)
                 return
             self._client.collections.create(
                 name,
@@ -359,6 +383,7 @@ class WeaviateIndex:
                     Property(name="tlp", data_type=DataType.TEXT, tokenization=Tokenization.FIELD),
                     Property(name="investigation_id", data_type=DataType.TEXT, tokenization=Tokenization.FIELD),
                     Property(name="collected_at", data_type=DataType.NUMBER),
+                    team,
                 ],
             )
 
@@ -381,7 +406,7 @@ class WeaviateIndex:
                 properties={
                     "document_id": c.document_id, "start_offset": c.start, "end_offset": c.end, "source": c.source,
                     "tlp": c.tlp, "investigation_id": c.investigation_id,
-                    "collected_at": c.collected_at.timestamp(),
+                    "collected_at": c.collected_at.timestamp(), "team": _weaviate_team(c.team),
                 },
             )
             for c, v in zip(chunks, vectors, strict=True)
@@ -409,6 +434,8 @@ class WeaviateIndex:
             conditions.append(Filter.by_property("collected_at").greater_or_equal(filters.collected_after.timestamp()))
         if filters.collected_before:
             conditions.append(Filter.by_property("collected_at").less_than(filters.collected_before.timestamp()))
+        if filters.teams:
+            conditions.append(Filter.by_property("team").contains_any([_weaviate_team(t) for t in filters.teams]))
         collection = self._client.collections.get(self._name(model))
         response = await asyncio.to_thread(
             collection.query.near_vector,
@@ -438,3 +465,7 @@ class WeaviateIndex:
 
     async def close(self) -> None:
         await asyncio.to_thread(self._client.close)
+
+
+def _weaviate_team(team: str) -> str:
+    return f"team:{team}"

@@ -23,8 +23,11 @@ from starlette.routing import Match
 from bev.rpc import RpcError
 from bev.telemetry import get_logger
 from services.gateway.clients import Clients
+from services.gateway.deps import SCOPE_HEADER
+from services.gateway.guard import OPEN_PATHS, Guard
 from services.gateway.inputs import json_problem, parameters_problem
-from services.gateway.routes import avatar, collectors, embeddings, fleet, openai, reasoning, swarm
+from services.gateway.limits import RateLimited
+from services.gateway.routes import access, avatar, collectors, embeddings, fleet, openai, reasoning, swarm
 from services.gateway.routes.common import (
     COMMON_ERRORS,
     ERROR_SCHEMA,
@@ -40,19 +43,24 @@ log = get_logger(__name__)
 _FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
 
 
-def create_app(nc: NatsClient, config: GatewayConfig, callees: Iterable[str]) -> FastAPI:
-    """The HTTP API over `nc`; `callees` are the services the gateway's manifest entry calls."""
+def create_app(nc: NatsClient, config: GatewayConfig, callees: Iterable[str], guard: Guard) -> FastAPI:
+    """The HTTP API over `nc`, behind `guard` (keys, limits, audit); `callees` are the services the
+    gateway's manifest entry calls."""
     # No trailing-slash redirects: `/api/v1/documents/` (an empty id) is 404, not a redirect to the
     # collection path and then a 405 for the method.
-    app = FastAPI(title="BEV gateway", version="0.1.0", redirect_slashes=False)
-    clients = Clients.over_nats(nc, config.rpc_timeout_s, callees)
+    app = FastAPI(title="BEV gateway", version="0.1.0", redirect_slashes=False,
+                  description=API_DESCRIPTION)
+    # What routes depend on (services/gateway/deps.py).
+    app.state.clients = Clients.over_nats(nc, config.rpc_timeout_s, callees)
+    app.state.guard = guard
     routes: list[APIRoute] = []
-    for module in (fleet, reasoning, openai, embeddings, collectors, swarm, avatar):
-        router = module.router(clients)
-        own = [route for route in router.routes if isinstance(route, APIRoute)]
+    for module in (fleet, reasoning, openai, embeddings, collectors, swarm, avatar, access):
+        own = [route for route in module.router.routes if isinstance(route, APIRoute)]
+        _document_scopes(own)
         _document_errors(own)  # before include_router, which reads each route's responses
         routes += own
-        app.include_router(router)
+        app.include_router(module.router)
+    guard.routes = routes
 
     # Middleware added later runs first: the size limit, then the content checks.
     @app.middleware("http")
@@ -81,6 +89,10 @@ def create_app(nc: NatsClient, config: GatewayConfig, callees: Iterable[str]) ->
             request._body = body  # let the route read what was already consumed
         return await call_next(request)
 
+    @app.exception_handler(RateLimited)
+    async def rate_limited(request: Request, exc: RateLimited) -> Response:
+        return error_response(request.url.path, 429, str(exc), headers=exc.headers)
+
     @app.exception_handler(RpcError)
     async def rpc_error(request: Request, exc: RpcError) -> Response:
         return error_response(request.url.path, HTTP_STATUS.get(exc.code, 502), exc.message, code=exc.code.name)
@@ -105,7 +117,58 @@ def create_app(nc: NatsClient, config: GatewayConfig, callees: Iterable[str]) ->
         log.exception("unhandled error in a route", path=request.url.path, error=repr(exc))
         return error_response(request.url.path, 500, f"internal error ({type(exc).__name__})", code="INTERNAL")
 
+    app.openapi = lambda: _openapi_with_security(app)  # type: ignore[method-assign]
+    # Added last, so it runs first: no key, no answer (only /healthz is open).
+    app.add_middleware(_GuardMiddleware, guard=guard)
     return app
+
+
+API_DESCRIPTION = """Every route but `/healthz` needs an API key: `Authorization: Bearer bev_<id>_<secret>`
+(401 without a valid one; 403 when the key lacks the route's scope, named in each operation's
+`x-bev-scope`). Keys belong to a team: another team's investigations, workflows and documents
+answer 404, and nothing above the key's TLP is returned. Each key has an hourly request budget and
+a daily LLM token budget (429 with `Retry-After`; every answer carries `RateLimit-*` headers).
+The embedded fleet's admin key is `api_key` in `run/fleet.json`; `bev keys create` makes others."""
+
+
+class _GuardMiddleware:
+    """Starlette's middleware shape around Guard.middleware."""
+
+    def __init__(self, app: Any, guard: Guard) -> None:
+        self._app = guard.middleware(app)
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        await self._app(scope, receive, send)
+
+
+def _document_scopes(routes: Iterable[APIRoute]) -> None:
+    """Write each route's required scope (its deps.needs dependency) into its OpenAPI operation."""
+    for route in routes:
+        scopes = [getattr(dep.dependency, "bev_scope", None) for dep in route.dependencies]
+        scope = next((s for s in scopes if s), None)
+        if scope is None and route.path not in OPEN_PATHS:
+            raise ValueError(f"route {sorted(route.methods or ())} {route.path} declares no scope "
+                             "(dependencies=[READ], [WRITE] or [ADMIN] from services/gateway/deps.py)")
+        if scope is not None:
+            route.openapi_extra = {**(route.openapi_extra or {}), SCOPE_HEADER: scope}
+
+
+def _openapi_with_security(app: FastAPI) -> dict[str, Any]:
+    """FastAPI's schema plus the bearer-key scheme, required on every operation but /healthz's."""
+    if app.openapi_schema is not None:
+        return app.openapi_schema
+    from fastapi.openapi.utils import get_openapi
+
+    schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+    schema.setdefault("components", {}).setdefault("securitySchemes", {})["apiKey"] = {
+        "type": "http", "scheme": "bearer", "bearerFormat": "bev_<id>_<secret>",
+        "description": "An API key from `bev keys create` or POST /api/v1/keys"}
+    schema["security"] = [{"apiKey": []}]
+    for path in OPEN_PATHS:
+        for operation in schema.get("paths", {}).get(path, {}).values():
+            operation["security"] = []
+    app.openapi_schema = schema
+    return schema
 
 
 def _document_errors(routes: Iterable[APIRoute]) -> None:

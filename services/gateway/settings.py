@@ -18,6 +18,10 @@ class GatewayConfig(BaseModel):
     body_timeout_s: float = Field(default=60.0, gt=0)
     max_connections: int = Field(default=1000, ge=1)
     keep_alive_s: float = Field(default=5.0, gt=0)
+    # A verified API key is trusted this long before it is looked up again (a revocation through
+    # another gateway replica takes effect within it).
+    key_cache_s: float = Field(default=5.0, ge=0)
+    bootstrap_team: str = "admin"  # the team of the embedded fleet's bootstrap admin key
     # None: each RPC's own deadline, from its proto's (bev.common.v1.call) option; a number caps all.
     rpc_timeout_s: float | None = None
 

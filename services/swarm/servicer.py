@@ -15,13 +15,14 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from nats.aio.client import Client as NatsClient
 
 from bev.collectors.v1.collectors_rpc import CollectorsClient
+from bev.common.v1 import common_pb2
 from bev.embeddings.v1.embeddings_rpc import EmbeddingsClient
 from bev.reasoning.v1.reasoning_rpc import ReasoningClient
 from bev.rpc import CallContext, InstanceInfo, RpcError, StatusCode
 from bev.runtime import ServiceRuntime, StartupError
 from bev.swarm.v1 import swarm_pb2
 from bev.swarm.v1.swarm_rpc import SwarmServicer
-from bev.vocab import Tlp
+from bev.vocab import Tlp, UnknownTlp
 from services.swarm import dag, report, store, workflow
 from services.swarm.agents import Deps
 from services.swarm.roles import ROLES, AgentRole, Phase, roles_for_phase
@@ -76,7 +77,7 @@ def _investigation(row: store.InvestigationRow) -> swarm_pb2.Investigation:
         budget=swarm_pb2.Budget(max_tool_calls=int(budget["max_tool_calls"]), max_tokens=int(budget["max_tokens"]),
                                 max_wall_s=float(budget["max_wall_s"]), max_depth=int(budget["max_depth"])),
         scope=swarm_pb2.Scope(allow=[*Scope.from_dict(row.scope).allow], opsec=bool(row.scope.get("opsec"))),
-        tlp=Tlp(row.tlp).to_proto(), error=row.error, seeds=row.seeds,
+        tlp=Tlp(row.tlp).to_proto(), error=row.error, seeds=row.seeds, team=row.team,
         report_json=json.dumps(row.report) if row.report is not None else "")
     if row.phase:
         message.phase = _PROTO_BY_PHASE[Phase(row.phase)]
@@ -98,6 +99,33 @@ def _parse_cursor(cursor: str) -> tuple[datetime, str]:
         return datetime.fromisoformat(at), ident
     except (ValueError, UnicodeDecodeError):
         raise RpcError(StatusCode.INVALID_ARGUMENT, "cursor is not one this service gave out") from None
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who asks, from the request's `access` (the gateway sets it from the API key): `team` '' =
+    every team (an admin key or another service); `max_tlp` None = any label."""
+
+    team: str
+    max_tlp: Tlp | None
+
+    @classmethod
+    def of(cls, access: common_pb2.Access) -> Caller:
+        try:
+            return cls(access.team, Tlp.from_proto(access.max_tlp))
+        except UnknownTlp as exc:
+            raise RpcError(StatusCode.INVALID_ARGUMENT, f"access.max_tlp: {exc}") from None
+
+    def cleared_for(self, tlp: str) -> bool:
+        return self.max_tlp is None or Tlp(tlp).rank <= self.max_tlp.rank
+
+    def may_see(self, team: str, tlp: str | None = None) -> bool:
+        """A row of `team` labelled `tlp` (None: a row without a label, a workflow)."""
+        return (not self.team or team == self.team) and (tlp is None or self.cleared_for(tlp))
+
+    def visibility(self) -> store.Visibility:
+        tlps = None if self.max_tlp is None else tuple(t.value for t in Tlp.ordered() if t.rank <= self.max_tlp.rank)
+        return store.Visibility(team=self.team or None, tlps=tlps)
 
 
 @dataclass
@@ -137,9 +165,11 @@ class Swarm(SwarmServicer):
             raise RpcError(StatusCode.UNAVAILABLE, "the swarm is starting")
         return self.store
 
-    async def _row(self, investigation_id: str, *, report_: bool = True) -> store.InvestigationRow:
+    async def _row(self, investigation_id: str, caller: Caller, *, report_: bool = True) -> store.InvestigationRow:
+        """The investigation, if the caller may see it. Another team's, or one above the caller's
+        TLP, answers exactly as an unknown id does: the answer must not tell that it exists."""
         row = await self._store().get(investigation_id, report=report_) if investigation_id else None
-        if row is None:
+        if row is None or not caller.may_see(row.team, row.tlp):
             raise RpcError(StatusCode.NOT_FOUND, f"no investigation {investigation_id!r}")
         return row
 
@@ -167,22 +197,32 @@ class Swarm(SwarmServicer):
         scope_data = {**scope.to_dict(), "opsec": request.scope.opsec}
         investigation_id = str(uuid.uuid4())
         tlp = Tlp.from_proto(request.tlp, Tlp.CLEAR)
-        await self._store().create(id=investigation_id, target=target.value, target_type=target.kind,
-                                   stix_type=target.stix_type, mode=MODES[request.mode], budget=budget,
-                                   scope=scope_data, seeds=list(request.seeds), tlp=tlp.value)
+        caller = Caller.of(request.access)
+        if not caller.cleared_for(tlp):
+            raise RpcError(StatusCode.PERMISSION_DENIED,
+                           f"this key is cleared up to TLP {caller.max_tlp}: it cannot start a TLP {tlp} investigation")
+        limit = self.config.max_active_per_team
+        if not await self._store().create(id=investigation_id, target=target.value, target_type=target.kind,
+                                          stix_type=target.stix_type, mode=MODES[request.mode], budget=budget,
+                                          scope=scope_data, seeds=list(request.seeds), tlp=tlp.value,
+                                          team=caller.team, max_active=limit):
+            raise RpcError(StatusCode.RESOURCE_EXHAUSTED,
+                           f"team {caller.team!r} already has {limit} investigations queued or running, its limit "
+                           "(swarm.max_active_per_team); start this one when one of them finishes or is cancelled")
         assert self.engine is not None
         await self.engine.submit(investigation_id)
-        return _investigation(await self._row(investigation_id))
+        return _investigation(await self._row(investigation_id, caller))
 
     async def GetInvestigation(self, request: swarm_pb2.GetInvestigationRequest,
                                ctx: CallContext) -> swarm_pb2.Investigation:
-        return _investigation(await self._row(request.id))
+        return _investigation(await self._row(request.id, Caller.of(request.access)))
 
     async def ListInvestigations(self, request: swarm_pb2.ListInvestigationsRequest,
                                  ctx: CallContext) -> swarm_pb2.ListInvestigationsResponse:
         limit = min(request.limit or 50, 500)
         before = _parse_cursor(request.cursor) if request.cursor else None
-        rows = await self._store().page(status=STATUSES.get(request.status, ""), limit=limit + 1, before=before)
+        rows = await self._store().page(status=STATUSES.get(request.status, ""), limit=limit + 1, before=before,
+                                        visible=Caller.of(request.access).visibility())
         page = rows[:limit]
         return swarm_pb2.ListInvestigationsResponse(
             investigations=[_investigation(r) for r in page],
@@ -190,24 +230,25 @@ class Swarm(SwarmServicer):
 
     async def CancelInvestigation(self, request: swarm_pb2.CancelInvestigationRequest,
                                   ctx: CallContext) -> swarm_pb2.Investigation:
-        row = await self._row(request.id, report_=False)
+        caller = Caller.of(request.access)
+        row = await self._row(request.id, caller, report_=False)
         if row.finished or not await self._store().request_cancel(row.id):
-            return _investigation(await self._row(request.id))
+            return _investigation(await self._row(request.id, caller))
         loop = asyncio.get_running_loop()
         deadline = loop.time() + CANCEL_GRACE_S
         while loop.time() < deadline:
             await asyncio.sleep(0.2)
-            row = await self._row(request.id, report_=False)
+            row = await self._row(request.id, caller, report_=False)
             if row.finished:
-                return _investigation(await self._row(request.id))
+                return _investigation(await self._row(request.id, caller))
         # Still in a long call (a model answer): stop the workflow and close it with what is stored.
         assert self.engine is not None
         await self.engine.cancel(row.id)
         await workflow.finish(row.id, "cancelled", "cancelled by the analyst", {})
-        return _investigation(await self._row(request.id))
+        return _investigation(await self._row(request.id, caller))
 
     async def GetReport(self, request: swarm_pb2.GetReportRequest, ctx: CallContext) -> swarm_pb2.Report:
-        row = await self._row(request.id)
+        row = await self._row(request.id, Caller.of(request.access))
         if row.report is None:
             raise RpcError(StatusCode.FAILED_PRECONDITION, f"investigation {row.id} is {row.status}: no report yet")
         if request.format == swarm_pb2.REPORT_FORMAT_MARKDOWN:
@@ -218,7 +259,8 @@ class Swarm(SwarmServicer):
 
     async def WatchInvestigation(self, request: swarm_pb2.WatchInvestigationRequest,
                                  ctx: CallContext) -> AsyncIterator[swarm_pb2.InvestigationEvent]:
-        await self._row(request.id, report_=False)
+        caller = Caller.of(request.access)
+        await self._row(request.id, caller, report_=False)
         after = request.after_id
         loop = asyncio.get_running_loop()
         quiet_since = loop.time()
@@ -240,15 +282,20 @@ class Swarm(SwarmServicer):
             if not events:
                 # The row is closed a moment before its `done` event is written (services/swarm/
                 # workflow.finish): a finished investigation's stream waits DONE_GRACE_S for it.
-                row = await self._row(request.id, report_=False)
+                row = await self._row(request.id, caller, report_=False)
                 if row.finished and row.finished_at is not None and \
                         (datetime.now(UTC) - row.finished_at).total_seconds() > DONE_GRACE_S:
                     return
                 await asyncio.sleep(WATCH_POLL_S)
 
     async def GetEvidence(self, request: swarm_pb2.GetEvidenceRequest, ctx: CallContext) -> swarm_pb2.Evidence:
+        caller = Caller.of(request.access)
         item = await self._store().get_evidence(request.id) if request.id else None
-        if item is None:
+        # Seen through its investigation (its team, its label) and its own label; otherwise the
+        # answer of an unknown id.
+        owner = await self._store().get(item.investigation_id, report=False) if item is not None else None
+        if item is None or owner is None or not caller.may_see(owner.team, owner.tlp) or \
+                not caller.cleared_for(item.tlp):
             raise RpcError(StatusCode.NOT_FOUND, f"no evidence {request.id!r}")
         message = swarm_pb2.Evidence(id=item.id, investigation_id=item.investigation_id, kind=item.kind, uri=item.uri,
                                      collector=item.collector, tlp=Tlp(item.tlp).to_proto(), content=item.content,
@@ -258,7 +305,7 @@ class Swarm(SwarmServicer):
 
     async def ListAgents(self, request: swarm_pb2.ListAgentsRequest, ctx: CallContext) -> swarm_pb2.ListAgentsResponse:
         agents = []
-        for row in await self._store().agents():
+        for row in await self._store().agents(Caller.of(request.access).visibility()):
             agent = swarm_pb2.Agent(id=f"{row.investigation_id}/{row.agent}", role=row.role,
                                     investigation_id=row.investigation_id, activity=row.activity, instance=row.instance)
             agent.since.FromDatetime(row.since)
@@ -268,9 +315,10 @@ class Swarm(SwarmServicer):
 
     # -- workflows (services/swarm/dag.py) ---------------------------------------------------------
 
-    async def _workflow_row(self, workflow_id: str) -> store.WorkflowRow:
+    async def _workflow_row(self, workflow_id: str, caller: Caller) -> store.WorkflowRow:
+        """The workflow, if the caller may see it; another team's answers as an unknown id does."""
         row = await self._store().get_workflow(workflow_id) if workflow_id else None
-        if row is None:
+        if row is None or not caller.may_see(row.team):
             raise RpcError(StatusCode.NOT_FOUND, f"no workflow {workflow_id!r}")
         return row
 
@@ -281,21 +329,22 @@ class Swarm(SwarmServicer):
             raise RpcError(StatusCode.INVALID_ARGUMENT, str(exc)) from None
         if self.engine is None:
             raise RpcError(StatusCode.UNAVAILABLE, "the swarm is starting")
+        caller = Caller.of(request.access)
         workflow_id = str(uuid.uuid4())
         await self._store().create_workflow(id=workflow_id, name=spec.name, spec=spec.model_dump(mode="json"),
-                                            steps=dag.initial_states(spec))
+                                            steps=dag.initial_states(spec), team=caller.team)
         await dag.submit(workflow_id)
-        return _workflow(await self._workflow_row(workflow_id))
+        return _workflow(await self._workflow_row(workflow_id, caller))
 
     async def GetWorkflow(self, request: swarm_pb2.GetWorkflowRequest, ctx: CallContext) -> swarm_pb2.Workflow:
-        return _workflow(await self._workflow_row(request.id))
+        return _workflow(await self._workflow_row(request.id, Caller.of(request.access)))
 
     async def ListWorkflows(self, request: swarm_pb2.ListWorkflowsRequest,
                             ctx: CallContext) -> swarm_pb2.ListWorkflowsResponse:
         limit = min(request.limit or 50, 500)
         before = _parse_cursor(request.cursor) if request.cursor else None
         rows = await self._store().page_workflows(status=STATUSES.get(request.status, ""), limit=limit + 1,
-                                                  before=before)
+                                                  before=before, visible=Caller.of(request.access).visibility())
         page = rows[:limit]
         last = page[-1] if page else None
         return swarm_pb2.ListWorkflowsResponse(
@@ -304,9 +353,10 @@ class Swarm(SwarmServicer):
             if last is not None and len(rows) > limit else "")
 
     async def CancelWorkflow(self, request: swarm_pb2.CancelWorkflowRequest, ctx: CallContext) -> swarm_pb2.Workflow:
-        row = await self._workflow_row(request.id)
+        caller = Caller.of(request.access)
+        row = await self._workflow_row(request.id, caller)
         if row.finished or not await self._store().request_workflow_cancel(row.id):
-            row = await self._workflow_row(request.id)
+            row = await self._workflow_row(request.id, caller)
             if row.status != "cancelled":
                 raise RpcError(StatusCode.FAILED_PRECONDITION, f"workflow {row.id} has {row.status}: nothing to cancel")
             return _workflow(row)
@@ -315,19 +365,19 @@ class Swarm(SwarmServicer):
             deadline = loop.time() + CANCEL_GRACE_S
             while loop.time() < deadline:
                 await asyncio.sleep(0.2)
-                row = await self._workflow_row(request.id)
+                row = await self._workflow_row(request.id, caller)
                 if row.finished:
                     return _workflow(row)
         # Queued, or in a long step (a model answer): stop the DBOS workflow and close the row here.
         await dag.stop(row.id)
         await dag.conclude(row.id)
-        return _workflow(await self._workflow_row(request.id))
+        return _workflow(await self._workflow_row(request.id, caller))
 
 
 def _workflow(row: store.WorkflowRow, *, full: bool = True) -> swarm_pb2.Workflow:
     """A workflow as the API shows it; `full`: with the spec and each step's output."""
     message = swarm_pb2.Workflow(id=row.id, name=row.name, status=_STATUS_PROTO[row.status], progress=row.progress,
-                                 error=row.error, cancel_requested=row.cancel_requested,
+                                 error=row.error, cancel_requested=row.cancel_requested, team=row.team,
                                  spec_json=json.dumps(row.spec) if full else "")
     for step, state in dag.steps_in_order(row):
         output = state.get("output")

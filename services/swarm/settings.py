@@ -17,6 +17,10 @@ class SwarmConfig(BaseModel):
     # Investigations each replica runs at once (DBOS queue worker concurrency); the queue is shared
     # by every replica through PostgreSQL.
     concurrency: int = Field(default=2, ge=1)
+    # Investigations one team (its API keys' `team`) may have queued or running at once, over all
+    # replicas; a start beyond it is refused (RESOURCE_EXHAUSTED). 0 = no limit. Callers without a
+    # team (admin keys, other services) are not counted.
+    max_active_per_team: int = Field(default=3, ge=0)
     queue_poll_s: float = Field(default=0.5, gt=0)
     # Replica liveness: each writes a heartbeat; a replica silent for orphan_after_s has its
     # unfinished investigations resumed by another (DBOS recovery of its executor).

@@ -64,6 +64,7 @@ class InvestigationRow:
     started_at: datetime | None
     finished_at: datetime | None
     tool_calls: int = 0
+    team: str = ""  # '' = no team (made by an admin key or another service)
 
     @property
     def finished(self) -> bool:
@@ -115,8 +116,33 @@ class AgentRow:
 _INVESTIGATION_COLUMNS = (
     "i.id, i.target, i.target_type, i.stix_type, i.mode, i.status, i.phase, i.progress, i.budget, i.scope, "
     "i.seeds, i.tlp, i.tokens, i.cancel_requested, i.error, {report}, i.created_at, i.started_at, i.finished_at, "
-    "(select count(*) from swarm.tool_calls t where t.investigation_id = i.id)::int as tool_calls"
+    "(select count(*) from swarm.tool_calls t where t.investigation_id = i.id)::int as tool_calls, i.team"
 )
+
+
+@dataclass(frozen=True)
+class Visibility:
+    """Which rows a caller may see: `team` None = every team's; `tlps` None = any label, else the
+    labels (storage text) at or below the caller's ceiling. Filters lists in SQL, so that a page
+    and its cursor count only what the caller may see."""
+
+    team: str | None = None
+    tlps: tuple[str, ...] | None = None
+
+    def where(self, alias: str, params: dict[str, Any], *, tlp: bool = True) -> list[str]:
+        """SQL conditions on table `alias` (named parameters added to `params`); `tlp` False for
+        tables without a label (workflows)."""
+        conditions = []
+        if self.team is not None:
+            conditions.append(f"{alias}.team = %(team)s")
+            params["team"] = self.team
+        if tlp and self.tlps is not None:
+            conditions.append(f"{alias}.tlp = any(%(tlps)s)")
+            params["tlps"] = list(self.tlps)
+        return conditions
+
+
+EVERYTHING = Visibility()
 
 
 class Store:
@@ -149,22 +175,37 @@ class Store:
     # -- investigations ---------------------------------------------------------------------------
 
     async def create(self, *, id: str, target: str, target_type: str, stix_type: str, mode: str,
-                     budget: Mapping[str, Any], scope: Mapping[str, Any], seeds: Sequence[str], tlp: str) -> None:
-        await self._execute(
-            "insert into swarm.investigations (id, target, target_type, stix_type, mode, budget, scope, seeds, tlp) "
-            "values (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
-            (id, target, target_type, stix_type, mode, Jsonb(dict(budget)), Jsonb(dict(scope)), Jsonb(list(seeds)),
-             tlp))
+                     budget: Mapping[str, Any], scope: Mapping[str, Any], seeds: Sequence[str], tlp: str,
+                     team: str = "", max_active: int = 0) -> bool:
+        """Inserts it, unless `team` (non-empty) already has `max_active` (> 0) queued or running:
+        then False and nothing is stored. The count and the insert run under a per-team advisory
+        lock in one transaction, so two starts racing for a team's last slot cannot both win."""
+        async with self.pool.connection() as conn, conn.transaction():
+            if team and max_active > 0:
+                await conn.execute("select pg_advisory_xact_lock(hashtextextended(%s, 0))", (f"swarm.team:{team}",))
+                cursor = await conn.execute(
+                    "select count(*) from swarm.investigations where team = %s and status in ('queued', 'running')",
+                    (team,))
+                active = await cursor.fetchone()
+                if active is not None and int(active[0]) >= max_active:
+                    return False
+            await conn.execute(
+                "insert into swarm.investigations (id, target, target_type, stix_type, mode, budget, scope, seeds, "
+                "tlp, team) values (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                (id, target, target_type, stix_type, mode, Jsonb(dict(budget)), Jsonb(dict(scope)),
+                 Jsonb(list(seeds)), tlp, team))
+        return True
 
     async def get(self, investigation_id: str, *, report: bool = True) -> InvestigationRow | None:
         columns = _INVESTIGATION_COLUMNS.format(report="i.report" if report else "null::jsonb as report")
         rows = await self._fetch(f"select {columns} from swarm.investigations i where i.id = %s", (investigation_id,))
         return InvestigationRow(**rows[0]) if rows else None
 
-    async def page(self, *, status: str = "", limit: int = 50,
-                   before: tuple[datetime, str] | None = None) -> list[InvestigationRow]:
+    async def page(self, *, status: str = "", limit: int = 50, before: tuple[datetime, str] | None = None,
+                   visible: Visibility = EVERYTHING) -> list[InvestigationRow]:
         columns = _INVESTIGATION_COLUMNS.format(report="null::jsonb as report")
-        where, params = ["true"], dict[str, Any](limit=limit)
+        params = dict[str, Any](limit=limit)
+        where = ["true", *visible.where("i", params)]
         if status:
             where.append("i.status = %(status)s")
             params["status"] = status
@@ -299,9 +340,13 @@ class Store:
     async def clear_agents(self, investigation_id: str) -> None:
         await self._execute("delete from swarm.agents where investigation_id = %s", (investigation_id,))
 
-    async def agents(self) -> list[AgentRow]:
-        rows = await self._fetch("select investigation_id, agent, role, activity, since, instance from swarm.agents "
-                                 "order by investigation_id, agent")
+    async def agents(self, visible: Visibility = EVERYTHING) -> list[AgentRow]:
+        """The live agents of the investigations `visible` lets the caller see."""
+        params: dict[str, Any] = {}
+        where = ["true", *visible.where("i", params)]
+        rows = await self._fetch("select a.investigation_id, a.agent, a.role, a.activity, a.since, a.instance "
+                                 "from swarm.agents a join swarm.investigations i on i.id = a.investigation_id "
+                                 f"where {' and '.join(where)} order by a.investigation_id, a.agent", params)
         return [AgentRow(**row) for row in rows]
 
     async def heartbeat(self, instance: str, node: str) -> None:
@@ -319,24 +364,25 @@ class Store:
     # -- workflows (services/swarm/dag.py) ---------------------------------------------------------
 
     async def create_workflow(self, *, id: str, name: str, spec: Mapping[str, Any],
-                              steps: Mapping[str, Mapping[str, Any]]) -> None:
-        await self._execute("insert into swarm.workflows (id, name, spec, steps) values (%s, %s, %s, %s)",
-                            (id, name, Jsonb(dict(spec)), Jsonb({k: dict(v) for k, v in steps.items()})))
+                              steps: Mapping[str, Mapping[str, Any]], team: str = "") -> None:
+        await self._execute("insert into swarm.workflows (id, name, spec, steps, team) values (%s, %s, %s, %s, %s)",
+                            (id, name, Jsonb(dict(spec)), Jsonb({k: dict(v) for k, v in steps.items()}), team))
 
     async def get_workflow(self, workflow_id: str) -> WorkflowRow | None:
         rows = await self._fetch(f"select {_WORKFLOW_COLUMNS.format(steps='w.steps', spec='w.spec')} "
                                  "from swarm.workflows w where w.id = %s", (workflow_id,))
         return WorkflowRow(**rows[0]) if rows else None
 
-    async def page_workflows(self, *, status: str = "", limit: int = 50,
-                             before: tuple[datetime, str] | None = None) -> list[WorkflowRow]:
+    async def page_workflows(self, *, status: str = "", limit: int = 50, before: tuple[datetime, str] | None = None,
+                             visible: Visibility = EVERYTHING) -> list[WorkflowRow]:
         """Newest first; each step's state without its output, and the spec without its steps' bodies."""
         steps = ("coalesce((select jsonb_object_agg(e.key, e.value - 'output') from jsonb_each(w.steps) e), "
                  "'{}'::jsonb)")
         spec = ("jsonb_build_object('name', w.spec -> 'name', 'steps', coalesce((select jsonb_agg("
                 "jsonb_build_object('id', s -> 'id', 'type', s -> 'type', 'depends_on', s -> 'depends_on')) "
                 "from jsonb_array_elements(w.spec -> 'steps') s), '[]'::jsonb))")
-        where, params = ["true"], dict[str, Any](limit=limit)
+        params = dict[str, Any](limit=limit)
+        where = ["true", *visible.where("w", params, tlp=False)]
         if status:
             where.append("w.status = %(status)s")
             params["status"] = status
@@ -394,6 +440,7 @@ class WorkflowRow:
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+    team: str = ""
 
     @property
     def finished(self) -> bool:
@@ -401,4 +448,4 @@ class WorkflowRow:
 
 
 _WORKFLOW_COLUMNS = ("w.id, w.name, {spec} as spec, w.status, w.progress, {steps} as steps, w.error, "
-                     "w.cancel_requested, w.created_at, w.started_at, w.finished_at")
+                     "w.cancel_requested, w.created_at, w.started_at, w.finished_at, w.team")

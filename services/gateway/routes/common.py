@@ -106,11 +106,14 @@ OPENAI_ERROR_SCHEMA: dict[str, Any] = {
 # what any request can meet, whatever the route.
 COMMON_ERRORS: dict[int, str] = {
     400: "A value the API or the service refuses; the message says which and why",
+    401: "No API key, or one that is unknown, revoked or expired (Authorization: Bearer <key>)",
+    403: "The API key lacks the scope this route needs (x-bev-scope)",
     408: "The request was not received in time (slow client)",
     405: "The path exists, for other methods",
     413: "The body is over the size limit",
     422: "The request does not match its schema (OpenAI routes: 400 instead)",
-    429: "The service is at capacity; retry later",
+    429: "The key is over its hourly requests or daily LLM tokens (Retry-After says when to retry), "
+         "its team runs as many investigations as it may, or the service is at capacity",
     502: "The service failed while answering",
     503: "No instance of the service is serving, or the gateway is at its connection limit",
     504: "The service did not answer within the deadline",

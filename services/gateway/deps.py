@@ -1,0 +1,123 @@
+"""What a route depends on, as FastAPI dependencies: the service clients, the caller (the API key
+the request came with, authenticated by services/gateway/guard.py before any route runs), the
+scope a route needs, and the caller's daily LLM token budget.
+
+A route module declares these in its signature (the fastapi full-stack template's style):
+
+    @router.get("/api/v1/investigations/{id}", dependencies=[READ])
+    async def get(id: str, clients: ClientsDep, caller: CallerDep) -> ...:
+        await clients.swarm.GetInvestigation(GetInvestigationRequest(id=id, access=caller.access()))
+
+Every service request that reads or makes a team's objects carries `caller.access()`
+(bev.common.v1.Access): the service answers NOT_FOUND for another team's object and leaves out
+items above the caller's TLP, so the rule holds for every client of the service, not only here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Annotated, Literal
+
+from fastapi import Depends, HTTPException, Request
+
+from bev.access import ApiKey
+from bev.common.v1 import common_pb2
+from bev.vocab import Tlp
+from services.gateway.clients import Clients
+
+if TYPE_CHECKING:
+    from services.gateway.guard import Guard
+
+Scope = Literal["read", "write", "admin"]
+SCOPE_HEADER = "x-bev-scope"  # the OpenAPI extension each route's required scope is written to
+
+
+@dataclass(frozen=True)
+class Caller:
+    """The authenticated caller: its key's record (never the key itself)."""
+
+    key: ApiKey
+
+    @property
+    def admin(self) -> bool:
+        return "admin" in self.key.scopes
+
+    @property
+    def team(self) -> str:
+        return self.key.team
+
+    @property
+    def max_tlp(self) -> Tlp:
+        return self.key.max_tlp
+
+    def has(self, scope: Scope) -> bool:
+        """admin holds every scope; read and write are separate (a write-only key cannot read)."""
+        return self.admin or scope in self.key.scopes
+
+    def may_read(self, tlp: Tlp) -> bool:
+        return tlp.rank <= self.max_tlp.rank
+
+    def access(self) -> common_pb2.Access:
+        """What a service needs to authorise this caller per object: an admin key sees every team."""
+        return common_pb2.Access(team="" if self.admin else self.team, max_tlp=self.max_tlp.to_proto(),
+                                 key_id=self.key.id)
+
+
+def get_clients(request: Request) -> Clients:
+    clients: Clients = request.app.state.clients
+    return clients
+
+
+def get_guard(request: Request) -> Guard:
+    guard: Guard = request.app.state.guard
+    return guard
+
+
+def get_caller(request: Request) -> Caller:
+    caller: Caller | None = getattr(request.state, "caller", None)
+    if caller is None:  # only a route outside the guard (none is) could get here
+        raise HTTPException(401, "an API key is required (Authorization: Bearer <key>)")
+    return caller
+
+
+ClientsDep = Annotated[Clients, Depends(get_clients)]
+CallerDep = Annotated[Caller, Depends(get_caller)]
+
+
+def needs(scope: Scope) -> object:
+    """A route dependency: 403 unless the caller's key holds `scope` (create_app also writes the
+    scope into the route's OpenAPI operation as x-bev-scope)."""
+
+    def check(caller: CallerDep) -> None:
+        if not caller.has(scope):
+            raise HTTPException(403, f"this route needs an API key with the {scope!r} scope; "
+                                     f"key {caller.key.id} has {', '.join(sorted(caller.key.scopes)) or 'none'}")
+
+    check.bev_scope = scope  # type: ignore[attr-defined]  # read by create_app to document the route
+    return Depends(check)
+
+
+READ = needs("read")
+WRITE = needs("write")
+ADMIN = needs("admin")
+
+
+class LlmBudget:
+    """The caller's LLM tokens for today, as a route dependency: 429 before the model runs when the
+    key's daily budget is spent; the route reports what the call used with `spend`."""
+
+    def __init__(self, guard: Guard, caller: Caller) -> None:
+        self._guard, self._caller = guard, caller
+
+    async def spend(self, tokens: int) -> None:
+        if tokens > 0:
+            await self._guard.limits.spend_tokens(self._caller.key, tokens)
+
+
+async def llm_budget(request: Request, caller: CallerDep) -> LlmBudget:
+    guard = get_guard(request)
+    await guard.limits.check_tokens(caller.key)  # raises RateLimited -> 429 with Retry-After
+    return LlmBudget(guard, caller)
+
+
+LlmBudgetDep = Annotated[LlmBudget, Depends(llm_budget)]

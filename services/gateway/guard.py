@@ -1,0 +1,208 @@
+"""The gate every request passes before any route: its API key, its rate limit, its audit entry.
+
+An ASGI middleware, outermost in the app, so nothing (not a 404, not a 413, not the OpenAPI
+schema) answers a caller without a valid key; only `/healthz` is open. In order:
+
+1. `Authorization: Bearer bev_<id>_<secret>` (the openai client sends its api_key so): 401
+   without one, for an unknown key or a wrong secret, and for a revoked or expired key.
+2. The key's hourly request bucket in Redis (services/gateway/limits.py): 429 with Retry-After
+   and RateLimit-* headers; every answer to a key carries RateLimit-* headers.
+3. The route runs with `request.state.caller` set (services/gateway/deps.py reads it; a route's
+   scope check answers 403).
+4. Every mutating call (not GET/HEAD/OPTIONS) and every denied one (401, 403, 429) is written to
+   the audit log (PostgreSQL access.audit) and published on `bev.events.audit`.
+
+Verified keys are cached for `cache_s` seconds (by a hash of the presented key), so a request
+costs no database round trip; a revocation through this replica applies at once, elsewhere within
+`cache_s`. Keys never reach a log: only key ids do.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi.routing import APIRoute
+from opentelemetry import trace
+from opentelemetry.propagate import extract
+from opentelemetry.trace import SpanKind
+from starlette.datastructures import Headers
+from starlette.routing import Match
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from bev.access import ApiKey, AuditEntry, AuditLog, KeyStore
+from bev.telemetry import active_span, get_logger
+from services.gateway.deps import Caller
+from services.gateway.limits import Limits
+from services.gateway.routes.common import error_response
+
+log = get_logger(__name__)
+tracer = trace.get_tracer("bev.gateway")
+
+OPEN_PATHS = frozenset({"/healthz"})
+READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+DENIED = frozenset({401, 403, 429})
+AUDIT_SUBJECT = "bev.events.audit"
+
+Publish = Callable[[str, bytes], Awaitable[None]]
+
+
+class Unauthenticated(Exception):
+    """No usable key; str() says why (never echoing the key)."""
+
+
+def bearer(headers: Headers) -> str:
+    """The key in `Authorization: Bearer <key>`, or ""."""
+    scheme, _, value = headers.get("authorization", "").partition(" ")
+    return value.strip() if scheme.lower() == "bearer" else ""
+
+
+@dataclass
+class _Cached:
+    key: ApiKey
+    until: float
+
+
+class Guard:
+    """Authentication, rate limits and audit for the gateway's app (see the module docstring)."""
+
+    def __init__(self, keys: KeyStore, limits: Limits, audit: AuditLog, publish: Publish | None = None,
+                 cache_s: float = 5.0) -> None:
+        self.keys, self.limits, self.audit = keys, limits, audit
+        self.publish = publish
+        self.cache_s = cache_s
+        self._cache: dict[bytes, _Cached] = {}
+        self.routes: list[APIRoute] = []  # create_app fills it: the route template each audit entry names
+
+    async def authenticate(self, presented: str) -> ApiKey:
+        if not presented:
+            raise Unauthenticated("an API key is required: send Authorization: Bearer <key>")
+        digest = hashlib.sha256(presented.encode()).digest()
+        now = time.monotonic()
+        cached = self._cache.get(digest)
+        if cached is not None and cached.until > now:
+            key = cached.key
+        else:
+            found = await self.keys.verify(presented)
+            if found is None:
+                self._cache.pop(digest, None)
+                raise Unauthenticated("the API key is not valid")
+            key = found
+            if len(self._cache) > 10_000:  # bounded: drop the expired, else everything
+                self._cache = {d: c for d, c in self._cache.items() if c.until > now}
+                if len(self._cache) > 10_000:
+                    self._cache.clear()
+            self._cache[digest] = _Cached(key, now + self.cache_s)
+        state = key.state()
+        if state != "active":
+            raise Unauthenticated(f"API key {key.id} is {state}")
+        return key
+
+    def forget(self, key_id: str) -> None:
+        """Drop a key from this replica's cache (it was revoked here)."""
+        self._cache = {d: c for d, c in self._cache.items() if c.key.id != key_id}
+
+    def middleware(self, app: ASGIApp) -> ASGIApp:
+        """The ASGI app that puts this guard in front of `app` (add it last: it must run first)."""
+
+        async def guarded(scope: Scope, receive: Receive, send: Send) -> None:
+            if scope["type"] not in ("http", "websocket") or scope["path"] in OPEN_PATHS:
+                await app(scope, receive, send)
+                return
+            await self._serve(app, scope, receive, send)
+
+        return guarded
+
+    async def _serve(self, app: ASGIApp, scope: Scope, receive: Receive, send: Send) -> None:
+        headers = Headers(scope=scope)
+        method = scope.get("method", "GET") if scope["type"] == "http" else "WEBSOCKET"
+        route, path_params = self._route(scope)
+        name = f"HTTP {method} {route or 'unknown'}"
+        with active_span(tracer, name, SpanKind.SERVER, extract(headers)) as span:
+            trace_id = format(span.get_span_context().trace_id, "032x")
+            key: ApiKey | None = None
+            try:
+                key = await self.authenticate(bearer(headers))
+                decision = await self.limits.take_request(key)
+            except Unauthenticated as exc:
+                await self._deny(scope, receive, send, 401, str(exc), {"WWW-Authenticate": 'Bearer realm="bev"'})
+                await self._record(None, method, route, scope, path_params, "", 401, trace_id)
+                return
+            limit_headers = decision.headers()
+            if not decision.allowed:
+                retry = {**limit_headers, "Retry-After": str(max(1, int(decision.retry_after_s + 0.999)))}
+                await self._deny(scope, receive, send, 429,
+                                 f"key {key.id} is over its {decision.limit} requests per hour", retry)
+                await self._record(key, method, route, scope, path_params, "", 429, trace_id)
+                return
+            scope.setdefault("state", {})["caller"] = Caller(key)
+            status, location = 0, ""
+
+            async def send_with_limits(message: Message) -> None:
+                nonlocal status, location
+                if message["type"] == "http.response.start":
+                    status = message["status"]
+                    raw = list(message.get("headers", []))
+                    location = next((v.decode("latin-1") for k, v in raw if k.lower() == b"location"), "")
+                    raw += [(k.lower().encode(), v.encode()) for k, v in limit_headers.items()]
+                    message = {**message, "headers": raw}
+                elif message["type"] == "websocket.accept":
+                    status = 101
+                elif message["type"] == "websocket.close" and not status:
+                    status = 403
+                await send(message)
+
+            try:
+                await app(scope, receive, send_with_limits)
+            finally:
+                if method not in READ_METHODS or status in DENIED:
+                    route, path_params = self._route(scope)
+                    object_id = location.rstrip("/").rsplit("/", 1)[-1] if location else ""
+                    await self._record(key, method, route, scope, path_params, object_id, status or 500, trace_id)
+
+    def _route(self, scope: Scope) -> tuple[str, dict[str, Any]]:
+        """The template of the route that serves `scope` and its path parameters ("" for none)."""
+        for route in self.routes:
+            match, child = route.matches(scope)
+            if match is Match.FULL:
+                return route.path, dict(child.get("path_params", {}))
+        for route in self.routes:  # a 405: the path exists for other methods
+            if route.path_regex.match(scope["path"]):
+                return route.path, {}
+        return "", {}
+
+    async def _deny(self, scope: Scope, receive: Receive, send: Send, status: int, message: str,
+                    headers: dict[str, str]) -> None:
+        if scope["type"] == "websocket":
+            # Closing before accepting answers the handshake with HTTP 403 (the ASGI spec).
+            await send({"type": "websocket.close", "code": 1008, "reason": message[:120]})
+            return
+        await error_response(scope["path"], status, message, headers=headers)(scope, receive, send)
+
+    async def _record(self, key: ApiKey | None, method: str, route: str, scope: Scope, path_params: dict[str, Any],
+                      object_id: str, status: int, trace_id: str) -> None:
+        client = scope.get("client")
+        entry = AuditEntry(
+            key_id=key.id if key else "", team=key.team if key else "", method=method, route=route,
+            path=scope["path"][:500], object_id=object_id or _object_id(path_params.values()), status=status,
+            trace_id=trace_id, client=f"{client[0]}:{client[1]}" if client else "")
+        try:
+            entry_id = await self.audit.write(entry)
+        except Exception as exc:  # the call was answered; the log line keeps the record
+            log.error("audit entry not written", error=str(exc).splitlines()[0] if str(exc) else repr(exc),
+                      **{k: v for k, v in entry.to_json().items() if k != "at"})
+            return
+        if self.publish is not None:
+            body = json.dumps({**entry.to_json(), "id": entry_id}).encode()
+            try:
+                await self.publish(AUDIT_SUBJECT, body)
+            except Exception as exc:  # the row is the record; the event is a convenience
+                log.warning("audit event not published", error=repr(exc), entry=entry_id)
+
+
+def _object_id(values: Iterable[Any]) -> str:
+    return next((str(v) for v in values), "")
