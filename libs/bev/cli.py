@@ -31,6 +31,10 @@ app.add_typer(deploy_app, name="deploy")
 investigations_app = typer.Typer(help="Investigations: list, show, cancel (start one with `bev investigate`).",
                                  no_args_is_help=True)
 app.add_typer(investigations_app, name="investigations")
+keys_app = typer.Typer(help="API keys for the gateway: create (shown once), list, revoke. Works against Vault: "
+                             "$BEV_VAULT__ADDR and $BEV_VAULT__TOKEN, else the running fleet's run/fleet.json.",
+                        no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
 
 DataDir = Annotated[Path | None, typer.Option("--data-dir", help="State directory (default: $BEV_DATA_DIR or .bev)")]
 
@@ -799,6 +803,139 @@ def investigations_cancel(
     investigation = _on_swarm(data_dir, work)
     status_label = _enum_label(swarm_pb2.Status, "STATUS_", investigation.status)
     print(f"investigation {investigation.id}: {status_label}")
+
+
+@contextlib.asynccontextmanager
+async def _key_store(data_dir: Path | None) -> AsyncGenerator[Any, None]:
+    """The gateway's key store, reached with credentials read from Vault: the operator's
+    $BEV_VAULT__ADDR/$BEV_VAULT__TOKEN, else the running fleet's (run/fleet.json)."""
+    from psycopg_pool import AsyncConnectionPool
+
+    from bev import access
+    from bev.access import KeyStore
+    from bev.secrets import VaultSecrets
+    from bev.settings import VaultSettings
+    from bev.supervisor import read_fleet_file
+
+    vault = BevSettings().vault
+    if not vault.token:
+        fleet = read_fleet_file(_settings(data_dir).data_dir)
+        vault = VaultSettings(addr=fleet["vault"]["addr"], token=fleet["vault"]["root_token"])
+    secrets = VaultSecrets(vault, "cli")
+    dsn = (await asyncio.to_thread(secrets.read, "postgres")).get("dsn", "")
+    pepper = (await asyncio.to_thread(secrets.read, "gateway")).get("pepper", "")
+    if not dsn or not pepper:
+        raise FileNotFoundError("Vault has no postgres dsn or gateway pepper: is the gateway deployed?")
+    await asyncio.to_thread(access.migrate, dsn)
+    pool: AsyncConnectionPool[Any] = AsyncConnectionPool(dsn, min_size=1, max_size=2, open=False)
+    await pool.open(wait=True, timeout=10)
+    try:
+        yield KeyStore(pool, pepper)
+    finally:
+        await pool.close()
+
+
+def _on_keys(data_dir: Path | None, work: Callable[[Any], Awaitable[T]]) -> T:
+    """Run `work` with the key store; unreachable Vault or database: one line, exit 1."""
+    from bev.access import InvalidKeyRequest
+    from bev.migrations import DatabaseUnavailable
+    from bev.secrets import SecretsUnavailable
+
+    async def run() -> T:
+        async with _key_store(data_dir) as store:
+            return await work(store)
+
+    try:
+        return asyncio.run(run())
+    except InvalidKeyRequest as exc:
+        raise typer.BadParameter(str(exc)) from None
+    except (FileNotFoundError, SecretsUnavailable, DatabaseUnavailable, OSError) as exc:
+        raise _fail(_one_line(exc)) from None
+
+
+def _keys_table(keys: list[Any], title: str) -> None:
+    table = Table(title=title)
+    for column in ("id", "name", "team", "scopes", "max tlp", "state", "req/h", "tokens/day", "expires"):
+        table.add_column(column, overflow="fold")
+    for key in keys:
+        shown = key.to_json()
+        table.add_row(key.id, key.name, key.team, ",".join(shown["scopes"]), shown["max_tlp"], shown["state"],
+                      str(key.requests_per_hour), str(key.tokens_per_day), shown["expires_at"] or "never")
+    Console(width=None if Console().is_terminal else 160).print(table)
+
+
+@keys_app.command("create")
+def keys_create(
+    name: Annotated[str, typer.Argument(help="What the key is for, e.g. 'analyst laptop'")],
+    scopes: Annotated[str, typer.Option("--scopes", help="Comma-separated: read, write, admin")] = "read",
+    team: Annotated[str, typer.Option(help="The team that owns what the key makes")] = "default",
+    tlp: Annotated[str, typer.Option("--tlp", help="The most restrictive TLP the key may read")] = "amber",
+    expires_days: Annotated[float | None, typer.Option("--expires-days", min=0.001, help="Expire after N days")] = None,
+    requests_per_hour: Annotated[int, typer.Option(min=1, help="Request budget per hour")] = 1000,
+    tokens_per_day: Annotated[int, typer.Option(min=1, help="LLM token budget per UTC day")] = 200_000,
+    data_dir: DataDir = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON (the key included)")] = False,
+) -> None:
+    """Make an API key. It is printed once (stdout) and stored only as an HMAC: keep it."""
+    from datetime import UTC, datetime, timedelta
+
+    max_tlp = _tlp(tlp)
+    expires_at = datetime.now(UTC) + timedelta(days=expires_days) if expires_days else None
+
+    async def work(store: Any) -> tuple[Any, str]:
+        created: tuple[Any, str] = await store.create(
+            name, scopes.split(","), team, max_tlp=max_tlp, expires_at=expires_at,
+            requests_per_hour=requests_per_hour, tokens_per_day=tokens_per_day, created_by="cli")
+        return created
+
+    key, whole = _on_keys(data_dir, work)
+    if as_json:
+        print(json.dumps({**key.to_json(), "key": whole}, indent=2))
+        return
+    print(whole)
+    Console(stderr=True).print(f"key {key.id} for team {key.team}, scopes {','.join(sorted(key.scopes))}, "
+                               f"TLP up to {key.max_tlp.value}: shown this once", highlight=False, markup=False)
+
+
+@keys_app.command("list")
+def keys_list(
+    team: Annotated[str, typer.Option(help="Only this team's keys")] = "",
+    data_dir: DataDir = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table")] = False,
+) -> None:
+    """Every API key (never its secret): team, scopes, TLP, state, limits."""
+    async def work(store: Any) -> list[Any]:
+        found: list[Any] = []
+        while True:  # every page
+            page = await store.list(team=team, after=found[-1].id if found else "", limit=500)
+            found += page
+            if len(page) < 500:
+                return found
+
+    keys = _on_keys(data_dir, work)
+    if as_json:
+        print(json.dumps({"keys": [k.to_json() for k in keys]}, indent=2))
+        return
+    _keys_table(keys, f"{len(keys)} API keys")
+
+
+@keys_app.command("revoke")
+def keys_revoke(
+    key_id: Annotated[str, typer.Argument(metavar="ID", help="The key's id (bev_<id>_...)")],
+    data_dir: DataDir = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the revoked key as JSON")] = False,
+) -> None:
+    """Revoke a key: refused by every gateway within its key cache time (5 s by default)."""
+    async def work(store: Any) -> Any:
+        return await store.revoke(key_id)
+
+    key = _on_keys(data_dir, work)
+    if key is None:
+        raise _fail(f"no API key {key_id}")
+    if as_json:
+        print(json.dumps(key.to_json(), indent=2))
+    else:
+        print(f"revoked {key.id} ({key.name}, team {key.team})")
 
 
 @deploy_app.command("nats-auth")

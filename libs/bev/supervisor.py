@@ -192,7 +192,18 @@ class Supervisor:
                 out[secret] = {"host": engine.host, "port": str(engine.port), "password": engine.password}
             elif isinstance(engine, Redis):
                 out[secret] = {"url": engine.url}
+        if "gateway" in self._service_nats_passwords:
+            # The pepper API keys are stored under, and the admin key `bev` and the quick start use
+            # (run/fleet.json's api_key); both survive restarts of the same data dir, as the keys do.
+            out["gateway"] = {"pepper": self._stable_secret("gateway-pepper"), "bootstrap_key": self.api_key}
         return out
+
+    @property
+    def api_key(self) -> str:
+        """The embedded fleet's bootstrap admin key (bev_bootstrap_<secret>)."""
+        from bev.access.keys import BOOTSTRAP_ID, PREFIX
+
+        return f"{PREFIX}{BOOTSTRAP_ID}_{self._stable_secret('api-key')}"
 
     async def start_engines(self) -> None:
         missing = [name for name in ("vault", "nats") if name not in self.plan.engine_ports]
@@ -420,6 +431,7 @@ class Supervisor:
             "nats": {"url": self.nats.url, "user": self._nats_user, "password": self._nats_password},
             "vault": {"addr": vault.addr, "root_token": vault.root_token},
             "gateway": f"http://127.0.0.1:{self._gateway_port()}",
+            "api_key": self.api_key if "gateway" in self.children else "",
             "services": {name: {"pid": c.process.pid if c.process else None, **self.plan.service_ports[name]}
                          for name, c in self.children.items()},
             "workers": {name: {"pid": c.process.pid if c.process else None, "module": c.module}

@@ -5,11 +5,17 @@ Documents and chunks (with character offsets and a full-text tsvector) live in P
 the vector ranking and PostgreSQL's full-text ranking with reciprocal rank fusion, and every hit
 carries what a reader needs to check it: document id, title, URI and the offsets of the excerpt
 in the stored text.
+
+Every document belongs to a team ('' = the shared corpus: collected, fed, or an admin's upload) and
+carries a TLP label. A reader (``Access``) sees the shared corpus and its own team's documents up to
+its label ceiling: searches filter on that inside the SQL and the vector index (so k visible hits
+come back whenever there are k), and a document it may not see reads as absent.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import uuid
 from collections import deque
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable
@@ -40,6 +46,36 @@ class DocumentTooLarge(ValueError):
     pass
 
 
+class SharedDocument(PermissionError):
+    """A team's key tried to delete a document of the shared corpus (only an admin or a service may)."""
+
+
+@dataclass(frozen=True)
+class Access:
+    """Who reads or writes the corpus (bev.common.v1.Access): a team ('' = every team: an admin's
+    key, or another service) and the most restrictive label it may read (None = any)."""
+
+    team: str = ""
+    max_tlp: Tlp | None = None
+
+    def may_read(self, team: str, tlp: str) -> bool:
+        """A document (or job) of ``team`` ('' = shared) labelled ``tlp``."""
+        return ((not self.team or team in ("", self.team))
+                and (self.max_tlp is None or Tlp(tlp).rank <= self.max_tlp.rank))
+
+    def narrow(self, filters: SearchFilter) -> SearchFilter | None:
+        """``filters`` narrowed to what this reader may read; None when nothing is left."""
+        teams, tlp = filters.teams, filters.tlp
+        if self.team:
+            teams = [t for t in (teams or ["", self.team]) if t in ("", self.team)]
+        if self.max_tlp is not None:
+            readable = [t.value for t in Tlp.ordered() if t.rank <= self.max_tlp.rank]
+            tlp = [t for t in (tlp or readable) if t in readable]
+        if (self.team and not teams) or (self.max_tlp is not None and not tlp):
+            return None
+        return dataclasses.replace(filters, teams=teams, tlp=tlp)
+
+
 @dataclass(frozen=True)
 class NewDocument:
     content: bytes
@@ -51,6 +87,7 @@ class NewDocument:
     collected_at: datetime | None = None
     tlp: Tlp = Tlp.CLEAR
     investigation_id: str = ""
+    team: str = ""  # the uploader's team; '' = the shared corpus
 
 
 @dataclass(frozen=True)
@@ -89,6 +126,7 @@ class DocumentMeta:
     investigation_id: str
     collected_at: datetime
     chunks: int
+    team: str
 
 
 @dataclass(frozen=True)
@@ -118,6 +156,7 @@ class StoredDocument:
     content_hash: str
     text: str
     chunks: int
+    team: str
 
 
 @dataclass(frozen=True)
@@ -134,6 +173,7 @@ class SearchHit:
     tlp: str
     investigation_id: str
     collected_at: datetime
+    team: str
 
 
 class SearchMode(Enum):
@@ -213,11 +253,11 @@ class Corpus:
         return await asyncio.to_thread(work)
 
     async def ingest(self, doc: NewDocument) -> IngestResult:
-        """Store ``doc`` unless its normalised text is already stored; returns when it is searchable.
-        Raises UnsupportedMediaType, UnreadableDocument or DocumentTooLarge for the caller's
-        mistakes, QueueFull when the model's queue is full."""
+        """Store ``doc`` unless it duplicates a stored document (see find_duplicate); returns when it
+        is searchable. Raises UnsupportedMediaType, UnreadableDocument or DocumentTooLarge for the
+        caller's mistakes, QueueFull when the model's queue is full."""
         read = await self.read(doc)
-        existing = await self.find_by_hash(read.extracted.content_hash)
+        existing = await self.find_duplicate(doc, read.extracted.content_hash)
         if existing is not None:
             return existing
         texts = [c.text for c in read.chunks]
@@ -232,14 +272,15 @@ class Corpus:
             await self.index.upsert(self.model.name, [_payload(stored.meta, c) for c in stored.chunks],
                                     _stack(parts, self.model.embedder.dimensions))
         except BaseException:
-            await self.delete_document(stored.meta.id)  # no document without its vectors
+            await self._delete(stored.meta.id)  # no document without its vectors
             raise
         return IngestResult(stored.meta.id, False, len(stored.chunks), stored.meta.title)
 
     async def store(self, read: ReadDocument, doc: NewDocument, in_transaction: InTransaction | None = None) -> Stored:
-        """Insert the document and its chunks (COPY) in one transaction, unless its text is stored
-        already (then ``duplicate``, with that document). ``in_transaction(conn, document_id,
-        chunks)`` runs inside the same transaction (an ingest job records the document there)."""
+        """Insert the document and its chunks (COPY) in one transaction, unless the same team stored
+        its text at its label already (then ``duplicate``, with the document find_duplicate answers).
+        ``in_transaction(conn, document_id, chunks)`` runs inside the same transaction (an ingest job
+        records the document there)."""
         document_id = str(uuid.uuid4())
         tlp = Tlp(doc.tlp).value  # stored, and in vector payloads, as its lower-case label
         collected_at = doc.collected_at or datetime.now(UTC)
@@ -247,11 +288,12 @@ class Corpus:
         chunks = [StoredChunk(str(uuid.uuid4()), c.seq, c.start, c.end, c.text) for c in read.chunks]
         async with self.pool.connection() as conn, conn.transaction():
             row = await (await conn.execute(
-                "insert into corpus.documents (id, content_hash, title, uri, source, media_type, tlp, "
-                "investigation_id, collected_at, text) values (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
-                "on conflict (content_hash) do nothing returning id",
-                (document_id, extracted.content_hash, extracted.title, doc.uri or f"bev:document/{document_id}",
-                 doc.source, extracted.media_type, tlp, doc.investigation_id, collected_at, extracted.text),
+                "insert into corpus.documents (id, team, content_hash, title, uri, source, media_type, tlp, "
+                "investigation_id, collected_at, text) values (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
+                "on conflict (team, content_hash, tlp) do nothing returning id",
+                (document_id, doc.team, extracted.content_hash, extracted.title,
+                 doc.uri or f"bev:document/{document_id}", doc.source, extracted.media_type, tlp,
+                 doc.investigation_id, collected_at, extracted.text),
             )).fetchone()
             if row is not None:
                 async with conn.cursor() as cur, cur.copy(
@@ -262,12 +304,14 @@ class Corpus:
                 if in_transaction is not None:
                     await in_transaction(conn, document_id, len(chunks))
         if row is None:  # the same text is stored already (or was, a moment ago, by another caller)
-            existing = await self.find_by_hash(extracted.content_hash)
+            existing = await self.find_duplicate(doc, extracted.content_hash)
             if existing is None:
                 raise RuntimeError("a concurrent ingest of the same text vanished; retry")
-            meta = DocumentMeta(existing.document_id, existing.title, "", "", "", collected_at, existing.chunks)
+            meta = DocumentMeta(existing.document_id, existing.title, "", "", "", collected_at, existing.chunks,
+                                doc.team)
             return Stored(meta, [], duplicate=True)
-        meta = DocumentMeta(document_id, extracted.title, doc.source, tlp, doc.investigation_id, collected_at, len(chunks))
+        meta = DocumentMeta(document_id, extracted.title, doc.source, tlp, doc.investigation_id, collected_at,
+                            len(chunks), doc.team)
         return Stored(meta, chunks, duplicate=False)
 
     async def stored_chunks(self, document_id: str, from_seq: int = 0) -> tuple[DocumentMeta, list[StoredChunk]] | None:
@@ -278,7 +322,7 @@ class Corpus:
         async with self.pool.connection() as conn:
             row = await (await conn.execute(
                 "select d.id::text, d.title, d.source, d.tlp, d.investigation_id, d.collected_at, "
-                "(select count(*) from corpus.chunks c where c.document_id = d.id) "
+                "(select count(*) from corpus.chunks c where c.document_id = d.id), d.team "
                 "from corpus.documents d where d.id = %s",
                 (document_id,),
             )).fetchone()
@@ -289,7 +333,7 @@ class Corpus:
                 "where document_id = %s and seq >= %s order by seq",
                 (document_id, from_seq),
             )).fetchall()
-        meta = DocumentMeta(row[0], row[1], row[2], row[3], row[4], row[5], int(row[6]))
+        meta = DocumentMeta(row[0], row[1], row[2], row[3], row[4], row[5], int(row[6]), row[7])
         return meta, [StoredChunk(r[0], int(r[1]), int(r[2]), int(r[3]), r[4]) for r in rows]
 
     async def index_chunks(self, meta: DocumentMeta, chunks: list[StoredChunk], on_progress: Progress | None = None) -> None:
@@ -345,48 +389,65 @@ class Corpus:
                     raise
                 await asyncio.sleep(_QUEUE_FULL_BACKOFF_S)
 
-    async def find_by_hash(self, content_hash: str) -> IngestResult | None:
-        """The stored document with this normalised text (as a duplicate result), if any."""
-        found = await self._find_by_hash(content_hash)
-        return IngestResult(found[0], True, found[1], found[2]) if found else None
-
-    async def _find_by_hash(self, content_hash: str) -> tuple[str, int, str] | None:
+    async def find_duplicate(self, doc: NewDocument, content_hash: str) -> IngestResult | None:
+        """The stored document ``doc`` (whose normalised text hashes to ``content_hash``) duplicates,
+        as a duplicate result: the oldest with the same text, of the same team ('' = shared), at a
+        label no higher than ``doc``'s. Whoever may store ``doc`` may read it; another team's
+        document, or one more restricted, is never answered (its id would tell that the text is
+        there), so those store their own copy."""
+        readable = [t.value for t in Tlp.ordered() if t.rank <= Tlp(doc.tlp).rank]
         async with self.pool.connection() as conn:
             row = await (await conn.execute(
                 "select d.id::text, (select count(*) from corpus.chunks c where c.document_id = d.id), d.title "
-                "from corpus.documents d where d.content_hash = %s",
-                (content_hash,),
+                "from corpus.documents d where d.team = %s and d.content_hash = %s and d.tlp = any(%s) "
+                "order by d.ingested_at, d.id limit 1",
+                (doc.team, content_hash, readable),
             )).fetchone()
-        return (row[0], int(row[1]), row[2]) if row else None
+        return IngestResult(row[0], True, int(row[1]), row[2]) if row else None
 
     # -- documents ------------------------------------------------------------------------------
 
-    async def get_document(self, document_id: str) -> StoredDocument | None:
+    async def get_document(self, document_id: str, access: Access) -> StoredDocument | None:
+        """The document, or None if there is none or ``access`` may not read it (the same answer)."""
         if not _is_uuid(document_id):
             return None
         async with self.pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
             await cur.execute(
                 "select d.id::text as id, title, uri, source, media_type, tlp, investigation_id, collected_at, "
                 "ingested_at, content_hash, d.text, (select count(*) from corpus.chunks c where c.document_id = d.id) "
-                "as chunks from corpus.documents d where d.id = %s",
+                "as chunks, team from corpus.documents d where d.id = %s",
                 (document_id,),
             )
             row = await cur.fetchone()
-        return StoredDocument(**row) if row else None
+        if row is None or not access.may_read(row["team"], row["tlp"]):
+            return None
+        return StoredDocument(**row)
 
-    async def delete_document(self, document_id: str) -> int | None:
-        """Delete a document, its chunks and their vectors; the chunk count, or None if absent."""
+    async def delete_document(self, document_id: str, access: Access) -> int | None:
+        """Delete a document, its chunks and their vectors; the chunk count, or None if there is no
+        such document or ``access`` may not read it. SharedDocument when a team's key asks to
+        delete a document of the shared corpus."""
         if not _is_uuid(document_id):
             return None
         async with self.pool.connection() as conn, conn.transaction():
             row = await (await conn.execute(
-                "select count(*) from corpus.chunks where document_id = %s", (document_id,)
+                "select team, tlp, (select count(*) from corpus.chunks c where c.document_id = d.id) "
+                "from corpus.documents d where d.id = %s for update",
+                (document_id,),
             )).fetchone()
-            deleted = await conn.execute("delete from corpus.documents where id = %s", (document_id,))
-        if deleted.rowcount == 0:
-            return None
+            if row is None or not access.may_read(row[0], row[1]):
+                return None
+            if access.team and not row[0]:
+                raise SharedDocument(f"document {document_id!r} is in the shared corpus: only an admin may delete it")
+            await conn.execute("delete from corpus.documents where id = %s", (document_id,))
         await self.index.delete_document(document_id)
-        return int(row[0]) if row else 0
+        return int(row[2])
+
+    async def _delete(self, document_id: str) -> None:
+        """Delete a document this service stored a moment ago (its ingest failed)."""
+        async with self.pool.connection() as conn:
+            await conn.execute("delete from corpus.documents where id = %s", (document_id,))
+        await self.index.delete_document(document_id)
 
     async def counts(self) -> tuple[int, int]:
         async with self.pool.connection() as conn:
@@ -397,7 +458,14 @@ class Corpus:
 
     # -- search ---------------------------------------------------------------------------------
 
-    async def search(self, query: str, k: int, filters: SearchFilter, mode: SearchMode = SearchMode.HYBRID) -> list[SearchHit]:
+    async def search(self, query: str, k: int, filters: SearchFilter, mode: SearchMode = SearchMode.HYBRID, *,
+                     access: Access) -> list[SearchHit]:
+        """The k best chunks ``access`` may read that pass ``filters``: the reader's team and label
+        ceiling are filters too, applied by the vector index and the full-text query themselves."""
+        narrowed = access.narrow(filters)
+        if narrowed is None:  # e.g. asked only for labels above the reader's ceiling
+            return []
+        filters = narrowed
         candidates = max(4 * k, 50)
         vector_ids: list[str] = []
         text_ids: list[str] = []
@@ -422,8 +490,11 @@ class Corpus:
         else:
             ranked = [(cid, scores[cid]) for cid in (vector_ids or text_ids)[:k]]
         rows = await self._chunks(cid for cid, _ in ranked)
+        # Every ranked chunk passed the filters already; checking again costs nothing and keeps a
+        # stale payload in an external vector backend from showing a reader what it may not see.
         return [
-            SearchHit(score=score, **rows[cid]) for cid, score in ranked if cid in rows
+            SearchHit(score=score, **rows[cid]) for cid, score in ranked
+            if cid in rows and access.may_read(rows[cid]["team"], rows[cid]["tlp"])
         ]
 
     async def _text_search(self, query: str, n: int, filters: SearchFilter) -> list[tuple[str, float]]:
@@ -449,7 +520,7 @@ class Corpus:
         async with self.pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
             await cur.execute(
                 "select c.id::text as chunk_id, d.id::text as document_id, d.title, d.uri, c.start_offset as start, "
-                "c.end_offset as end, c.text as excerpt, d.source, d.tlp, d.investigation_id, d.collected_at "
+                "c.end_offset as end, c.text as excerpt, d.source, d.tlp, d.investigation_id, d.collected_at, d.team "
                 "from corpus.chunks c join corpus.documents d on d.id = c.document_id where c.id = any(%s::uuid[])",
                 (ids,),
             )
@@ -458,7 +529,7 @@ class Corpus:
 
 def _payload(meta: DocumentMeta, chunk: StoredChunk) -> ChunkPayload:
     return ChunkPayload(chunk.id, meta.id, chunk.start, chunk.end, meta.source, meta.tlp, meta.investigation_id,
-                        meta.collected_at)
+                        meta.collected_at, meta.team)
 
 
 def _stack(parts: list[Vectors], dimensions: int) -> Vectors:

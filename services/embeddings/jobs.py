@@ -16,6 +16,9 @@ Errors in the document itself (unsupported, unreadable, too large) fail the job 
 line; any other error (storage or vector backend unavailable) puts it back in the queue after
 ``ingest_retry_delay_s`` until its attempts are spent, then fails it with that error. A failed job
 leaves no partial document behind.
+
+A job belongs to the team that submitted it ('' = an admin or another service) and carries its
+document's label: GetIngestJob shows it only to a reader who may read that document.
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ from bev.bus import events_prefix
 from bev.media_types import UnsupportedMediaType
 from bev.telemetry import get_logger
 from bev.vocab import Tlp, UnknownTlp
-from services.embeddings.corpus import Corpus, DocumentTooLarge, IngestResult, NewDocument
+from services.embeddings.corpus import Access, Corpus, DocumentTooLarge, IngestResult, NewDocument
 from services.embeddings.documents import UnreadableDocument
 from services.embeddings.settings import EmbeddingsConfig
 
@@ -79,26 +82,32 @@ class IngestJob:
     started_at: datetime | None
     updated_at: datetime
     finished_at: datetime | None
+    team: str  # '' = submitted by an admin or another service: the document is shared
+    tlp: str  # the document's label
+
+    def visible_to(self, access: Access) -> bool:
+        return access.may_read(self.team, self.tlp)
 
     def to_event(self, kind: str) -> dict[str, Any]:
         return {
             "kind": f"ingest.{kind}", "time": time.time(), "job_id": self.id, "status": self.status.value,
             "filename": self.filename, "bytes": self.bytes, "chunks_done": self.chunks_done,
             "chunks_total": self.chunks_total, "document_id": self.document_id, "duplicate": self.duplicate,
-            "title": self.title, "error": self.error, "attempts": self.attempts,
+            "title": self.title, "error": self.error, "attempts": self.attempts, "team": self.team,
         }
 
 
 _COLUMNS = ("{t}id::text", "status", "filename", "media_type", "bytes", "chunks_done", "chunks_total",
             "coalesce(document_id::text, '')", "duplicate", "document_title", "error", "attempts", "created_at",
-            "started_at", "updated_at", "finished_at")
+            "started_at", "updated_at", "finished_at", "team", "tlp")
 _JOB = ", ".join(_COLUMNS).format(t="")
 _RUNNING_MINE = "id = %(id)s and claimed_by = %(token)s and status = 'running'"
 
 
 def _job(row: tuple[Any, ...]) -> IngestJob:
     return IngestJob(row[0], JobStatus(row[1]), row[2], row[3], int(row[4]), int(row[5]), int(row[6]), row[7],
-                     bool(row[8]), row[9], row[10], int(row[11]), row[12], row[13], row[14], row[15])
+                     bool(row[8]), row[9], row[10], int(row[11]), row[12], row[13], row[14], row[15], row[16],
+                     row[17])
 
 
 @dataclass(frozen=True)
@@ -131,14 +140,16 @@ class JobStore:
         async with self.pool.connection() as conn:
             row = await (await conn.execute(
                 f"insert into corpus.ingest_jobs (id, content, bytes, media_type, filename, title, uri, source, tlp, "
-                f"investigation_id, collected_at) values (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) returning {_JOB}",
+                f"investigation_id, collected_at, team) values (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
+                f"returning {_JOB}",
                 (str(uuid.uuid4()), doc.content, len(doc.content), doc.media_type, doc.filename, doc.title, doc.uri,
-                 doc.source, Tlp(doc.tlp).value, doc.investigation_id, doc.collected_at),
+                 doc.source, Tlp(doc.tlp).value, doc.investigation_id, doc.collected_at, doc.team),
             )).fetchone()
         assert row is not None
         return _job(row)
 
     async def get(self, job_id: str) -> IngestJob | None:
+        """The job, whoever submitted it (see IngestJob.visible_to)."""
         if not _is_uuid(job_id):
             return None
         async with self.pool.connection() as conn:
@@ -157,17 +168,17 @@ class JobStore:
                 f"      where status in ('queued', 'running') and (lease_until is null or lease_until <= now()) "
                 f"      order by created_at limit 1 for update skip locked) next "
                 f"where j.id = next.id "
-                f"returning {', '.join(_COLUMNS).format(t='j.')}, j.content, j.title, j.uri, j.source, j.tlp, "
+                f"returning {', '.join(_COLUMNS).format(t='j.')}, j.content, j.title, j.uri, j.source, "
                 f"j.investigation_id, j.collected_at",
                 {"token": token, "lease": self.lease_s},
             )).fetchone()
         if row is None:
             return None
-        job = _job(row[:16])
-        content, title, uri, source, tlp, investigation_id, collected_at = row[16:]
+        job = _job(row[:len(_COLUMNS)])
+        content, title, uri, source, investigation_id, collected_at = row[len(_COLUMNS):]
         document = NewDocument(content=bytes(content), media_type=job.media_type, filename=job.filename, title=title,
-                               uri=uri, source=source, collected_at=collected_at, tlp=Tlp(tlp),
-                               investigation_id=investigation_id)
+                               uri=uri, source=source, collected_at=collected_at, tlp=Tlp(job.tlp),
+                               investigation_id=investigation_id, team=job.team)
         return Claim(job, document, token)
 
     async def renew(self, claim: Claim) -> bool:
@@ -430,7 +441,7 @@ class IngestWorkers:
                 await corpus.index_chunks(meta, chunks, report)
                 return IngestResult(meta.id, False, meta.chunks, meta.title)
         read = await corpus.read(claim.document)
-        existing = await corpus.find_by_hash(read.extracted.content_hash)
+        existing = await corpus.find_duplicate(claim.document, read.extracted.content_hash)
         if existing is not None:
             return existing
 

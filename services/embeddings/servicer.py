@@ -24,11 +24,13 @@ from bev.runtime import ServiceRuntime, StartupError
 from bev.vocab import Tlp, UnknownTlp
 from services.embeddings.batching import Embedded, QueueFull
 from services.embeddings.corpus import (
+    Access,
     Corpus,
     DocumentTooLarge,
     IngestResult,
     NewDocument,
     SearchMode,
+    SharedDocument,
     open_pool,
 )
 from services.embeddings.documents import UnreadableDocument, UnsupportedMediaType
@@ -127,14 +129,19 @@ class Embeddings(EmbeddingsServicer):
     async def Ingest(self, request: embeddings_pb2.IngestRequest, ctx: CallContext) -> embeddings_pb2.IngestResponse:
         if not request.HasField("document") or not request.document.content:
             raise RpcError(StatusCode.INVALID_ARGUMENT, "document.content is empty")
-        result = await self._ingest(request.document)
+        access = _access(request.access)
+        new = self._new_document(request.document, access)
+        _may_store(new, access)
+        result = await self._ingest(new)
         return embeddings_pb2.IngestResponse(document_id=result.document_id, duplicate=result.duplicate,
                                              chunks=result.chunks, title=result.title)
 
     async def SubmitIngest(self, request: embeddings_pb2.SubmitIngestRequest, ctx: CallContext) -> embeddings_pb2.IngestJob:
         if not request.HasField("document") or not request.document.content:
             raise RpcError(StatusCode.INVALID_ARGUMENT, "document.content is empty")
-        new = self._new_document(request.document)
+        access = _access(request.access)
+        new = self._new_document(request.document, access)
+        _may_store(new, access)
         if len(new.content) > self.config.max_document_bytes:
             raise RpcError(StatusCode.INVALID_ARGUMENT,
                            f"document is {len(new.content)} bytes; at most {self.config.max_document_bytes}")
@@ -148,8 +155,9 @@ class Embeddings(EmbeddingsServicer):
         return _job_message(job)
 
     async def GetIngestJob(self, request: embeddings_pb2.GetIngestJobRequest, ctx: CallContext) -> embeddings_pb2.IngestJob:
+        access = _access(request.access)
         job = await self.jobs.get(request.job_id)
-        if job is None:
+        if job is None or not job.visible_to(access):  # another team's job is as absent as an unknown one
             raise RpcError(StatusCode.NOT_FOUND, f"no ingest job {request.job_id!r}")
         return _job_message(job)
 
@@ -159,12 +167,21 @@ class Embeddings(EmbeddingsServicer):
         total = len(request.documents)
         if total == 0:
             raise RpcError(StatusCode.INVALID_ARGUMENT, "documents is empty")
+        access = _access(request.access)
+        # The whole request is refused before anything is stored if the caller may not read one of
+        # its documents: that is the caller's key, not one bad document among good ones.
+        for index, document in enumerate(request.documents):
+            try:
+                tlp = Tlp.from_proto(document.tlp, Tlp.CLEAR)
+            except UnknownTlp:
+                continue  # that document's own event reports it
+            _may_store(NewDocument(b"", tlp=tlp), access, f"documents[{index}]")
         # A few documents in flight: one's extraction and storage overlap another's embedding, and
         # their chunks share micro-batches. Events still come in request order.
         in_flight: deque[asyncio.Task[embeddings_pb2.IngestProgress]] = deque()
         try:
             for index, document in enumerate(request.documents):
-                in_flight.append(asyncio.create_task(self._ingest_progress(index, total, document)))
+                in_flight.append(asyncio.create_task(self._ingest_progress(index, total, document, access)))
                 if len(in_flight) >= INGEST_STREAM_WINDOW:
                     yield await in_flight.popleft()
             while in_flight:
@@ -175,13 +192,13 @@ class Embeddings(EmbeddingsServicer):
             await asyncio.gather(*in_flight, return_exceptions=True)
 
     async def _ingest_progress(
-        self, index: int, total: int, document: embeddings_pb2.DocumentInput
+        self, index: int, total: int, document: embeddings_pb2.DocumentInput, access: Access
     ) -> embeddings_pb2.IngestProgress:
         progress = embeddings_pb2.IngestProgress(index=index, total=total, filename=document.filename)
         try:
             if not document.content:
                 raise RpcError(StatusCode.INVALID_ARGUMENT, "content is empty")
-            result = await self._ingest(document)
+            result = await self._ingest(self._new_document(document, access))
         except RpcError as exc:
             if exc.code is not StatusCode.INVALID_ARGUMENT:
                 raise  # the service cannot go on (queue full, store down): the stream ends with it
@@ -192,8 +209,7 @@ class Embeddings(EmbeddingsServicer):
             progress.chunks = result.chunks
         return progress
 
-    async def _ingest(self, document: embeddings_pb2.DocumentInput) -> IngestResult:
-        new = self._new_document(document)
+    async def _ingest(self, new: NewDocument) -> IngestResult:
         try:
             return await self.corpus.ingest(new)
         except (UnsupportedMediaType, UnreadableDocument, DocumentTooLarge) as exc:
@@ -202,7 +218,8 @@ class Embeddings(EmbeddingsServicer):
             raise RpcError(StatusCode.RESOURCE_EXHAUSTED, str(exc)) from None
 
     @staticmethod
-    def _new_document(document: embeddings_pb2.DocumentInput) -> NewDocument:
+    def _new_document(document: embeddings_pb2.DocumentInput, access: Access) -> NewDocument:
+        """The document as the caller's team stores it ('' = the shared corpus)."""
         try:
             tlp = Tlp.from_proto(document.tlp, Tlp.CLEAR)
         except UnknownTlp as exc:
@@ -217,6 +234,7 @@ class Embeddings(EmbeddingsServicer):
             collected_at=document.collected_at.ToDatetime(tzinfo=UTC) if document.HasField("collected_at") else None,
             tlp=tlp,
             investigation_id=document.investigation_id,
+            team=access.team,
         )
 
     async def Search(self, request: embeddings_pb2.SearchRequest, ctx: CallContext) -> embeddings_pb2.SearchResponse:
@@ -227,6 +245,7 @@ class Embeddings(EmbeddingsServicer):
             raise RpcError(StatusCode.INVALID_ARGUMENT, f"k must be between 1 and {MAX_K}, got {k}")
         if request.mode not in _MODES:
             raise RpcError(StatusCode.INVALID_ARGUMENT, f"unknown search mode {request.mode}")
+        access = _access(request.access)
         f = request.filters
         try:
             filters = SearchFilter(
@@ -239,7 +258,7 @@ class Embeddings(EmbeddingsServicer):
         except UnknownTlp as exc:
             raise RpcError(StatusCode.INVALID_ARGUMENT, str(exc)) from None
         try:
-            hits = await self.corpus.search(request.query, k, filters, _MODES[request.mode])
+            hits = await self.corpus.search(request.query, k, filters, _MODES[request.mode], access=access)
         except QueueFull as exc:
             raise RpcError(StatusCode.RESOURCE_EXHAUSTED, str(exc)) from None
         return embeddings_pb2.SearchResponse(
@@ -255,21 +274,25 @@ class Embeddings(EmbeddingsServicer):
         )
 
     async def GetDocument(self, request: embeddings_pb2.GetDocumentRequest, ctx: CallContext) -> embeddings_pb2.Document:
-        doc = await self.corpus.get_document(request.document_id)
-        if doc is None:
+        doc = await self.corpus.get_document(request.document_id, _access(request.access))
+        if doc is None:  # none, or one the caller may not read: the same answer
             raise RpcError(StatusCode.NOT_FOUND, f"no document {request.document_id!r}")
         return embeddings_pb2.Document(
             id=doc.id, title=doc.title, uri=doc.uri, source=doc.source, media_type=doc.media_type,
             tlp=Tlp(doc.tlp).to_proto(),
             investigation_id=doc.investigation_id, collected_at=_timestamp(doc.collected_at),
             ingested_at=_timestamp(doc.ingested_at), content_hash=doc.content_hash, text=doc.text, chunks=doc.chunks,
+            team=doc.team,
         )
 
     async def DeleteDocument(
         self, request: embeddings_pb2.DeleteDocumentRequest, ctx: CallContext
     ) -> embeddings_pb2.DeleteDocumentResponse:
-        chunks = await self.corpus.delete_document(request.document_id)
-        if chunks is None:
+        try:
+            chunks = await self.corpus.delete_document(request.document_id, _access(request.access))
+        except SharedDocument as exc:
+            raise RpcError(StatusCode.PERMISSION_DENIED, str(exc)) from None
+        if chunks is None:  # none, or one the caller may not read: the same answer
             raise RpcError(StatusCode.NOT_FOUND, f"no document {request.document_id!r}")
         return embeddings_pb2.DeleteDocumentResponse(deleted=True, chunks=chunks)
 
@@ -290,6 +313,21 @@ class Embeddings(EmbeddingsServicer):
                 for m in self.models
             ],
         )
+
+
+def _access(access: common_pb2.Access) -> Access:
+    """Who asks: an unset Access (an admin's key, another service) reads every team at any label."""
+    try:
+        return Access(access.team, Tlp.from_proto(access.max_tlp))
+    except UnknownTlp as exc:
+        raise RpcError(StatusCode.INVALID_ARGUMENT, f"access.max_tlp: {exc}") from None
+
+
+def _may_store(new: NewDocument, access: Access, what: str = "the document") -> None:
+    """A caller cannot store what it may not read."""
+    if access.max_tlp is not None and new.tlp.rank > access.max_tlp.rank:
+        raise RpcError(StatusCode.PERMISSION_DENIED,
+                       f"{what} is TLP:{new.tlp.value.upper()}; this key reads at most TLP:{access.max_tlp.value.upper()}")
 
 
 async def _embed(embed: Callable[[list[str]], Awaitable[Embedded]], texts: list[str]) -> Embedded:

@@ -16,7 +16,7 @@ items above the caller's TLP, so the rule holds for every client of the service,
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from fastapi import Depends, HTTPException, Request
 
@@ -84,7 +84,7 @@ ClientsDep = Annotated[Clients, Depends(get_clients)]
 CallerDep = Annotated[Caller, Depends(get_caller)]
 
 
-def needs(scope: Scope) -> object:
+def needs(scope: Scope) -> Any:
     """A route dependency: 403 unless the caller's key holds `scope` (create_app also writes the
     scope into the route's OpenAPI operation as x-bev-scope)."""
 

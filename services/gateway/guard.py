@@ -10,7 +10,9 @@ schema) answers a caller without a valid key; only `/healthz` is open. In order:
 3. The route runs with `request.state.caller` set (services/gateway/deps.py reads it; a route's
    scope check answers 403).
 4. Every mutating call (not GET/HEAD/OPTIONS) and every denied one (401, 403, 429) is written to
-   the audit log (PostgreSQL access.audit) and published on `bev.events.audit`.
+   the audit log (PostgreSQL access.audit) and published on `bev.events.audit.denied` or
+   `bev.events.audit.call` (JetStream stream BEV_EVENTS keeps them; subscribe to
+   `bev.events.audit.>`).
 
 Verified keys are cached for `cache_s` seconds (by a hash of the presented key), so a request
 costs no database round trip; a revocation through this replica applies at once, elsewhere within
@@ -46,7 +48,7 @@ tracer = trace.get_tracer("bev.gateway")
 OPEN_PATHS = frozenset({"/healthz"})
 READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 DENIED = frozenset({401, 403, 429})
-AUDIT_SUBJECT = "bev.events.audit"
+AUDIT_SUBJECT = "bev.events.audit"  # .denied or .call
 
 Publish = Callable[[str, bytes], Awaitable[None]]
 
@@ -199,7 +201,7 @@ class Guard:
         if self.publish is not None:
             body = json.dumps({**entry.to_json(), "id": entry_id}).encode()
             try:
-                await self.publish(AUDIT_SUBJECT, body)
+                await self.publish(f"{AUDIT_SUBJECT}.{'denied' if status in DENIED else 'call'}", body)
             except Exception as exc:  # the row is the record; the event is a convenience
                 log.warning("audit event not published", error=repr(exc), entry=entry_id)
 

@@ -54,8 +54,8 @@ class Gateway(GatewayServicer):
         await close_guard(self._guard)
 
 
-async def _pool(dsn: str) -> AsyncConnectionPool:  # type: ignore[type-arg]
-    pool: AsyncConnectionPool = AsyncConnectionPool(dsn, min_size=1, max_size=8, open=False)  # type: ignore[type-arg]
+async def _pool(dsn: str) -> AsyncConnectionPool:
+    pool: AsyncConnectionPool = AsyncConnectionPool(dsn, min_size=1, max_size=8, open=False)
     await pool.open(wait=True, timeout=15)
     return pool
 

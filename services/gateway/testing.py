@@ -47,7 +47,7 @@ async def gateway_on_free_port(nc: NatsClient, dsn: str, redis_url: str,
     slow-client deadlines included), with the clients its manifest entry declares."""
     config = (config or GatewayConfig()).model_copy(update={"host": "127.0.0.1", "port": free_port()})
     async with open_guard(dsn, redis_url, secrets.token_urlsafe(24), nc) as guard:
-        admin, admin_key = await guard.keys.create("test admin", ["admin"], "admin", max_tlp=Tlp.RED,
+        _, admin_key = await guard.keys.create("test admin", ["admin"], "admin", max_tlp=Tlp.RED,
                                                    requests_per_hour=1_000_000, tokens_per_day=10_000_000)
         app = create_app(nc, config, load_manifest().callees("gateway"), guard)
         server = GatewayServer(server_config(app, config))

@@ -9,10 +9,13 @@ writes `bev.common.v1.Tlp` / `Tier` fields as "green", "balanced", not as their 
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
+from collections.abc import Callable, Iterable
 from typing import Annotated, Any, Protocol, TypeVar
 
-from fastapi import HTTPException
+from fastapi import HTTPException, Query
 from fastapi.responses import JSONResponse
 from google.protobuf.message import Message
 from pydantic import BaseModel, BeforeValidator, ConfigDict
@@ -198,3 +201,34 @@ def enum_value(enum: ProtoEnum[V], prefix: str, name: str, what: str) -> V:
         return enum.Value(f"{prefix}{name.upper()}")
     except ValueError:
         raise HTTPException(400, f"unknown {what} {name!r}") from None
+
+
+# -- pagination: one shape for every list route. `limit` and `cursor` in, `next_cursor` out ("" on
+# the last page). A route whose service pages passes the service's cursor through; for the others
+# the gateway pages over the service's whole (short) list in a stable order, the cursor being the
+# last item's sort key, base64url-encoded (opaque to clients: they send back what they got).
+MAX_PAGE = 500
+Limit = Annotated[int, Query(ge=1, le=MAX_PAGE, description="most items on this page")]
+Cursor = Annotated[str, Query(max_length=1024, description="`next_cursor` of the previous page; empty: the first")]
+T = TypeVar("T")
+
+
+def encode_cursor(key: str) -> str:
+    return base64.urlsafe_b64encode(key.encode()).decode("ascii").rstrip("=")
+
+
+def decode_cursor(cursor: str) -> str:
+    """The sort key a cursor of `encode_cursor` holds; 400 for anything this API did not give out."""
+    try:
+        return base64.urlsafe_b64decode(cursor.encode("ascii") + b"==").decode() if cursor else ""
+    except (binascii.Error, UnicodeError):
+        raise HTTPException(400, "cursor is not one this API returned (send back `next_cursor` as it came)") from None
+
+
+def paged(items: Iterable[T], key: Callable[[T], str], limit: int, cursor: str) -> tuple[list[T], str]:
+    """The page of `items`, in `key` order, after the item `cursor` names; and the next page's
+    cursor ("" when this is the last). `key` must be unique per item."""
+    after = decode_cursor(cursor)
+    rest = sorted((item for item in items if not cursor or key(item) > after), key=key)
+    page = rest[:limit]
+    return page, encode_cursor(key(page[-1])) if len(rest) > limit else ""

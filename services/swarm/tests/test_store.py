@@ -21,7 +21,7 @@ BUDGET = {"max_wall_s": 600, "max_tokens": 50_000, "max_tool_calls": 40, "max_de
 @pytest.fixture
 def dsn(fresh_database: Callable[[], str]) -> str:
     dsn = fresh_database()
-    assert swarm_store.migrate(dsn) == "0002"
+    assert swarm_store.migrate(dsn) == "0003"
     return dsn
 
 
@@ -48,7 +48,7 @@ def item(investigation_id: str, key: str, content: str = "web observed url https
 
 
 def test_migrate_is_idempotent(dsn: str) -> None:
-    assert swarm_store.migrate(dsn) == "0002"
+    assert swarm_store.migrate(dsn) == "0003"
 
 
 def test_keys_are_deterministic() -> None:
