@@ -25,7 +25,13 @@ if TYPE_CHECKING:
     from bev.swarm.v1.swarm_rpc import SwarmClient
     from bev.vocab import Tlp
 
-app = typer.Typer(help="BEV: self-hosted OSINT and threat-intelligence research fleet.", no_args_is_help=True)
+EXIT_CODES = ("Exit codes: 0 done; 1 it could not be done (the fleet, a service, Vault or the database refused or "
+              "cannot be reached, a file failed to ingest, an investigation followed with --follow did not complete), "
+              "with one line on stderr saying why; 2 a usage error (an unknown option or a bad value); "
+              "130 interrupted (Ctrl-C). Every command that lists takes --json.")
+
+app = typer.Typer(help="BEV: self-hosted OSINT and threat-intelligence research fleet.", epilog=EXIT_CODES,
+                  no_args_is_help=True)
 deploy_app = typer.Typer(help="Deployment files generated from deploy/manifest.yaml.", no_args_is_help=True)
 app.add_typer(deploy_app, name="deploy")
 investigations_app = typer.Typer(help="Investigations: list, show, cancel (start one with `bev investigate`).",

@@ -14,6 +14,10 @@ schema) answers a caller without a valid key; only `/healthz` is open. In order:
    `bev.events.audit.call` (JetStream stream BEV_EVENTS keeps them; subscribe to
    `bev.events.audit.>`).
 
+The audit entry is written once the answer has gone out, by a task of its own: the caller does not
+wait for it, nor does the next request on the connection; `drain()` (at shutdown) waits for those
+still being written.
+
 Verified keys are cached for `cache_s` seconds (by a hash of the presented key), so a request
 costs no database round trip; a revocation through this replica applies at once, elsewhere within
 `cache_s`. Keys never reach a log: only key ids do.
@@ -21,6 +25,7 @@ costs no database round trip; a revocation through this replica applies at once,
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import time
@@ -79,6 +84,7 @@ class Guard:
         self.cache_s = cache_s
         self._cache: dict[bytes, _Cached] = {}
         self.routes: list[APIRoute] = []  # create_app fills it: the route template each audit entry names
+        self._writing: set[asyncio.Task[None]] = set()
 
     async def authenticate(self, presented: str) -> ApiKey:
         if not presented:
@@ -103,6 +109,16 @@ class Guard:
         if state != "active":
             raise Unauthenticated(f"API key {key.id} is {state}")
         return key
+
+    async def drain(self) -> None:
+        """Wait for the audit entries still being written."""
+        while self._writing:
+            await asyncio.gather(*self._writing, return_exceptions=True)
+
+    def _audit(self, *args: Any) -> None:
+        task = asyncio.create_task(self._record(*args))
+        self._writing.add(task)
+        task.add_done_callback(self._writing.discard)
 
     def forget(self, key_id: str) -> None:
         """Drop a key from this replica's cache (it was revoked here)."""
@@ -132,14 +148,14 @@ class Guard:
                 decision = await self.limits.take_request(key)
             except Unauthenticated as exc:
                 await self._deny(scope, receive, send, 401, str(exc), {"WWW-Authenticate": 'Bearer realm="bev"'})
-                await self._record(None, method, route, scope, path_params, "", 401, trace_id)
+                self._audit(None, method, route, scope, path_params, "", 401, trace_id)
                 return
             limit_headers = decision.headers()
             if not decision.allowed:
                 retry = {**limit_headers, "Retry-After": str(max(1, int(decision.retry_after_s + 0.999)))}
                 await self._deny(scope, receive, send, 429,
                                  f"key {key.id} is over its {decision.limit} requests per hour", retry)
-                await self._record(key, method, route, scope, path_params, "", 429, trace_id)
+                self._audit(key, method, route, scope, path_params, "", 429, trace_id)
                 return
             scope.setdefault("state", {})["caller"] = Caller(key)
             status, location = 0, ""
@@ -164,7 +180,7 @@ class Guard:
                 if method not in READ_METHODS or status in DENIED:
                     route, path_params = self._route(scope)
                     object_id = location.rstrip("/").rsplit("/", 1)[-1] if location else ""
-                    await self._record(key, method, route, scope, path_params, object_id, status or 500, trace_id)
+                    self._audit(key, method, route, scope, path_params, object_id, status or 500, trace_id)
 
     def _route(self, scope: Scope) -> tuple[str, dict[str, Any]]:
         """The template of the route that serves `scope` and its path parameters ("" for none)."""

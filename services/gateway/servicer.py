@@ -76,6 +76,7 @@ async def make_guard(dsn: str, redis_url: str, pepper: str, nc: NatsClient | Non
 
 
 async def close_guard(guard: Guard) -> None:
+    await guard.drain()
     await guard.limits.redis.aclose()
     await guard.keys.pool.close()
 
