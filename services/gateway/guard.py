@@ -43,7 +43,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from bev.access import ApiKey, AuditEntry, AuditLog, KeyStore
 from bev.telemetry import active_span, get_logger
-from services.gateway.deps import Caller
+from services.gateway.caller import Caller
 from services.gateway.limits import Limits
 from services.gateway.routes.common import error_response
 

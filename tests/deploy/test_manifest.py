@@ -85,7 +85,9 @@ def test_each_service_reads_exactly_its_declared_secrets(manifest: Manifest) -> 
     assert manifest.secrets_of("collectors") == ["nats/collectors", "postgres", "redis", "falkordb"]
     assert manifest.secrets_of("embeddings") == ["nats/embeddings", "postgres"]
     assert manifest.secrets_of("swarm") == ["nats/swarm", "postgres"]  # investigations and DBOS's state
-    for service in ("gateway", "monitoring", "avatar", "reasoning"):
+    # API keys and the audit log, per-key limits, and the keys' pepper (services/gateway/servicer.py).
+    assert manifest.secrets_of("gateway") == ["nats/gateway", "postgres", "redis", "gateway"]
+    for service in ("monitoring", "avatar", "reasoning"):
         assert manifest.secrets_of(service) == [f"nats/{service}"], service  # no grant that no code reads
 
 
