@@ -14,6 +14,7 @@ import psycopg
 import pytest
 import pytest_asyncio
 from psycopg_pool import AsyncConnectionPool
+from redis.asyncio import BlockingConnectionPool
 from redis.asyncio import Redis as RedisClient
 from typer.testing import CliRunner
 
@@ -116,7 +117,7 @@ async def test_the_request_bucket_allows_the_hourly_budget_then_429_with_retry_a
         pool: AsyncConnectionPool[Any], redis_server: Redis) -> None:
     store = KeyStore(pool, PEPPER)
     key, _ = await store.create("bucket", ["read"], "blue", requests_per_hour=10)
-    client = RedisClient.from_url(redis_server.url)
+    client = RedisClient(connection_pool=BlockingConnectionPool.from_url(redis_server.url, max_connections=8))
     try:
         limits = Limits(client, prefix="test-bucket")
         # Twenty requests at once, from as many tasks (as replicas would race): exactly ten pass.
@@ -177,3 +178,22 @@ def test_bev_keys_create_list_revoke_against_vault(openbao_server: OpenBao, post
     assert bad.exit_code == 2 and "unknown scope root" in bad.output
     gone = runner.invoke(cli, ["keys", "revoke", "nosuchkey"], env=env)
     assert gone.exit_code == 1 and "no API key nosuchkey" in gone.output
+
+
+async def test_replicas_lease_requests_and_never_exceed_the_budget(
+        pool: AsyncConnectionPool[Any], redis_server: Redis) -> None:
+    """A busy key's requests come from Redis in leases (2 at a time at 200 an hour): two replicas
+    together allow at most the budget, and leave only a few requests unused in hand."""
+    store = KeyStore(pool, PEPPER)
+    key, _ = await store.create("leases", ["read"], "blue", requests_per_hour=200)
+    client = RedisClient(connection_pool=BlockingConnectionPool.from_url(redis_server.url, max_connections=8))
+    try:
+        replicas = [Limits(client, prefix="test-lease"), Limits(client, prefix="test-lease")]
+        decisions = []
+        for wave in range(30):  # ten requests at a time, to each replica in turn
+            decisions += await asyncio.gather(*(replicas[wave % 2].take_request(key) for _ in range(10)))
+        allowed = sum(d.allowed for d in decisions)
+        assert 190 <= allowed <= 200
+        assert all(d.remaining >= 0 for d in decisions)
+    finally:
+        await client.aclose()

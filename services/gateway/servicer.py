@@ -12,7 +12,7 @@ from contextlib import asynccontextmanager
 
 from nats.aio.client import Client as NatsClient
 from psycopg_pool import AsyncConnectionPool
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 
 from bev import access
 from bev.access import AuditLog, InvalidKeyRequest, KeyStore
@@ -72,7 +72,9 @@ async def make_guard(dsn: str, redis_url: str, pepper: str, nc: NatsClient | Non
         async def publish_on(subject: str, body: bytes) -> None:
             await nc.publish(subject, body)
         publish = publish_on
-    return Guard(KeyStore(pool, pepper), Limits(Redis.from_url(redis_url)), AuditLog(pool), publish, cache_s)
+    # A blocking pool: a burst of requests waits for a connection instead of failing.
+    redis = Redis(connection_pool=BlockingConnectionPool.from_url(redis_url, max_connections=64, timeout=10))
+    return Guard(KeyStore(pool, pepper), Limits(redis), AuditLog(pool), publish, cache_s)
 
 
 async def close_guard(guard: Guard) -> None:

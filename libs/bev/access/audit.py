@@ -3,6 +3,7 @@ PostgreSQL (access.audit), also published on the bus as `bev.events.audit`."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -34,15 +35,25 @@ class AuditLog:
         self.pool = pool
 
     async def write(self, entry: AuditEntry) -> int:
+        [entry_id] = await self.write_many([entry])
+        return entry_id
+
+    async def write_many(self, entries: Sequence[AuditEntry]) -> list[int]:
+        """Insert entries in one statement; their ids in the same order."""
+        if not entries:
+            return []
+        rows = ", ".join(["(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"] * len(entries))
+        params: list[Any] = []
+        for n, e in enumerate(entries):
+            params += [n, e.at, e.key_id, e.team, e.method, e.route, e.path, e.object_id, e.status, e.trace_id, e.client]
         async with self.pool.connection() as conn, conn.cursor() as cur:
             await cur.execute(
-                "insert into access.audit (at, key_id, team, method, route, path, object_id, status, trace_id, client) "
-                "values (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s) returning id",
-                (entry.at, entry.key_id, entry.team, entry.method, entry.route, entry.path, entry.object_id,
-                 entry.status, entry.trace_id, entry.client))
-            row = await cur.fetchone()
-        assert row is not None
-        return int(row[0])
+                "with given (n, at, key_id, team, method, route, path, object_id, status, trace_id, client) as "
+                f"(values {rows}), written as (insert into access.audit (at, key_id, team, method, route, path, "
+                "object_id, status, trace_id, client) select at, key_id, team, method, route, path, object_id, "
+                "status, trace_id, client from given order by n returning id) select id from written order by id",
+                params)
+            return [int(row[0]) for row in await cur.fetchall()]
 
     async def list(self, *, before: int = 0, limit: int = 100, key_id: str = "", team: str = "",
                    status: int = 0) -> list[AuditEntry]:

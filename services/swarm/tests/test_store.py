@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import psycopg
 import pytest
@@ -12,7 +13,7 @@ import pytest_asyncio
 
 from services.swarm import store as swarm_store
 from services.swarm.scope import Scope
-from services.swarm.store import EvidenceRow, Store, call_key, evidence_id
+from services.swarm.store import EvidenceRow, Store, Visibility, call_key, evidence_id
 from services.swarm.targets import infer_target
 
 BUDGET = {"max_wall_s": 600, "max_tokens": 50_000, "max_tool_calls": 40, "max_depth": 2}
@@ -260,3 +261,90 @@ async def test_agents_upsert_and_clear(store: Store) -> None:
     assert leader.since > first[("inv-agents", "leader")].since
     await store.clear_agents("inv-agents")
     assert [(a.investigation_id, a.agent) for a in await store.agents()] == [("inv-agents-2", "leader")]
+
+
+async def create_for(store: Store, id: str, team: str, tlp: str = "clear", max_active: int = 0) -> bool:
+    return await store.create(id=id, target="example.com", target_type="domain", stix_type="domain-name",
+                              mode="hybrid", budget=BUDGET, scope=Scope.build(infer_target("example.com"), []).to_dict(),
+                              seeds=[], tlp=tlp, team=team, max_active=max_active)
+
+
+async def test_teams_and_labels_filter_pages_agents_and_workflows(store: Store) -> None:
+    for n, (team, tlp) in enumerate([("red", "clear"), ("blue", "clear"), ("red", "amber"), ("red", "green"),
+                                     ("", "red"), ("red", "clear")]):
+        assert await create_for(store, f"inv-{n}", team, tlp)
+    row = await store.get("inv-0")
+    assert row is not None and row.team == "red"
+    await create(store, "inv-untouched")  # made without a team (amber)
+    untouched = await store.get("inv-untouched")
+    assert untouched is not None and untouched.team == ""
+
+    def ids(rows: Sequence[Any]) -> list[str]:
+        return [r.id for r in rows]
+
+    red = Visibility(team="red")
+    red_green = Visibility(team="red", tlps=("clear", "green"))
+    assert ids(await store.page(visible=red)) == ["inv-5", "inv-3", "inv-2", "inv-0"]
+    assert ids(await store.page(visible=red_green)) == ["inv-5", "inv-3", "inv-0"]
+    assert ids(await store.page(visible=Visibility(tlps=("clear",)))) == ["inv-5", "inv-1", "inv-0"]
+    assert ids(await store.page(visible=Visibility(team=""))) == ["inv-untouched", "inv-4"]
+    assert len(await store.page()) == 7
+    # A cursor walks only what the caller may see.
+    first = await store.page(visible=red_green, limit=2)
+    assert ids(first) == ["inv-5", "inv-3"]
+    assert ids(await store.page(visible=red_green, before=(first[-1].created_at, first[-1].id))) == ["inv-0"]
+    assert await store.finish("inv-3", "completed", {"summary": "done"})
+    assert ids(await store.page(visible=red_green, status="queued")) == ["inv-5", "inv-0"]
+
+    for investigation_id in ("inv-0", "inv-1", "inv-2"):
+        await store.set_agent(investigation_id, "leader", "leader", "planning", "swarm-a")
+    assert [a.investigation_id for a in await store.agents(red)] == ["inv-0", "inv-2"]
+    assert [a.investigation_id for a in await store.agents(red_green)] == ["inv-0"]
+    assert [a.investigation_id for a in await store.agents()] == ["inv-0", "inv-1", "inv-2"]
+
+    steps = {"a": {"status": "pending"}}
+    for n, team in enumerate(["red", "blue", "red", ""]):
+        await store.create_workflow(id=f"wf-{n}", name="w", spec={"name": "w", "steps": []}, steps=steps, team=team)
+    workflow = await store.get_workflow("wf-0")
+    assert workflow is not None and workflow.team == "red"
+    assert ids(await store.page_workflows(visible=red_green)) == ["wf-2", "wf-0"]  # workflows carry no label
+    assert ids(await store.page_workflows(visible=red, limit=1)) == ["wf-2"]
+    assert [w.team for w in await store.page_workflows()] == ["", "red", "blue", "red"]
+
+
+async def test_a_teams_limit_counts_queued_and_running_only(store: Store) -> None:
+    assert await create_for(store, "a-1", "red", max_active=2)
+    assert await create_for(store, "a-2", "red", max_active=2)
+    await store.start("a-2")
+    assert not await create_for(store, "a-3", "red", max_active=2)
+    assert await store.get("a-3") is None  # a refused start stores nothing
+    assert await create_for(store, "b-1", "blue", max_active=2)  # each team its own
+    assert await create_for(store, "a-4", "red")  # max_active 0: no limit
+    assert all([await create_for(store, f"s-{n}", "", max_active=1) for n in range(3)])  # no team: no limit
+    assert await store.finish("a-1", "completed", {"summary": "done"})
+    assert await store.finish("a-2", "failed", None, "boom")
+    assert not await create_for(store, "a-5", "red", max_active=1)  # a-4 is still queued
+    assert await create_for(store, "a-5", "red", max_active=2)
+
+
+async def test_racing_creates_take_a_teams_last_slot_once(dsn: str, store: Store) -> None:
+    """Four creates for one slot, made to contend: the test holds the investigations table until all
+    four wait on the database, then lets them go. Checked-then-inserted in separate steps, all four
+    would count one active investigation and insert; under the team's lock exactly one does."""
+    assert await create_for(store, "held", "red")
+    async with await psycopg.AsyncConnection.connect(dsn) as blocker, await psycopg.AsyncConnection.connect(
+            dsn, autocommit=True) as watcher:
+        async with blocker.transaction():
+            await blocker.execute("lock table swarm.investigations in access exclusive mode")
+            racing = [asyncio.create_task(create_for(store, f"race-{n}", "red", max_active=2)) for n in range(4)]
+            for _ in range(200):
+                waiting = await (await watcher.execute("select count(*) from pg_locks where not granted")).fetchone()
+                if waiting is not None and waiting[0] >= 4:
+                    break
+                await asyncio.sleep(0.02)
+            else:
+                pytest.fail("the four creates never all waited on the database")
+        outcomes = await asyncio.gather(*racing)
+    assert sorted(outcomes) == [False, False, False, True]
+    active = [r.id for r in await store.page(visible=Visibility(team="red")) if r.status == "queued"]
+    assert len(active) == 2 and "held" in active
