@@ -22,10 +22,12 @@ from nats.aio.client import Client as NatsClient
 from prometheus_client import Counter, Gauge, Histogram
 
 from bev.collectors.v1.collectors_rpc import CollectorsClient
+from bev.common.v1 import common_pb2
 from bev.embeddings.v1.embeddings_rpc import EmbeddingsClient
 from bev.reasoning.v1.reasoning_rpc import ReasoningClient
 from bev.rpc import InstanceInfo, RpcError, StatusCode
 from bev.telemetry import get_logger
+from bev.vocab import Tlp
 from services.swarm.roles import AgentRole, get_role
 from services.swarm.scope import Scope
 from services.swarm.settings import SwarmConfig
@@ -112,6 +114,13 @@ class Investigation:
         self.row = row
         self.id = row.id
         self.scope = Scope.from_dict(row.scope)
+
+    def access(self, *, tlp_ceiling: bool = True) -> common_pb2.Access:
+        """What this investigation may read from other services: its team's objects and the shared
+        ones, up to its own TLP (a raw graph query, which the graph cannot filter by label, goes
+        without the ceiling: it only looks up an entity's id)."""
+        tlp = Tlp(self.row.tlp).to_proto() if tlp_ceiling else common_pb2.TLP_UNSPECIFIED
+        return common_pb2.Access(team=self.row.team, max_tlp=tlp, key_id=f"investigation:{self.id}")
 
     @classmethod
     async def load(cls, deps: Deps, investigation_id: str) -> Investigation:

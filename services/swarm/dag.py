@@ -65,6 +65,7 @@ from pydantic import BaseModel, ConfigDict, Discriminator, Field, StringConstrai
 
 from bev.collectors.v1 import collectors_pb2
 from bev.collectors.v1.collectors_rpc import CollectorsClient
+from bev.common.v1 import common_pb2
 from bev.embeddings.v1 import embeddings_pb2
 from bev.embeddings.v1.embeddings_rpc import EmbeddingsClient
 from bev.reasoning.v1 import reasoning_pb2
@@ -753,6 +754,10 @@ class Context:
     collectors: CollectorsClient | None = None
     embeddings: EmbeddingsClient | None = None
     reasoning: ReasoningClient | None = None
+    team: str = ""  # the workflow's team: its tools read that team's objects and the shared ones only
+
+    def access(self) -> common_pb2.Access:
+        return common_pb2.Access(team=self.team, key_id=f"workflow:{self.workflow_id}")
 
     def client(self, name: str) -> Any:
         client = getattr(self, name)
@@ -825,10 +830,12 @@ async def call_tool(tool: str, raw: Mapping[str, Any], ctx: Context) -> Any:
     if isinstance(args, NeighborhoodArgs):
         collectors = ctx.client("collectors")
         graph = await collectors.Neighborhood(collectors_pb2.NeighborhoodRequest(
-            entity_id=args.entity_id, depth=args.depth, limit=args.limit))
+            entity_id=args.entity_id, depth=args.depth, limit=args.limit, access=ctx.access()))
         return {"entities": [{"id": e.id, "type": e.type, "value": e.value} for e in graph.entities],
                 "relations": [_relation(r) for r in graph.relations], "truncated": graph.truncated}
     if isinstance(args, GraphQueryArgs):
+        if ctx.team:  # as over HTTP: raw Cypher reads every team's graph, so only admin keys may run it
+            raise StepFailed(f"{tool} is for workflows submitted with an admin key (this one is team {ctx.team!r})")
         collectors = ctx.client("collectors")
         table = await collectors.GraphQuery(collectors_pb2.GraphQueryRequest(
             cypher=args.cypher, params_json=json.dumps(args.params), limit=args.limit))
@@ -839,7 +846,7 @@ async def call_tool(tool: str, raw: Mapping[str, Any], ctx: Context) -> Any:
     mode = {"hybrid": embeddings_pb2.SEARCH_MODE_HYBRID, "vector": embeddings_pb2.SEARCH_MODE_VECTOR,
             "text": embeddings_pb2.SEARCH_MODE_TEXT}[args.mode]
     hits = await embeddings.Search(embeddings_pb2.SearchRequest(
-        query=args.query, k=args.k, mode=mode,
+        query=args.query, k=args.k, mode=mode, access=ctx.access(),
         filters=embeddings_pb2.SearchFilters(investigation_id=args.investigation_id)))
     return [{"document_id": h.document_id, "title": h.title, "uri": h.uri, "start": h.start, "end": h.end,
              "excerpt": h.excerpt, "score": h.score, "source": h.source,
@@ -932,7 +939,7 @@ async def run_step(workflow_id: str, step_id: str) -> str:
         return "stop"
     outputs = {sid: row.steps[sid].get("output") for sid in ancestors(spec, step_id)}
     ctx = Context(workflow_id, outputs, folder(workflow_id, d.data_dir), spec.scope.allow, d.config.tier,
-                  d.collectors, d.embeddings, d.reasoning)
+                  d.collectors, d.embeddings, d.reasoning, row.team)
     result: dict[str, Any] = {"status": "completed", "output": None, "error": "", "started_at": started}
     try:
         output = await execute(step, ctx)

@@ -152,7 +152,7 @@ class Names:
             if entity_id in self.known:
                 continue
             collectors = self.investigation.deps.collectors
-            request = collectors_pb2.GetEntityRequest(id=entity_id)
+            request = collectors_pb2.GetEntityRequest(id=entity_id, access=self.investigation.access())
             try:  # bookkeeping on our own graph, not an agent's tool call
                 entity = await while_starting(functools.partial(collectors.GetEntity, request))
                 self.known[entity_id] = entity.value
@@ -215,7 +215,8 @@ async def run_task(agent: Agent, task: Task, names: Names, max_depth: int) -> Ou
 
     async def lookup() -> dict[str, Any]:
         return _subgraph(await deps.collectors.Neighborhood(
-            collectors_pb2.NeighborhoodRequest(entity_id=entity_id, depth=2 if task.depth == 0 else 1, limit=200)))
+            collectors_pb2.NeighborhoodRequest(entity_id=entity_id, depth=2 if task.depth == 0 else 1, limit=200,
+                                               access=inv.access())))
 
     try:
         graph: dict[str, Any] = await agent.call(NEIGHBORHOOD, {"entity_id": entity_id, "target": task.target}, lookup)
@@ -260,7 +261,8 @@ def _one_per_id(observations: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 async def _entity_id(inv: Investigation, task: Task) -> str:
     """The STIX id the graph keeps for a target (deterministic, but computed by the collectors)."""
     cypher = "MATCH (e:Entity) WHERE e.value = $value RETURN e.id, e.type LIMIT 5"
-    request = collectors_pb2.GraphQueryRequest(cypher=cypher, params_json=json.dumps({"value": task.target}), limit=5)
+    request = collectors_pb2.GraphQueryRequest(cypher=cypher, params_json=json.dumps({"value": task.target}), limit=5,
+                                               access=inv.access(tlp_ceiling=False))
     try:
         answer = await while_starting(lambda: inv.deps.collectors.GraphQuery(request))
     except RpcError:
@@ -330,7 +332,7 @@ async def corpus_excerpts(agent: Agent, query: str, document_ids: set[str], k: i
         return []
 
     async def search() -> list[dict[str, Any]]:
-        answer = await inv.deps.embeddings.Search(embeddings_pb2.SearchRequest(query=query, k=40))
+        answer = await inv.deps.embeddings.Search(embeddings_pb2.SearchRequest(query=query, k=40, access=inv.access()))
         return [{"document_id": h.document_id, "start": h.start, "end": h.end, "excerpt": h.excerpt, "uri": h.uri,
                  "title": h.title, "tlp": Tlp.from_proto(h.tlp, Tlp.CLEAR).value} for h in answer.hits]
 
@@ -358,7 +360,8 @@ async def injection_excerpts(agent: Agent, document_id: str, context: int = 160)
     inv = agent.investigation
 
     async def fetch() -> dict[str, Any]:
-        document = await inv.deps.embeddings.GetDocument(embeddings_pb2.GetDocumentRequest(document_id=document_id))
+        document = await inv.deps.embeddings.GetDocument(embeddings_pb2.GetDocumentRequest(document_id=document_id,
+                                                                                             access=inv.access()))
         return {"text": document.text, "uri": document.uri, "tlp": Tlp.from_proto(document.tlp, Tlp.CLEAR).value}
 
     try:
