@@ -36,7 +36,8 @@ from typing import Any
 
 import httpx
 
-from bev.engines import NatsServer, free_port
+from bev.access import new_key
+from bev.engines import NatsServer, Postgres, Redis, free_port
 from bev.engines.llama_server import LlamaServer
 
 PROMPT = "Write a short paragraph about how analysts track phishing infrastructure."
@@ -76,20 +77,24 @@ def _reasoning_process(nats_url: str, llama_url: str, model: str) -> None:
     asyncio.run(main())
 
 
-def _gateway_process(nats_url: str, port: int) -> None:
+def _gateway_process(nats_url: str, port: int, dsn: str, redis_url: str, api_key: str) -> None:
     import nats
     import uvicorn
 
     from bev.manifest import load_manifest
+    from bev.vocab import Tlp
     from services.gateway.api import create_app
+    from services.gateway.servicer import open_guard
     from services.gateway.settings import GatewayConfig
 
     async def main() -> None:
         nc = await nats.connect(nats_url)
-        app = create_app(nc, GatewayConfig(), load_manifest().callees("gateway"))
-        server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port,
-                                               log_level="warning", lifespan="off"))
-        await server.serve()
+        async with open_guard(dsn, redis_url, "bench-pepper-long-enough", nc) as guard:
+            await guard.keys.ensure(api_key, "bench", ["admin"], "bench", Tlp.RED)  # as the fleet's bootstrap key
+            app = create_app(nc, GatewayConfig(), load_manifest().callees("gateway"), guard)
+            server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port,
+                                                   log_level="warning", lifespan="off"))
+            await server.serve()
 
     asyncio.run(main())
 
@@ -120,9 +125,9 @@ async def stream_once(http: httpx.AsyncClient, url: str, body: dict[str, Any]) -
     return first - started, (tokens - 1) / (last - first), tokens
 
 
-async def wait_http(url: str, timeout_s: float = 60) -> None:
+async def wait_http(url: str, timeout_s: float = 60, headers: dict[str, str] | None = None) -> None:
     deadline = time.monotonic() + timeout_s
-    async with httpx.AsyncClient(trust_env=False) as http:
+    async with httpx.AsyncClient(trust_env=False, headers=headers) as http:
         while True:
             try:
                 if (await http.get(url, timeout=2)).status_code == 200:
@@ -166,14 +171,15 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-async def measure(args: argparse.Namespace, llama: LlamaServer, gateway_url: str) -> dict[str, Any]:
+async def measure(args: argparse.Namespace, llama: LlamaServer, gateway_url: str, api_key: str) -> dict[str, Any]:
     body = {"model": "fast", "messages": [{"role": "user", "content": PROMPT}], "max_tokens": args.max_tokens,
             "temperature": 0, "stream": True, "stream_options": {"include_usage": True}}
     direct_body = {**body, "model": llama.model_alias}  # llama.cpp ignores include_usage
     targets = {"direct": (f"{llama.base_url}/chat/completions", direct_body),
                "fleet": (f"{gateway_url}/v1/chat/completions", body)}
     results: dict[str, dict[str, list[float]]] = {name: {"ttft": [], "rate": []} for name in targets}
-    async with httpx.AsyncClient(trust_env=False, timeout=120) as http:
+    # The gateway's key goes to llama.cpp too (it ignores it): both paths send the same headers.
+    async with httpx.AsyncClient(trust_env=False, timeout=120, headers={"Authorization": f"Bearer {api_key}"}) as http:
         for url, request in targets.values():  # warm-up: connections, prefix cache, JIT paths
             await stream_once(http, url, request)
         for round_ in range(args.rounds):
@@ -214,20 +220,23 @@ def main(argv: list[str] | None = None) -> None:
     ctx = mp.get_context("spawn")
     with tempfile.TemporaryDirectory(prefix="bench-reasoning-") as tmp, \
             NatsServer(Path(tmp) / "nats") as nats_server, \
+            Postgres(Path(tmp) / "pg", fsync=False) as postgres, Redis(Path(tmp) / "redis") as redis, \
             LlamaServer(Path(tmp) / "llama", n_threads=args.threads) as llama:
         port = free_port()
+        api_key = new_key("bench")[2]
         processes = [
             ctx.Process(target=_reasoning_process, args=(nats_server.url, llama.base_url, llama.model_alias),
                         daemon=True),
-            ctx.Process(target=_gateway_process, args=(nats_server.url, port), daemon=True),
+            ctx.Process(target=_gateway_process, args=(nats_server.url, port, postgres.dsn, redis.url, api_key),
+                        daemon=True),
         ]
         for process in processes:
             process.start()
         gateway_url = f"http://127.0.0.1:{port}"
         try:
-            asyncio.run(wait_http(f"{gateway_url}/v1/models"))
+            asyncio.run(wait_http(f"{gateway_url}/v1/models", headers={"Authorization": f"Bearer {api_key}"}))
             log(f"fleet up in {time.perf_counter() - started:.1f}s; {args.rounds} rounds of {args.max_tokens} tokens")
-            figures = asyncio.run(measure(args, llama, gateway_url))
+            figures = asyncio.run(measure(args, llama, gateway_url, api_key))
         finally:
             for process in processes:
                 process.terminate()

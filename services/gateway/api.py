@@ -13,10 +13,12 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
+import psycopg
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from nats.aio.client import Client as NatsClient
+from psycopg_pool import PoolTimeout
 from starlette.exceptions import HTTPException
 from starlette.routing import Match
 
@@ -92,6 +94,14 @@ def create_app(nc: NatsClient, config: GatewayConfig, callees: Iterable[str], gu
     @app.exception_handler(RateLimited)
     async def rate_limited(request: Request, exc: RateLimited) -> Response:
         return error_response(request.url.path, 429, str(exc), headers=exc.headers)
+
+    @app.exception_handler(psycopg.Error)
+    @app.exception_handler(PoolTimeout)
+    async def database_unavailable(request: Request, exc: Exception) -> Response:
+        # The key and audit routes' database: its cause in one line, not a traceback.
+        cause = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return error_response(request.url.path, 503, f"the gateway's database cannot answer: {cause}",
+                              headers={"Retry-After": "5"})
 
     @app.exception_handler(RpcError)
     async def rpc_error(request: Request, exc: RpcError) -> Response:

@@ -34,10 +34,13 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+import psycopg
 from fastapi.routing import APIRoute
 from opentelemetry import trace
 from opentelemetry.propagate import extract
 from opentelemetry.trace import SpanKind
+from psycopg_pool import PoolTimeout
+from redis.exceptions import RedisError
 from starlette.datastructures import Headers
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -60,7 +63,16 @@ Publish = Callable[[str, bytes], Awaitable[None]]
 
 
 class Unauthenticated(Exception):
-    """No usable key; str() says why (never echoing the key)."""
+    """No usable key; str() says why (never echoing the key). `key`: the record of a revoked or
+    expired key, for the audit log."""
+
+    def __init__(self, message: str, key: ApiKey | None = None) -> None:
+        super().__init__(message)
+        self.key = key
+
+
+class GuardUnavailable(Exception):
+    """PostgreSQL (keys) or Redis (limits) cannot answer: 503 with this one-line cause."""
 
 
 def bearer(headers: Headers) -> str:
@@ -97,7 +109,10 @@ class Guard:
         if cached is not None and cached.until > now:
             key = cached.key
         else:
-            found = await self.keys.verify(presented)
+            try:
+                found = await self.keys.verify(presented)
+            except (psycopg.Error, PoolTimeout) as exc:
+                raise GuardUnavailable(f"API keys cannot be checked: PostgreSQL: {_one_line(exc)}") from None
             if found is None:
                 self._cache.pop(digest, None)
                 raise Unauthenticated("the API key is not valid")
@@ -109,7 +124,7 @@ class Guard:
             self._cache[digest] = _Cached(key, now + self.cache_s)
         state = key.state()
         if state != "active":
-            raise Unauthenticated(f"API key {key.id} is {state}")
+            raise Unauthenticated(f"API key {key.id} is {state}", key)
         return key
 
     async def drain(self) -> None:
@@ -152,10 +167,17 @@ class Guard:
             key: ApiKey | None = None
             try:
                 key = await self.authenticate(bearer(headers))
-                decision = await self.limits.take_request(key)
+                try:
+                    decision = await self.limits.take_request(key)
+                except RedisError as exc:
+                    raise GuardUnavailable(f"rate limits cannot be checked: Redis: {_one_line(exc)}") from None
             except Unauthenticated as exc:
                 await self._deny(scope, receive, send, 401, str(exc), {"WWW-Authenticate": 'Bearer realm="bev"'})
-                self._audit(None, method, route, scope, path_params, "", 401, trace_id)
+                self._audit(exc.key, method, route, scope, path_params, "", 401, trace_id)
+                return
+            except GuardUnavailable as exc:
+                log.warning("request refused: the guard cannot check it", cause=str(exc))
+                await self._deny(scope, receive, send, 503, str(exc), {"Retry-After": "5"})
                 return
             limit_headers = decision.headers()
             if not decision.allowed:
@@ -227,6 +249,11 @@ class Guard:
                     await self.publish(f"{AUDIT_SUBJECT}.{'denied' if entry.status in DENIED else 'call'}", body)
                 except Exception as exc:  # the row is the record; the event is a convenience
                     log.warning("audit event not published", error=repr(exc), entry=entry_id)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _object_id(values: Iterable[Any]) -> str:

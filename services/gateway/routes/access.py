@@ -32,7 +32,9 @@ class NewKeyBody(Body):
     team: str = Field(default="default", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     max_tlp: str = Field(default="amber", json_schema_extra=TLP_LABELS,
                          description="the most restrictive TLP label the key may read")
-    expires_at: datetime | None = Field(default=None, description="ISO 8601 with a zone; null: never")
+    # Not strict: JSON has no datetime type, the ISO 8601 text is the value.
+    expires_at: datetime | None = Field(default=None, strict=False, description="ISO 8601 with a zone; null: never",
+                                        examples=["2027-01-01T00:00:00Z"])
     requests_per_hour: Int = Field(default=DEFAULT_REQUESTS_PER_HOUR, ge=1, le=10_000_000)
     tokens_per_day: Int = Field(default=DEFAULT_TOKENS_PER_DAY, ge=1, le=1_000_000_000)
 
