@@ -3,12 +3,15 @@
 For each finding: entities and relations are upserted into the graph, the observation with its
 provenance (source, collector, time, TLP, confidence) is written to PostgreSQL, and only then is
 it reported to the caller. Everything written is keyed by deterministic ids, so running the same
-collection again adds nothing (a rerun refreshes `last_seen`, nothing else).
+collection again adds nothing (a rerun refreshes `last_seen`, nothing else). The graph rows carry
+the request's TLP label (services.collectors.graph keeps the least restrictive one seen).
+
+`store_all` writes many findings (an imported STIX bundle) the same way, in batches.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 from bev.vocab import Tlp, UnknownTlp
@@ -50,6 +53,16 @@ class StoredFinding:
     entity: EntityRow
     relations: tuple[RelationRow, ...]
     finding: Finding
+
+
+@dataclass(frozen=True)
+class StoredBatch:
+    """What `store_all` wrote: distinct entities and relations, and how many of them were new."""
+
+    entities: int
+    relations: int
+    new_entities: int
+    new_relations: int
 
 
 @dataclass
@@ -99,6 +112,40 @@ class Collection:
             yield await self.store(collector, request, finding)
 
     async def store(self, collector: Collector, request: CollectionRequest, finding: Finding) -> StoredFinding:
+        stored, entities = await self._rows(collector, request, finding)
+        await self.graph.upsert(entities, stored.relations)
+        await self.observations.record([stored.observation])
+        return stored
+
+    async def store_all(self, collector: Collector, request: CollectionRequest,
+                        findings: Sequence[Finding]) -> StoredBatch:
+        """Store many findings as `run` stores each (PII scrubbed when configured), with one batched
+        write per store."""
+        observations: dict[str, ObservationRow] = {}
+        entities: list[EntityRow] = []
+        relations: list[RelationRow] = []
+        for finding in findings:
+            if self.scrub_pii:
+                scrubbed = _scrubbed(finding)
+                if scrubbed is None:
+                    continue
+                finding = scrubbed
+            stored, rows = await self._rows(collector, request, finding)
+            known = observations.get(stored.observation.id)
+            if known is None or stored.observation.confidence > known.confidence:  # as the upsert keeps the highest
+                observations[stored.observation.id] = stored.observation
+            entities += rows
+            relations += stored.relations
+        new_entities, new_relations = await self.graph.unknown(entities, relations)
+        await self.graph.upsert(entities, relations)
+        await self.observations.record(list(observations.values()))
+        return StoredBatch(len({e.id for e in entities}), len({r.id for r in relations}),
+                           len(new_entities), len(new_relations))
+
+    async def _rows(self, collector: Collector, request: CollectionRequest,
+                    finding: Finding) -> tuple[StoredFinding, list[EntityRow]]:
+        """A finding's observation and graph rows (its document handed to the corpus first), and
+        every entity it writes: its own and its relations' other ends."""
         confidence = request.confidence or finding.confidence or collector.default_confidence
         if finding.document is not None and self.document_sink is not None:
             # The corpus deduplicates by content, so a re-run gets the same id back (graph unchanged).
@@ -106,22 +153,19 @@ class Collection:
             observable = finding.observable
             finding = replace(finding, observable=replace(
                 observable, properties={**observable.properties, "corpus_document_id": document_id}))
-        entity = EntityRow.of(finding.observable)
+        entity = EntityRow.of(finding.observable, request.tlp)
         obs_id = observation_id(collector.name, finding.source, entity.id, request.investigation_id)
-        seen = now()
-        rows = [ObservationRow(obs_id, entity.id, entity.type, entity.value, finding.source, collector.name,
-                               request.investigation_id, request.tlp, confidence, seen)]
+        observation = ObservationRow(obs_id, entity.id, entity.type, entity.value, finding.source, collector.name,
+                                     request.investigation_id, request.tlp, confidence, now())
         entities = [entity]
         relations: list[RelationRow] = []
         for relation in finding.relations:
             for end in (relation.source, relation.target):
                 if end.id != entity.id:
-                    entities.append(EntityRow.of(end))
+                    entities.append(EntityRow.of(end, request.tlp))
             relations.append(RelationRow.of(relation, evidence=[obs_id],
-                                            confidence=min(relation.confidence, confidence)))
-        await self.graph.upsert(entities, relations)
-        await self.observations.record(rows)
-        return StoredFinding(rows[0], entity, tuple(relations), finding)
+                                            confidence=min(relation.confidence, confidence), tlp=request.tlp))
+        return StoredFinding(observation, entity, tuple(relations), finding), entities
 
 
 

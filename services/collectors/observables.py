@@ -45,7 +45,8 @@ INDICATOR_STIX_TYPES: dict[str, str] = {
 # Observable types a CollectRequest may name, and what `value` means for each.
 # STIX domain objects identified by their name (imported from bundles and TAXII collections).
 NAMED_SDO_TYPES: frozenset[str] = frozenset(
-    {"vulnerability", "malware", "threat-actor", "intrusion-set", "attack-pattern", "tool", "campaign", "identity"}
+    {"vulnerability", "malware", "threat-actor", "intrusion-set", "attack-pattern", "tool", "campaign", "identity",
+     "course-of-action"}
 )
 OBSERVABLE_TYPES: frozenset[str] = frozenset(
     {"ipv4-addr", "ipv6-addr", "domain-name", "url", "email-addr", "file", "x-crypto-address",
@@ -141,7 +142,8 @@ def to_stix_object(entity_id: str, type_name: str, value: str, properties: Mappi
     if type_name in NAMED_SDO_TYPES:
         obj: dict[str, Any] = {"type": type_name, "spec_version": "2.1", "id": entity_id, "created": created,
                                "modified": created, "name": value}
-        for key in ("description", "aliases", "external_references"):
+        # Kept only when the object they came from had them, so each is valid for its type.
+        for key in ("description", "aliases", "external_references", "kill_chain_phases", "first_seen", "last_seen"):
             if key in properties:
                 obj[key] = properties[key]
         if type_name == "malware":

@@ -1,4 +1,10 @@
-"""Collectors: indicator extraction, collection into the knowledge graph, graph queries, STIX export."""
+"""Collectors: indicator extraction, collection into the knowledge graph, graph queries, STIX export
+and import.
+
+Graph answers respect the caller's `access.max_tlp` (unset: every label): an entity or relation
+labelled above it is left out, and one asked for by id reads as absent. A raw Cypher query cannot
+be filtered by label, so it needs a caller cleared for TLP:RED.
+"""
 
 from __future__ import annotations
 
@@ -16,6 +22,7 @@ from bev.embeddings.v1.embeddings_rpc import EmbeddingsClient
 from bev.rpc import CallContext, InstanceInfo, RpcError, StatusCode
 from bev.runtime import ServiceRuntime, StartupError
 from bev.vocab import Tlp, UnknownTlp
+from services.collectors.builtin.taxii import TaxiiCollector, normalise_counted
 from services.collectors.collection import Collection, CollectionRequest, DocumentSink, StoredFinding
 from services.collectors.contract import (
     CollectorError,
@@ -26,6 +33,7 @@ from services.collectors.contract import (
 )
 from services.collectors.fetch import Fetcher
 from services.collectors.graph import (
+    ANY_TLP,
     MAX_DEPTH,
     EntityRow,
     FalkorGraphStore,
@@ -55,15 +63,26 @@ SecretReader = Callable[[str], dict[str, str]]
 
 DEFAULT_NEIGHBORHOOD = 200
 DEFAULT_QUERY_ROWS = 100
+DEFAULT_IMPORT_SOURCE = "stix-import"
+RAW_QUERY_REFUSED = "raw graph queries need a key cleared for TLP:RED"
 
 
 def entity_pb(row: EntityRow) -> collectors_pb2.Entity:
-    return collectors_pb2.Entity(id=row.id, type=row.type, value=row.value, properties_json=row.props)
+    return collectors_pb2.Entity(id=row.id, type=row.type, value=row.value, properties_json=row.props,
+                                 tlp=row.tlp.to_proto())
 
 
 def relation_pb(row: RelationRow) -> collectors_pb2.Relation:
     return collectors_pb2.Relation(id=row.id, source_id=row.source_id, target_id=row.target_id, type=row.type,
-                                   confidence=row.confidence, evidence_ids=list(row.evidence))
+                                   confidence=row.confidence, evidence_ids=list(row.evidence), tlp=row.tlp.to_proto())
+
+
+def ceiling(access: common_pb2.Access) -> Tlp:
+    """The most restrictive label the caller may read (TLP_UNSPECIFIED: any)."""
+    try:
+        return Tlp.from_proto(access.max_tlp, ANY_TLP)
+    except UnknownTlp as exc:
+        raise RpcError(StatusCode.INVALID_ARGUMENT, f"access.max_tlp: {exc}") from None
 
 
 def subgraph_pb(graph: Subgraph) -> collectors_pb2.Subgraph:
@@ -145,8 +164,8 @@ class Collectors(CollectorsServicer):
     async def GetEntity(self, request: collectors_pb2.GetEntityRequest, ctx: CallContext) -> collectors_pb2.Entity:
         if "--" not in request.id:
             raise RpcError(StatusCode.INVALID_ARGUMENT, f"{request.id!r} is not a STIX id (type--uuid)")
-        row = await self._graph_call(self.collection.graph.get_entity(request.id))
-        if row is None:
+        row = await self._graph_call(self.collection.graph.get_entity(request.id, ceiling(request.access)))
+        if row is None:  # absent, or above the caller's ceiling: the same answer, so the label stays unknown
             raise RpcError(StatusCode.NOT_FOUND, f"no entity {request.id}")
         return entity_pb(row)
 
@@ -157,12 +176,16 @@ class Collectors(CollectorsServicer):
             raise RpcError(StatusCode.INVALID_ARGUMENT, f"depth must be 1-{MAX_DEPTH}, not {depth}")
         if not 1 <= limit <= self.config.graph.max_neighborhood:
             raise RpcError(StatusCode.INVALID_ARGUMENT, f"limit must be 1-{self.config.graph.max_neighborhood}")
-        if await self._graph_call(self.collection.graph.get_entity(request.entity_id)) is None:
+        max_tlp = ceiling(request.access)
+        if await self._graph_call(self.collection.graph.get_entity(request.entity_id, max_tlp)) is None:
             raise RpcError(StatusCode.NOT_FOUND, f"no entity {request.entity_id}")
-        return subgraph_pb(await self._graph_call(self.collection.graph.neighborhood(request.entity_id, depth, limit)))
+        return subgraph_pb(await self._graph_call(
+            self.collection.graph.neighborhood(request.entity_id, depth, limit, max_tlp)))
 
     async def GraphQuery(self, request: collectors_pb2.GraphQueryRequest,
                          ctx: CallContext) -> collectors_pb2.GraphQueryResponse:
+        if ceiling(request.access) != ANY_TLP:
+            raise RpcError(StatusCode.PERMISSION_DENIED, RAW_QUERY_REFUSED)
         limit = request.limit or DEFAULT_QUERY_ROWS
         if not 1 <= limit <= self.config.graph.max_rows:
             raise RpcError(StatusCode.INVALID_ARGUMENT, f"limit must be 1-{self.config.graph.max_rows}")
@@ -185,7 +208,7 @@ class Collectors(CollectorsServicer):
         if not 0 <= request.depth <= MAX_DEPTH:
             raise RpcError(StatusCode.INVALID_ARGUMENT, f"depth must be 0-{MAX_DEPTH}")
         graph = await self._graph_call(self.collection.graph.subgraph(
-            list(request.entity_ids), request.depth, self.config.graph.max_neighborhood))
+            list(request.entity_ids), request.depth, self.config.graph.max_neighborhood, ceiling(request.access)))
         if not graph.entities:
             raise RpcError(StatusCode.NOT_FOUND, "none of the entity ids is in the graph")
         first_seen = await self.collection.observations.first_seen([e.id for e in graph.entities])
@@ -198,6 +221,35 @@ class Collectors(CollectorsServicer):
         objects += [to_stix_relationship(r.id, r.source_id, r.type, r.target_id, r.confidence, stamp(r.source_id))
                     for r in graph.relations]
         return collectors_pb2.ExportStixResponse(bundle_json=json.dumps(bundle(objects)), objects=len(objects))
+
+    async def ImportStix(self, request: collectors_pb2.ImportStixRequest,
+                         ctx: CallContext) -> collectors_pb2.ImportStixResponse:
+        try:
+            data = json.loads(request.bundle_json)
+        except ValueError as exc:
+            raise RpcError(StatusCode.INVALID_ARGUMENT, f"bundle_json is not JSON: {exc}") from None
+        objects = data.get("objects") if isinstance(data, dict) and data.get("type") == "bundle" else None
+        if not isinstance(objects, list) or not all(isinstance(obj, dict) for obj in objects):
+            raise RpcError(StatusCode.INVALID_ARGUMENT, 'bundle_json must be a STIX bundle: {"type": "bundle", "objects": [...]}')
+        source = request.source.strip() or DEFAULT_IMPORT_SOURCE
+        try:
+            # What the taxii collector would store had it fetched this bundle from `source`.
+            job = CollectionRequest(TaxiiCollector.name, Observable("url", source), request.investigation_id,
+                                    tlp=Tlp.from_proto(request.tlp, self.config.default_tlp),
+                                    confidence=request.confidence)
+            collector = self.collection.collector(TaxiiCollector.name)
+            # stix2 validation is CPU-bound: keep it off the event loop.
+            findings, used = await asyncio.to_thread(normalise_counted, objects, source)
+            stored = await self.collection.store_all(collector, job, findings)
+        except (InvalidTarget, ObservableError, UnknownTlp, CollectorError) as exc:
+            raise RpcError(StatusCode.INVALID_ARGUMENT, str(exc)) from None
+        except GraphQueryError as exc:
+            raise RpcError(StatusCode.INTERNAL, f"graph write failed: {exc}") from None
+        except (GraphUnavailable, ObservationStoreUnavailable) as exc:
+            raise RpcError(StatusCode.UNAVAILABLE, str(exc)) from None
+        return collectors_pb2.ImportStixResponse(
+            objects=len(objects), skipped=len(objects) - used, entities=stored.entities, relations=stored.relations,
+            new_entities=stored.new_entities, new_relations=stored.new_relations)
 
     async def _graph_call(self, call: Awaitable[T]) -> T:
         try:

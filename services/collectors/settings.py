@@ -69,8 +69,10 @@ class GraphConfig(BaseModel):
     name: str = "bev"  # FalkorDB graph key / Neo4j database ("" = the server's default there)
     neo4j_uri: str = ""  # with backend=neo4j; credentials from the Vault secret "neo4j"
     batch_size: int = 1000  # rows per UNWIND
+    # Every read query's time limit, enforced by the engine (FalkorDB's query timeout, a Neo4j
+    # transaction timeout): past it GraphQuery answers INVALID_ARGUMENT and the engine is free again.
     query_timeout_ms: int = 5000
-    max_rows: int = 1000  # GraphQuery never returns more
+    max_rows: int = 1000  # GraphQuery never returns more; the engine stops producing rows past the limit asked
     max_neighborhood: int = 1000
 
 

@@ -38,6 +38,10 @@ _PATTERN_EQUALS = re.compile(
     r"(ipv4-addr|ipv6-addr|domain-name|url|email-addr):value\s*=\s*'((?:[^'\\]|\\.)*)'"
     r"|file:hashes\.'?(MD5|SHA-1|SHA-256|SHA-512)'?\s*=\s*'([0-9A-Fa-f]+)'")
 
+# The STIX properties of a named domain object the graph keeps (services.collectors.observables exports them).
+SDO_PROPERTIES = ("description", "aliases", "external_references", "is_family", "kill_chain_phases",
+                  "first_seen", "last_seen")
+
 DROPPED = Counter("bev_collector_dropped_objects_total", "Objects a collector received but could not use",
                   ["collector", "reason"])
 
@@ -97,8 +101,7 @@ def _observable_of(obj: dict[str, Any]) -> Observable | None:
         # `in`, not a truth test: an empty name is malformed and reported below; no name at all is
         # valid STIX for some types (a malware instance) and just not keyable by name.
         if kind in NAMED_SDO_TYPES and "name" in obj:
-            props: dict[str, Any] = {key: obj[key] for key in ("description", "aliases", "external_references", "is_family")
-                     if key in obj}
+            props: dict[str, Any] = {key: obj[key] for key in SDO_PROPERTIES if key in obj}
             return Observable(kind, str(obj["name"]), props)
     except ObservableError as exc:
         _dropped(obj, "invalid_value", str(exc))
@@ -124,6 +127,13 @@ def _pattern_observables(pattern: str) -> list[Observable]:
 
 def normalise(raw_objects: Iterable[dict[str, Any]], source: str) -> list[Finding]:
     """STIX objects (validated with stix2) -> findings; unknown object types are skipped."""
+    return normalise_counted(raw_objects, source)[0]
+
+
+def normalise_counted(raw_objects: Iterable[dict[str, Any]], source: str) -> tuple[list[Finding], int]:
+    """`normalise`, and how many objects it used (the rest have no place in the graph: other types,
+    relationships to them)."""
+    used = 0
     by_ref: dict[str, list[Observable]] = {}
     relationships: list[dict[str, Any]] = []
     findings: list[Finding] = []
@@ -132,7 +142,8 @@ def normalise(raw_objects: Iterable[dict[str, Any]], source: str) -> list[Findin
             parsed = stix2.parse(raw, allow_custom=True, version="2.1")
         except (stix2.exceptions.STIXError, ValueError) as exc:
             raise CollectorError(f"{source}: invalid STIX object {raw.get('id', '?')}: {exc}") from None
-        obj = json.loads(parsed.serialize())
+        # A custom type stix2 has no class for (ATT&CK's x-mitre-tactic...) comes back as a plain dict.
+        obj = parsed if isinstance(parsed, dict) else json.loads(parsed.serialize())
         if obj["type"] == "relationship":
             relationships.append(obj)
             continue
@@ -140,15 +151,18 @@ def normalise(raw_objects: Iterable[dict[str, Any]], source: str) -> list[Findin
             observed = _pattern_observables(obj.get("pattern", ""))
             by_ref[obj["id"]] = observed
             findings.extend(Finding(o, source, confidence=int(obj.get("confidence", 0))) for o in observed)
+            used += bool(observed)
             continue
         observable = _observable_of(obj)
         if observable is not None:
             by_ref[obj["id"]] = [observable]
             findings.append(Finding(observable, source, confidence=int(obj.get("confidence", 0))))
+            used += 1
     for rel in relationships:
         confidence = int(rel.get("confidence", 50))
-        for src in by_ref.get(rel["source_ref"], []):
-            for dst in by_ref.get(rel["target_ref"], []):
-                findings.append(Finding(src, source, (Relation(src, dst, rel["relationship_type"], confidence),),
-                                        confidence=confidence))
-    return findings
+        ends = [(src, dst) for src in by_ref.get(rel["source_ref"], []) for dst in by_ref.get(rel["target_ref"], [])]
+        for src, dst in ends:
+            findings.append(Finding(src, source, (Relation(src, dst, rel["relationship_type"], confidence),),
+                                    confidence=confidence))
+        used += bool(ends)
+    return findings, used

@@ -1,22 +1,28 @@
 """Collectors test wiring: a graph store per test (FalkorDB, and Neo4j when NEO4J_URI is set),
-the observations schema in the session's PostgreSQL, and a Collection over local fixture servers."""
+the observations schema in the session's PostgreSQL, a Collection over local fixture servers, and
+the service itself served on NATS as the fleet serves it."""
 
 from __future__ import annotations
 
 import os
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 import neo4j
 import pytest
 import pytest_asyncio
 
-from bev.engines import FalkorDB, Postgres
+from bev.collectors.v1.collectors_rpc import CollectorsClient
+from bev.engines import FalkorDB, NatsServer, Postgres
+from bev.rpc import InstanceInfo
+from bev.testing.serving import serving_on_nats
 from services.collectors.collection import Collection
 from services.collectors.contract import load_collectors
 from services.collectors.fetch import Fetcher
 from services.collectors.graph import CypherGraphStore, FalkorGraphStore, Neo4jGraphStore
 from services.collectors.observations import ObservationStore, migrate
+from services.collectors.servicer import Collectors, assemble
 from services.collectors.settings import CollectorsConfig, FetchConfig
 from services.collectors.testing import DnsFixture, HttpFixture, WhoisFixture
 
@@ -82,3 +88,33 @@ async def collection(collectors_config: CollectorsConfig, falkordb_server: Falko
     await fetcher.close()
     await graph.delete_graph()
     await graph.close()
+
+
+# The service's graph query timeout in these tests: short, so the cost-bound tests stay short.
+SERVICE_QUERY_TIMEOUT_MS = 1000
+
+
+@dataclass
+class ServiceUnderTest:
+    servicer: Collectors
+    client: CollectorsClient
+    graph: FalkorGraphStore  # the servicer's own store, for checks the RPCs do not answer
+
+
+@pytest_asyncio.fixture
+async def collectors_service(nats_server: NatsServer, observations_dsn: str,
+                             falkordb_server: FalkorDB) -> AsyncIterator[ServiceUnderTest]:
+    """The collectors servicer on NATS over a graph of its own (dropped afterwards), and a client."""
+    config = CollectorsConfig.model_validate({"graph": {"name": f"svc-{uuid.uuid4().hex[:10]}",
+                                                        "query_timeout_ms": SERVICE_QUERY_TIMEOUT_MS}})
+    secrets = {
+        "postgres": {"dsn": observations_dsn},
+        "falkordb": {"host": falkordb_server.host, "port": str(falkordb_server.port),
+                     "password": falkordb_server.password},
+    }
+    servicer = await assemble(InstanceInfo(service="collectors"), config, lambda name: secrets[name])
+    graph = servicer.collection.graph
+    assert isinstance(graph, FalkorGraphStore)
+    async with serving_on_nats(servicer, nats_server.url, default_timeout_s=120, max_concurrency=8) as nc:
+        yield ServiceUnderTest(servicer, CollectorsClient.over_nats(nc), graph)
+        await graph.delete_graph()

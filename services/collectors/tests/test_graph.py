@@ -3,10 +3,18 @@
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 
-from services.collectors.graph import CypherGraphStore, EntityRow, GraphQueryError, RelationRow
+from bev.vocab import Tlp
+from services.collectors.graph import (
+    CypherGraphStore,
+    EntityRow,
+    GraphQueryError,
+    RelationRow,
+    bounded_subquery,
+)
 from services.collectors.observables import Observable, Relation
 
 DOMAIN = Observable("domain-name", "evil.example")
@@ -81,3 +89,69 @@ async def test_properties_round_trip(graph_store: CypherGraphStore) -> None:
     await graph_store.upsert([EntityRow.of(page)])
     stored = await graph_store.get_entity(page.id)
     assert stored is not None and json.loads(stored.props) == {"title": "Ransomware \"Foo\" — analysis"}
+
+
+async def test_labels_keep_the_least_restrictive_sighting_and_reads_respect_a_ceiling(
+        graph_store: CypherGraphStore) -> None:
+    await graph_store.upsert([EntityRow.of(o, Tlp.AMBER) for o in (DOMAIN, IP, URL)],
+                             [RelationRow.of(RESOLVES, ["obs-1"], tlp=Tlp.AMBER), RelationRow.of(HOSTS, ["obs-2"], tlp=Tlp.RED)])
+    await graph_store.upsert([EntityRow.of(DOMAIN, Tlp.GREEN)])  # seen again, shareable more widely
+    await graph_store.upsert([EntityRow.of(DOMAIN, Tlp.RED)])  # a more restrictive sighting changes nothing
+
+    domain = await graph_store.get_entity(DOMAIN.id, Tlp.GREEN)
+    assert domain is not None and domain.tlp == Tlp.GREEN
+    assert await graph_store.get_entity(IP.id, Tlp.GREEN) is None
+    assert await graph_store.get_entity(IP.id, Tlp.AMBER) is not None
+
+    amber = await graph_store.neighborhood(DOMAIN.id, 2, 10, Tlp.AMBER)
+    assert {e.id for e in amber.entities} == {DOMAIN.id, IP.id}  # the URL's only edge is red
+    assert [(r.id, r.tlp) for r in amber.relations] == [(RESOLVES.id, Tlp.AMBER)]
+    everything = await graph_store.neighborhood(DOMAIN.id, 2, 10)
+    assert {e.id for e in everything.entities} == {DOMAIN.id, IP.id, URL.id} and len(everything.relations) == 2
+    assert (await graph_store.subgraph([IP.id, URL.id], 0, 10, Tlp.GREEN)).entities == []
+
+
+async def test_rows_written_before_labels_read_as_clear(graph_store: CypherGraphStore) -> None:
+    await graph_store._run("CREATE (:Entity {id: $id, type: 'domain-name', value: 'old.example'})",
+                           {"id": "domain-name--00000000-0000-5000-8000-0000000000aa"})
+    old = await graph_store.get_entity("domain-name--00000000-0000-5000-8000-0000000000aa", Tlp.CLEAR)
+    assert old is not None and old.tlp == Tlp.CLEAR
+    await graph_store.upsert([EntityRow("domain-name--00000000-0000-5000-8000-0000000000aa", "domain-name",
+                                        "old.example", tlp=Tlp.AMBER)])
+    again = await graph_store.get_entity("domain-name--00000000-0000-5000-8000-0000000000aa", Tlp.CLEAR)
+    assert again is not None and again.tlp == Tlp.CLEAR  # an unlabelled row counted as clear stays clear
+
+
+async def test_unknown_names_what_the_graph_does_not_hold(graph_store: CypherGraphStore) -> None:
+    await _seed(graph_store)
+    other = Observable("domain-name", "new.example")
+    new_rel = Relation(other, IP, "resolves-to")
+    assert await graph_store.unknown([EntityRow.of(o) for o in (DOMAIN, other)],
+                                     [RelationRow.of(RESOLVES), RelationRow.of(new_rel)]) == ({other.id}, {new_rel.id})
+
+
+async def test_query_rows_and_time_are_bounded_in_the_engine(graph_store: CypherGraphStore) -> None:
+    graph_store.query_timeout_ms = 1000
+    await graph_store.upsert([EntityRow.of(Observable("domain-name", f"host{i}.example")) for i in range(150)])
+    budget_s = 1.0 + 1.5
+
+    started = time.monotonic()
+    result = await graph_store.query("UNWIND range(1, 3000000) AS x RETURN x", {}, 1000)
+    assert time.monotonic() - started < budget_s
+    assert result.truncated and len(result.rows) == 1000 and result.rows[-1] == [1000]
+
+    started = time.monotonic()
+    with pytest.raises(GraphQueryError, match=r"(?i)timed out|timeout|terminated"):
+        await graph_store.query("MATCH (a:Entity), (b:Entity), (c:Entity), (d:Entity) RETURN count(*) AS n", {}, 10)
+    assert time.monotonic() - started < budget_s
+    started = time.monotonic()
+    assert (await graph_store.query("MATCH (e:Entity) RETURN count(e) AS n", {}, 10)).rows == [[150]]
+    assert time.monotonic() - started < 0.5  # the engine is not still busy with the query that timed out
+
+
+def test_a_query_cannot_close_the_bounding_subquery() -> None:
+    for escape in ("RETURN 1 } MATCH (n) RETURN n UNION CALL { RETURN 1", "RETURN '}", "RETURN 1 /* }",
+                   "RETURN {a: 1"):
+        with pytest.raises(GraphQueryError, match="braces"):
+            bounded_subquery(escape, 10)
+    assert bounded_subquery("RETURN '{' AS a, {b: 1} AS m // }\n;", 11).endswith("\n}\nRETURN * LIMIT 11")

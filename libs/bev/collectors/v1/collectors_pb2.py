@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from bev.common.v1 import common_pb2 as bev_dot_common_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"bev/collectors/v1/collectors.proto\x12\x11\x62\x65v.collectors.v1\x1a\x1a\x62\x65v/common/v1/common.proto\"1\n\x0e\x45xtractRequest\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x11\n\tscrub_pii\x18\x02 \x01(\x08\"p\n\tIndicator\x12\x0c\n\x04type\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\x12\x15\n\runicode_value\x18\x03 \x01(\t\x12/\n\thomoglyph\x18\x04 \x01(\x0b\x32\x1c.bev.collectors.v1.Homoglyph\"D\n\tHomoglyph\x12\x0f\n\x07scripts\x18\x01 \x03(\t\x12\x14\n\x0cmixed_script\x18\x02 \x01(\x08\x12\x10\n\x08skeleton\x18\x03 \x01(\t\"Z\n\x0f\x45xtractResponse\x12\x30\n\nindicators\x18\x01 \x03(\x0b\x32\x1c.bev.collectors.v1.Indicator\x12\x15\n\rscrubbed_text\x18\x02 \x01(\t\"\xa6\x01\n\x0e\x43ollectRequest\x12\x11\n\tcollector\x18\x01 \x01(\t\x12\x13\n\x0btarget_type\x18\x02 \x01(\t\x12\x0e\n\x06target\x18\x03 \x01(\t\x12\x18\n\x10investigation_id\x18\x04 \x01(\t\x12\r\n\x05opsec\x18\x05 \x01(\x08\x12\x1f\n\x03tlp\x18\x06 \x01(\x0e\x32\x12.bev.common.v1.Tlp\x12\x12\n\nconfidence\x18\x07 \x01(\x05\"J\n\x06\x45ntity\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\r\n\x05value\x18\x03 \x01(\t\x12\x17\n\x0fproperties_json\x18\x04 \x01(\t\"t\n\x08Relation\x12\n\n\x02id\x18\x01 \x01(\t\x12\x11\n\tsource_id\x18\x02 \x01(\t\x12\x11\n\ttarget_id\x18\x03 \x01(\t\x12\x0c\n\x04type\x18\x04 \x01(\t\x12\x12\n\nconfidence\x18\x05 \x01(\x05\x12\x14\n\x0c\x65vidence_ids\x18\x06 \x03(\t\"\xe1\x01\n\x0bObservation\x12\n\n\x02id\x18\x01 \x01(\t\x12)\n\x06\x65ntity\x18\x02 \x01(\x0b\x32\x19.bev.collectors.v1.Entity\x12.\n\trelations\x18\x03 \x03(\x0b\x32\x1b.bev.collectors.v1.Relation\x12\x0e\n\x06source\x18\x04 \x01(\t\x12\x11\n\tcollector\x18\x05 \x01(\t\x12\x1f\n\x03tlp\x18\x06 \x01(\x0e\x32\x12.bev.common.v1.Tlp\x12\x12\n\nconfidence\x18\x07 \x01(\x05\x12\x13\n\x0bobserved_at\x18\x08 \x01(\x01\"\x17\n\x15ListCollectorsRequest\"\xb2\x01\n\rCollectorInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x10\n\x08\x63onsumes\x18\x03 \x03(\t\x12\x10\n\x08produces\x18\x04 \x03(\t\x12\x18\n\x10rate_limit_per_s\x18\x05 \x01(\x01\x12\x15\n\rneeds_network\x18\x06 \x01(\x08\x12\x11\n\tneeds_tor\x18\x07 \x01(\x08\x12\x16\n\x0e\x61pi_key_secret\x18\x08 \x01(\t\"N\n\x16ListCollectorsResponse\x12\x34\n\ncollectors\x18\x01 \x03(\x0b\x32 .bev.collectors.v1.CollectorInfo\"E\n\x10GetEntityRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12%\n\x06\x61\x63\x63\x65ss\x18\x0f \x01(\x0b\x32\x15.bev.common.v1.Access\"m\n\x13NeighborhoodRequest\x12\x11\n\tentity_id\x18\x01 \x01(\t\x12\r\n\x05\x64\x65pth\x18\x02 \x01(\x05\x12\r\n\x05limit\x18\x03 \x01(\x05\x12%\n\x06\x61\x63\x63\x65ss\x18\x0f \x01(\x0b\x32\x15.bev.common.v1.Access\"z\n\x08Subgraph\x12+\n\x08\x65ntities\x18\x01 \x03(\x0b\x32\x19.bev.collectors.v1.Entity\x12.\n\trelations\x18\x02 \x03(\x0b\x32\x1b.bev.collectors.v1.Relation\x12\x11\n\ttruncated\x18\x03 \x01(\x08\"n\n\x11GraphQueryRequest\x12\x0e\n\x06\x63ypher\x18\x01 \x01(\t\x12\x13\n\x0bparams_json\x18\x02 \x01(\t\x12\r\n\x05limit\x18\x03 \x01(\x05\x12%\n\x06\x61\x63\x63\x65ss\x18\x0f \x01(\x0b\x32\x15.bev.common.v1.Access\"K\n\x12GraphQueryResponse\x12\x0f\n\x07\x63olumns\x18\x01 \x03(\t\x12\x11\n\trows_json\x18\x02 \x03(\t\x12\x11\n\ttruncated\x18\x03 \x01(\x08\"]\n\x11\x45xportStixRequest\x12\x12\n\nentity_ids\x18\x01 \x03(\t\x12\r\n\x05\x64\x65pth\x18\x02 \x01(\x05\x12%\n\x06\x61\x63\x63\x65ss\x18\x0f \x01(\x0b\x32\x15.bev.common.v1.Access\":\n\x12\x45xportStixResponse\x12\x13\n\x0b\x62undle_json\x18\x01 \x01(\t\x12\x0f\n\x07objects\x18\x02 \x01(\x05\x32\xba\x06\n\nCollectors\x12V\n\x06Health\x12\x1c.bev.common.v1.HealthRequest\x1a\x1d.bev.common.v1.HealthResponse\"\x0f\xa2\xbb\x18\x0b\t\x00\x00\x00\x00\x00\x00\x08@\x10\x01\x12\x61\n\x07\x45xtract\x12!.bev.collectors.v1.ExtractRequest\x1a\".bev.collectors.v1.ExtractResponse\"\x0f\xa2\xbb\x18\x0b\t\x00\x00\x00\x00\x00\x00>@\x10\x01\x12]\n\x07\x43ollect\x12!.bev.collectors.v1.CollectRequest\x1a\x1e.bev.collectors.v1.Observation\"\r\xa2\xbb\x18\t\t\x00\x00\x00\x00\x00\xc0r@0\x01\x12v\n\x0eListCollectors\x12(.bev.collectors.v1.ListCollectorsRequest\x1a).bev.collectors.v1.ListCollectorsResponse\"\x0f\xa2\xbb\x18\x0b\t\x00\x00\x00\x00\x00\x00\x14@\x10\x01\x12\\\n\tGetEntity\x12#.bev.collectors.v1.GetEntityRequest\x1a\x19.bev.collectors.v1.Entity\"\x0f\xa2\xbb\x18\x0b\t\x00\x00\x00\x00\x00\x00\x14@\x10\x01\x12\x64\n\x0cNeighborhood\x12&.bev.collectors.v1.NeighborhoodRequest\x1a\x1b.bev.collectors.v1.Subgraph\"\x0f\xa2\xbb\x18\x0b\t\x00\x00\x00\x00\x00\x00.@\x10\x01\x12j\n\nGraphQuery\x12$.bev.collectors.v1.GraphQueryRequest\x1a%.bev.collectors.v1.GraphQueryResponse\"\x0f\xa2\xbb\x18\x0b\t\x00\x00\x00\x00\x00\x00>@\x10\x01\x12j\n\nExportStix\x12$.bev.collectors.v1.ExportStixRequest\x1a%.bev.collectors.v1.ExportStixResponse\"\x0f\xa2\xbb\x18\x0b\t\x00\x00\x00\x00\x00\x00N@\x10\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"bev/collectors/v1/collectors.proto\x12\x11\x62\x65v.collectors.v1\x1a\x1a\x62\x65v/common/v1/common.proto\"1\n\x0e\x45xtractRequest\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x11\n\tscrub_pii\x18\x02 \x01(\x08\"p\n\tIndicator\x12\x0c\n\x04type\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\x12\x15\n\runicode_value\x18\x03 \x01(\t\x12/\n\thomoglyph\x18\x04 \x01(\x0b\x32\x1c.bev.collectors.v1.Homoglyph\"D\n\tHomoglyph\x12\x0f\n\x07scripts\x18\x01 \x03(\t\x12\x14\n\x0cmixed_script\x18\x02 \x01(\x08\x12\x10\n\x08skeleton\x18\x03 \x01(\t\"Z\n\x0f\x45xtractResponse\x12\x30\n\nindicators\x18\x01 \x03(\x0b\x32\x1c.bev.collectors.v1.Indicator\x12\x15\n\rscrubbed_text\x18\x02 \x01(\t\"\xa6\x01\n\x0e\x43ollectRequest\x12\x11\n\tcollector\x18\x01 \x01(\t\x12\x13\n\x0btarget_type\x18\x02 \x01(\t\x12\x0e\n\x06target\x18\x03 \x01(\t\x12\x18\n\x10investigation_id\x18\x04 \x01(\t\x12\r\n\x05opsec\x18\x05 \x01(\x08\x12\x1f\n\x03tlp\x18\x06 \x01(\x0e\x32\x12.bev.common.v1.Tlp\x12\x12\n\nconfidence\x18\x07 \x01(\x05\"k\n\x06\x45ntity\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\r\n\x05value\x18\x03 \x01(\t\x12\x17\n\x0fproperties_json\x18\x04 \x01(\t\x12\x1f\n\x03tlp\x18\x05 \x01(\x0e\x32\x12.bev.common.v1.Tlp\"\x95\x01\n\x08Relation\x12\n\n\x02id\x18\x01 \x01(\t\x12\x11\n\tsource_id\x18\x02 \x01(\t\x12\x11\n\ttarget_id\x18\x03 \x01(\t\x12\x0c\n\x04type\x18\x04 \x01(\t\x12\x12\n\nconfidence\x18\x05 \x01(\x05\x12\x14\n\x0c\x65vidence_ids\x18\x06 \x03(\t\x12\x1f\n\x03tlp\x18\x07 \x01(\x0e\x32\x12.bev.common.v1.Tlp\"\xe1\x01\n\x0bObservation\x12\n\n\x02id\x18\x01 \x01(\t\x12)\n\x06\x65ntity\x18\x02 \x01(\x0b\x32\x19.bev.collectors.v1.Entity\x12.\n\trelations\x18\x03 \x03(\x0b\x32\x1b.bev.collectors.v1.Relation\x12\x0e\n\x06source\x18\x04 \x01(\t\x12\x11\n\tcollector\x18\x05 \x01(\t\x12\x1f\n\x03tlp\x18\x06 \x01(\x0e\x32\x12.bev.common.v1.Tlp\x12\x12\n\nconfidence\x18\x07 \x01(\x05\x12\x13\n\x0bobserved_at\x18\x08 \x01(\x01\"\x17\n\x15ListCollectorsRequest\"\xb2\x01\n\rCollectorInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x10\n\x08\x63onsumes\x18\x03 \x03(\t\x12\x10\n\x08produces\x18\x04 \x03(\t\x12\x18\n\x10rate_limit_per_s\x18\x05 \x01(\x01\x12\x15\n\rneeds_network\x18\x06 \x01(\x08\x12\x11\n\tneeds_tor\x18\x07 \x01(\x08\x12\x16\n\x0e\x61pi_key_secret\x18\x08 \x01(\t\"N\n\x16ListCollectorsResponse\x12\x34\n\ncollectors\x18\x01 \x03(\x0b\x32 .bev.collectors.v1.CollectorInfo\"E\n\x10GetEntityRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12%\n\x06\x61\x63\x63\x65ss\x18\x0f \x01(\x0b\x32\x15.bev.common.v1.Access\"m\n\x13NeighborhoodRequest\x12\x11\n\tentity_id\x18\x01 \x01(\t\x12\r\n\x05\x64\x65pth\x18\x02 \x01(\x05\x12\r\n\x05limit\x18\x03 \x01(\x05\x12%\n\x06\x61\x63\x63\x65ss\x18\x0f \x01(\x0b\x32\x15.bev.common.v1.Access\"z\n\x08Subgraph\x12+\n\x08\x65ntities\x18\x01 \x03(\x0b\x32\x19.bev.collectors.v1.Entity\x12.\n\trelations\x18\x02 \x03(\x0b\x32\x1b.bev.collectors.v1.Relation\x12\x11\n\ttruncated\x18\x03 \x01(\x08\"n\n\x11GraphQueryRequest\x12\x0e\n\x06\x63ypher\x18\x01 \x01(\t\x12\x13\n\x0bparams_json\x18\x02 \x01(\t\x12\r\n\x05limit\x18\x03 \x01(\x05\x12%\n\x06\x61\x63\x63\x65ss\x18\x0f \x01(\x0b\x32\x15.bev.common.v1.Access\"K\n\x12GraphQueryResponse\x12\x0f\n\x07\x63olumns\x18\x01 \x03(\t\x12\x11\n\trows_json\x18\x02 \x03(\t\x12\x11\n\ttruncated\x18\x03 \x01(\x08\"]\n\x11\x45xportStixRequest\x12\x12\n\nentity_ids\x18\x01 \x03(\t\x12\r\n\x05\x64\x65pth\x18\x02 \x01(\x05\x12%\n\x06\x61\x63\x63\x65ss\x18\x0f \x01(\x0b\x32\x15.bev.common.v1.Access\":\n\x12\x45xportStixResponse\x12\x13\n\x0b\x62undle_json\x18\x01 \x01(\t\x12\x0f\n\x07objects\x18\x02 \x01(\x05\"\x87\x01\n\x11ImportStixRequest\x12\x13\n\x0b\x62undle_json\x18\x01 \x01(\t\x12\x0e\n\x06source\x18\x02 \x01(\t\x12\x1f\n\x03tlp\x18\x03 \x01(\x0e\x32\x12.bev.common.v1.Tlp\x12\x12\n\nconfidence\x18\x04 \x01(\x05\x12\x18\n\x10investigation_id\x18\x05 \x01(\t\"\x88\x01\n\x12ImportStixResponse\x12\x0f\n\x07objects\x18\x01 \x01(\x05\x12\x0f\n\x07skipped\x18\x02 \x01(\x05\x12\x10\n\x08\x65ntities\x18\x03 \x01(\x05\x12\x11\n\trelations\x18\x04 \x01(\x05\x12\x14\n\x0cnew_entities\x18\x05 \x01(\x05\x12\x15\n\rnew_relations\x18\x06 \x01(\x05\x32\xa6\x07\n\nCollectors\x12V\n\x06Health\x12\x1c.bev.common.v1.HealthRequest\x1a\x1d.bev.common.v1.HealthResponse\"\x0f\xa2\xbb\x18\x0b\t\x00\x00\x00\x00\x00\x00\x08@\x10\x01\x12\x61\n\x07\x45xtract\x12!.bev.collectors.v1.ExtractRequest\x1a\".bev.collectors.v1.ExtractResponse\"\x0f\xa2\xbb\x18\x0b\t\x00\x00\x00\x00\x00\x00>@\x10\x01\x12]\n\x07\x43ollect\x12!.bev.collectors.v1.CollectRequest\x1a\x1e.bev.collectors.v1.Observation\"\r\xa2\xbb\x18\t\t\x00\x00\x00\x00\x00\xc0r@0\x01\x12v\n\x0eListCollectors\x12(.bev.collectors.v1.ListCollectorsRequest\x1a).bev.collectors.v1.ListCollectorsResponse\"\x0f\xa2\xbb\x18\x0b\t\x00\x00\x00\x00\x00\x00\x14@\x10\x01\x12\\\n\tGetEntity\x12#.bev.collectors.v1.GetEntityRequest\x1a\x19.bev.collectors.v1.Entity\"\x0f\xa2\xbb\x18\x0b\t\x00\x00\x00\x00\x00\x00\x14@\x10\x01\x12\x64\n\x0cNeighborhood\x12&.bev.collectors.v1.NeighborhoodRequest\x1a\x1b.bev.collectors.v1.Subgraph\"\x0f\xa2\xbb\x18\x0b\t\x00\x00\x00\x00\x00\x00.@\x10\x01\x12j\n\nGraphQuery\x12$.bev.collectors.v1.GraphQueryRequest\x1a%.bev.collectors.v1.GraphQueryResponse\"\x0f\xa2\xbb\x18\x0b\t\x00\x00\x00\x00\x00\x00>@\x10\x01\x12j\n\nExportStix\x12$.bev.collectors.v1.ExportStixRequest\x1a%.bev.collectors.v1.ExportStixResponse\"\x0f\xa2\xbb\x18\x0b\t\x00\x00\x00\x00\x00\x00N@\x10\x01\x12j\n\nImportStix\x12$.bev.collectors.v1.ImportStixRequest\x1a%.bev.collectors.v1.ImportStixResponse\"\x0f\xa2\xbb\x18\x0b\t\x00\x00\x00\x00\x00\x00^@\x10\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -48,6 +48,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_COLLECTORS'].methods_by_name['GraphQuery']._serialized_options = b'\242\273\030\013\t\000\000\000\000\000\000>@\020\001'
   _globals['_COLLECTORS'].methods_by_name['ExportStix']._loaded_options = None
   _globals['_COLLECTORS'].methods_by_name['ExportStix']._serialized_options = b'\242\273\030\013\t\000\000\000\000\000\000N@\020\001'
+  _globals['_COLLECTORS'].methods_by_name['ImportStix']._loaded_options = None
+  _globals['_COLLECTORS'].methods_by_name['ImportStix']._serialized_options = b'\242\273\030\013\t\000\000\000\000\000\000^@\020\001'
   _globals['_EXTRACTREQUEST']._serialized_start=85
   _globals['_EXTRACTREQUEST']._serialized_end=134
   _globals['_INDICATOR']._serialized_start=136
@@ -59,31 +61,35 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_COLLECTREQUEST']._serialized_start=413
   _globals['_COLLECTREQUEST']._serialized_end=579
   _globals['_ENTITY']._serialized_start=581
-  _globals['_ENTITY']._serialized_end=655
-  _globals['_RELATION']._serialized_start=657
-  _globals['_RELATION']._serialized_end=773
-  _globals['_OBSERVATION']._serialized_start=776
-  _globals['_OBSERVATION']._serialized_end=1001
-  _globals['_LISTCOLLECTORSREQUEST']._serialized_start=1003
-  _globals['_LISTCOLLECTORSREQUEST']._serialized_end=1026
-  _globals['_COLLECTORINFO']._serialized_start=1029
-  _globals['_COLLECTORINFO']._serialized_end=1207
-  _globals['_LISTCOLLECTORSRESPONSE']._serialized_start=1209
-  _globals['_LISTCOLLECTORSRESPONSE']._serialized_end=1287
-  _globals['_GETENTITYREQUEST']._serialized_start=1289
-  _globals['_GETENTITYREQUEST']._serialized_end=1358
-  _globals['_NEIGHBORHOODREQUEST']._serialized_start=1360
-  _globals['_NEIGHBORHOODREQUEST']._serialized_end=1469
-  _globals['_SUBGRAPH']._serialized_start=1471
-  _globals['_SUBGRAPH']._serialized_end=1593
-  _globals['_GRAPHQUERYREQUEST']._serialized_start=1595
-  _globals['_GRAPHQUERYREQUEST']._serialized_end=1705
-  _globals['_GRAPHQUERYRESPONSE']._serialized_start=1707
-  _globals['_GRAPHQUERYRESPONSE']._serialized_end=1782
-  _globals['_EXPORTSTIXREQUEST']._serialized_start=1784
-  _globals['_EXPORTSTIXREQUEST']._serialized_end=1877
-  _globals['_EXPORTSTIXRESPONSE']._serialized_start=1879
-  _globals['_EXPORTSTIXRESPONSE']._serialized_end=1937
-  _globals['_COLLECTORS']._serialized_start=1940
-  _globals['_COLLECTORS']._serialized_end=2766
+  _globals['_ENTITY']._serialized_end=688
+  _globals['_RELATION']._serialized_start=691
+  _globals['_RELATION']._serialized_end=840
+  _globals['_OBSERVATION']._serialized_start=843
+  _globals['_OBSERVATION']._serialized_end=1068
+  _globals['_LISTCOLLECTORSREQUEST']._serialized_start=1070
+  _globals['_LISTCOLLECTORSREQUEST']._serialized_end=1093
+  _globals['_COLLECTORINFO']._serialized_start=1096
+  _globals['_COLLECTORINFO']._serialized_end=1274
+  _globals['_LISTCOLLECTORSRESPONSE']._serialized_start=1276
+  _globals['_LISTCOLLECTORSRESPONSE']._serialized_end=1354
+  _globals['_GETENTITYREQUEST']._serialized_start=1356
+  _globals['_GETENTITYREQUEST']._serialized_end=1425
+  _globals['_NEIGHBORHOODREQUEST']._serialized_start=1427
+  _globals['_NEIGHBORHOODREQUEST']._serialized_end=1536
+  _globals['_SUBGRAPH']._serialized_start=1538
+  _globals['_SUBGRAPH']._serialized_end=1660
+  _globals['_GRAPHQUERYREQUEST']._serialized_start=1662
+  _globals['_GRAPHQUERYREQUEST']._serialized_end=1772
+  _globals['_GRAPHQUERYRESPONSE']._serialized_start=1774
+  _globals['_GRAPHQUERYRESPONSE']._serialized_end=1849
+  _globals['_EXPORTSTIXREQUEST']._serialized_start=1851
+  _globals['_EXPORTSTIXREQUEST']._serialized_end=1944
+  _globals['_EXPORTSTIXRESPONSE']._serialized_start=1946
+  _globals['_EXPORTSTIXRESPONSE']._serialized_end=2004
+  _globals['_IMPORTSTIXREQUEST']._serialized_start=2007
+  _globals['_IMPORTSTIXREQUEST']._serialized_end=2142
+  _globals['_IMPORTSTIXRESPONSE']._serialized_start=2145
+  _globals['_IMPORTSTIXRESPONSE']._serialized_end=2281
+  _globals['_COLLECTORS']._serialized_start=2284
+  _globals['_COLLECTORS']._serialized_end=3218
 # @@protoc_insertion_point(module_scope)

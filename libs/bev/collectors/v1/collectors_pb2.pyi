@@ -182,6 +182,7 @@ class Entity(_message.Message):
     TYPE_FIELD_NUMBER: _builtins.int
     VALUE_FIELD_NUMBER: _builtins.int
     PROPERTIES_JSON_FIELD_NUMBER: _builtins.int
+    TLP_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """STIX id, e.g. domain-name--<uuidv5>"""
     type: _builtins.str
@@ -189,6 +190,8 @@ class Entity(_message.Message):
     value: _builtins.str
     properties_json: _builtins.str
     """further STIX properties as a JSON object"""
+    tlp: _common_pb2.Tlp.ValueType
+    """the least restrictive label among the observations that produced it"""
     def __init__(
         self,
         *,
@@ -196,10 +199,11 @@ class Entity(_message.Message):
         type: _builtins.str = ...,
         value: _builtins.str = ...,
         properties_json: _builtins.str = ...,
+        tlp: _common_pb2.Tlp.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "properties_json", b"properties_json", "type", b"type", "value", b"value"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "properties_json", b"properties_json", "tlp", b"tlp", "type", b"type", "value", b"value"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -215,6 +219,7 @@ class Relation(_message.Message):
     TYPE_FIELD_NUMBER: _builtins.int
     CONFIDENCE_FIELD_NUMBER: _builtins.int
     EVIDENCE_IDS_FIELD_NUMBER: _builtins.int
+    TLP_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """relationship--<uuidv5 of source, type, target>"""
     source_id: _builtins.str
@@ -222,6 +227,8 @@ class Relation(_message.Message):
     type: _builtins.str
     """resolves-to, links-to, sent-to, ..."""
     confidence: _builtins.int
+    tlp: _common_pb2.Tlp.ValueType
+    """the least restrictive label among the observations that support it"""
     @_builtins.property
     def evidence_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """observation ids that support it"""
@@ -235,10 +242,11 @@ class Relation(_message.Message):
         type: _builtins.str = ...,
         confidence: _builtins.int = ...,
         evidence_ids: _abc.Iterable[_builtins.str] | None = ...,
+        tlp: _common_pb2.Tlp.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["confidence", b"confidence", "evidence_ids", b"evidence_ids", "id", b"id", "source_id", b"source_id", "target_id", b"target_id", "type", b"type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["confidence", b"confidence", "evidence_ids", b"evidence_ids", "id", b"id", "source_id", b"source_id", "target_id", b"target_id", "tlp", b"tlp", "type", b"type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -565,3 +573,78 @@ class ExportStixResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ExportStixResponse: _TypeAlias = ExportStixResponse  # noqa: Y015
+
+@_typing.final
+class ImportStixRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BUNDLE_JSON_FIELD_NUMBER: _builtins.int
+    SOURCE_FIELD_NUMBER: _builtins.int
+    TLP_FIELD_NUMBER: _builtins.int
+    CONFIDENCE_FIELD_NUMBER: _builtins.int
+    INVESTIGATION_ID_FIELD_NUMBER: _builtins.int
+    bundle_json: _builtins.str
+    """a STIX 2.1 bundle; a relationship's ends must be in the same bundle"""
+    source: _builtins.str
+    """where the objects come from (URL or name), each observation's source; empty = "stix-import" """
+    tlp: _common_pb2.Tlp.ValueType
+    """unspecified = the service's default (clear)"""
+    confidence: _builtins.int
+    """0-100; 0 = each object's own, else the taxii collector's default"""
+    investigation_id: _builtins.str
+    """the investigation the observations belong to; empty = none"""
+    def __init__(
+        self,
+        *,
+        bundle_json: _builtins.str = ...,
+        source: _builtins.str = ...,
+        tlp: _common_pb2.Tlp.ValueType = ...,
+        confidence: _builtins.int = ...,
+        investigation_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bundle_json", b"bundle_json", "confidence", b"confidence", "investigation_id", b"investigation_id", "source", b"source", "tlp", b"tlp"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ImportStixRequest: _TypeAlias = ImportStixRequest  # noqa: Y015
+
+@_typing.final
+class ImportStixResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OBJECTS_FIELD_NUMBER: _builtins.int
+    SKIPPED_FIELD_NUMBER: _builtins.int
+    ENTITIES_FIELD_NUMBER: _builtins.int
+    RELATIONS_FIELD_NUMBER: _builtins.int
+    NEW_ENTITIES_FIELD_NUMBER: _builtins.int
+    NEW_RELATIONS_FIELD_NUMBER: _builtins.int
+    objects: _builtins.int
+    """STIX objects in the bundle"""
+    skipped: _builtins.int
+    """objects the graph has no place for (other types, relationships to them)"""
+    entities: _builtins.int
+    """distinct entities written"""
+    relations: _builtins.int
+    """distinct relations written"""
+    new_entities: _builtins.int
+    """of those, how many the graph did not hold before (0 for a repeated import)"""
+    new_relations: _builtins.int
+    def __init__(
+        self,
+        *,
+        objects: _builtins.int = ...,
+        skipped: _builtins.int = ...,
+        entities: _builtins.int = ...,
+        relations: _builtins.int = ...,
+        new_entities: _builtins.int = ...,
+        new_relations: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["entities", b"entities", "new_entities", b"new_entities", "new_relations", b"new_relations", "objects", b"objects", "relations", b"relations", "skipped", b"skipped"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ImportStixResponse: _TypeAlias = ImportStixResponse  # noqa: Y015

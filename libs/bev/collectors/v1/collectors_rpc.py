@@ -39,6 +39,9 @@ class CollectorsServicer(Servicer):
     async def ExportStix(self, request: collectors_pb2.ExportStixRequest, ctx: CallContext) -> collectors_pb2.ExportStixResponse:
         raise RpcError(StatusCode.UNIMPLEMENTED, "Collectors.ExportStix is not implemented")
 
+    async def ImportStix(self, request: collectors_pb2.ImportStixRequest, ctx: CallContext) -> collectors_pb2.ImportStixResponse:
+        raise RpcError(StatusCode.UNIMPLEMENTED, "Collectors.ImportStix is not implemented")
+
 
 class CollectorsClient(Client):
     """Typed caller of bev.collectors.v1.Collectors: over NATS by default, gRPC when given an address."""
@@ -68,3 +71,6 @@ class CollectorsClient(Client):
 
     async def ExportStix(self, request: collectors_pb2.ExportStixRequest, *, timeout_s: float | None = None, metadata: Mapping[str, str] | None = None) -> collectors_pb2.ExportStixResponse:
         return await self._call("ExportStix", request, collectors_pb2.ExportStixResponse, timeout_s, metadata)
+
+    async def ImportStix(self, request: collectors_pb2.ImportStixRequest, *, timeout_s: float | None = None, metadata: Mapping[str, str] | None = None) -> collectors_pb2.ImportStixResponse:
+        return await self._call("ImportStix", request, collectors_pb2.ImportStixResponse, timeout_s, metadata)
