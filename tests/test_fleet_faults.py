@@ -27,7 +27,7 @@ import redis
 from nats.aio.client import Client as NatsClient
 
 from bev.fleet import discover
-from tests.test_fleet import BEV, start_fleet
+from tests.test_fleet import BEV, bearer, start_fleet
 
 pytestmark = pytest.mark.slow
 async_test = pytest.mark.asyncio(loop_scope="module")
@@ -49,6 +49,11 @@ class Fleet:
     @property
     def gateway(self) -> str:
         return str(self.state()["gateway"])
+
+    @property
+    def auth(self) -> dict[str, str]:
+        """The fleet's admin key, as the gateway wants it."""
+        return bearer(str(self.state()["api_key"]))
 
     def log(self) -> str:
         return self.output.read_text(errors="replace")
@@ -82,15 +87,16 @@ class Load:
               ("POST", "/api/v1/graph/query", {"cypher": "MATCH (e:Entity) RETURN count(e) AS n"}),
               ("POST", "/api/v1/indicators/extract", {"text": "C2 at 203.0.113.9"}))
 
-    def __init__(self, base: str) -> None:
+    def __init__(self, base: str, auth: dict[str, str]) -> None:
         self.base = base
+        self.auth = auth
         self.statuses: Counter[int] = Counter()
         self.slowest_s = 0.0
         self.bodies: list[str] = []
         self._stop = asyncio.Event()
 
     async def run(self) -> None:
-        async with httpx.AsyncClient(base_url=self.base, timeout=120, trust_env=False) as http:
+        async with httpx.AsyncClient(base_url=self.base, headers=self.auth, timeout=120, trust_env=False) as http:
             while not self._stop.is_set():
                 for method, path, body in self.ROUTES:
                     began = time.monotonic()
@@ -145,7 +151,7 @@ async def _services_healthy(bus: NatsClient, within_s: float) -> None:
 @pytest.mark.parametrize("engine", ["postgres", "falkordb", "redis", "vault", "nats"])
 async def test_a_killed_engine_comes_back_and_callers_never_see_a_500(fleet: Fleet, bus: NatsClient,
                                                                         engine: str) -> None:
-    load = Load(fleet.gateway)
+    load = Load(fleet.gateway, fleet.auth)
     loader = asyncio.create_task(load.run())
     await asyncio.sleep(1)
     pid = _engine_pid(fleet, engine)
@@ -154,7 +160,7 @@ async def test_a_killed_engine_comes_back_and_callers_never_see_a_500(fleet: Fle
     os.kill(pid, signal.SIGKILL)
     if engine == "nats":  # with the bus down the gateway answers 503 at once
         await asyncio.sleep(0.2)
-        async with httpx.AsyncClient(base_url=fleet.gateway, timeout=10, trust_env=False) as http:
+        async with httpx.AsyncClient(base_url=fleet.gateway, headers=fleet.auth, timeout=10, trust_env=False) as http:
             began = time.monotonic()
             response = await http.get("/api/v1/swarm/roles")
         if response.status_code == 503:  # (unless NATS was back already)
@@ -222,7 +228,7 @@ async def test_a_frozen_service_costs_a_failover_or_a_failure_within_its_deadlin
     os.kill(swarm_pid, signal.SIGSTOP)
     os.kill(avatar_pid, signal.SIGSTOP)
     try:
-        async with httpx.AsyncClient(base_url=fleet.gateway, timeout=60, trust_env=False) as http:
+        async with httpx.AsyncClient(base_url=fleet.gateway, headers=fleet.auth, timeout=60, trust_env=False) as http:
             for _ in range(8):  # ListRoles: idempotent, 5 s deadline; the live replica answers
                 began = time.monotonic()
                 roles = await http.get("/api/v1/swarm/roles")

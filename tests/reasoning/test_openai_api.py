@@ -19,9 +19,10 @@ MESSAGES = [{"role": "system", "content": "You are a concise analyst."},
             {"role": "user", "content": "What is a phishing kit?"}]
 
 
-def client_for(stack: Stack) -> openai.AsyncOpenAI:
-    return openai.AsyncOpenAI(base_url=f"{stack.gateway}/v1", api_key="not-checked-here", max_retries=0,
-                              http_client=httpx.AsyncClient(trust_env=False, timeout=120))
+def client_for(stack: Stack, api_key: str | None = None) -> openai.AsyncOpenAI:
+    """The openai client as an analyst configures it: the gateway's /v1 and a BEV key (the admin's by default)."""
+    return openai.AsyncOpenAI(base_url=f"{stack.gateway.url}/v1", api_key=api_key or stack.gateway.admin_key,
+                              max_retries=0, http_client=httpx.AsyncClient(trust_env=False, timeout=120))
 
 
 async def test_models_lists_tiers_and_models(reasoning_stack: Stack) -> None:
@@ -86,6 +87,20 @@ async def test_bad_requests_get_clear_4xx(reasoning_stack: Stack) -> None:
                 model="fast", max_tokens=4, messages=[{"role": "user", "content": "word " * 6000}])
 
 
+async def test_the_client_needs_a_valid_key_with_the_route_scope(reasoning_stack: Stack) -> None:
+    async with client_for(reasoning_stack, "bev_nosuchkey_" + "A" * 43) as client:
+        with pytest.raises(openai.AuthenticationError) as unknown:
+            [model.id async for model in client.models.list()]
+    assert unknown.value.status_code == 401 and unknown.value.type == "authentication_error"
+    reader = await reasoning_stack.gateway.new_key(["read"], "team-openai")
+    async with client_for(reasoning_stack, reader) as client:
+        assert [model.id async for model in client.models.list()] == ["fast", "smollm2-135m-instruct"]
+        # Completions need the write scope (the route's x-bev-scope): refused before the model runs.
+        with pytest.raises(openai.PermissionDeniedError, match="write") as denied:
+            await client.chat.completions.create(model="fast", messages=MESSAGES, max_tokens=4)  # type: ignore[arg-type]
+    assert denied.value.type == "permission_error"
+
+
 async def test_router_status_and_list_models_over_nats(reasoning_stack: Stack) -> None:
     status = await reasoning_stack.client.RouterStatus(reasoning_pb2.RouterStatusRequest())
     assert [b.name for b in status.backends] == ["llama.cpp-0", "llama.cpp-1"]
@@ -95,12 +110,14 @@ async def test_router_status_and_list_models_over_nats(reasoning_stack: Stack) -
     assert {(m.name, m.tier, m.healthy) for m in models.models} == {
         ("smollm2-135m-instruct", common_pb2.TIER_FAST, True)}
     assert status.default_tier == common_pb2.TIER_FAST
-    async with httpx.AsyncClient(base_url=reasoning_stack.gateway, trust_env=False) as http:
+    async with httpx.AsyncClient(base_url=reasoning_stack.gateway.url, headers=reasoning_stack.gateway.auth(),
+                                 trust_env=False) as http:
         shown = (await http.get("/api/v1/reasoning/router")).json()
     assert {b["name"] for b in shown["backends"]} == {"llama.cpp-0", "llama.cpp-1"}
     # The HTTP API speaks tier labels both ways: "fast" in responses, names (any case) in requests.
     assert shown["default_tier"] == "fast" and {b["tier"] for b in shown["backends"]} == {"fast"}
-    async with httpx.AsyncClient(base_url=reasoning_stack.gateway, trust_env=False, timeout=120) as http:
+    async with httpx.AsyncClient(base_url=reasoning_stack.gateway.url, headers=reasoning_stack.gateway.auth(),
+                                 trust_env=False, timeout=120) as http:
         generated = await http.post("/api/v1/reasoning/generate", json={"prompt": "Say hi.", "max_tokens": 4,
                                                                        "tier": "Fast"})
         assert generated.status_code == 200, generated.text
