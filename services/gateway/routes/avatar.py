@@ -3,18 +3,23 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter
-from pydantic import Field
+from pydantic import ConfigDict, Field
 
 from bev.avatar.v1 import avatar_pb2
-from services.gateway.clients import Clients
+from services.gateway.deps import WRITE, ClientsDep
 from services.gateway.routes.common import Body, enum_value, labels, to_json
 
 STATES = [name.removeprefix("RESEARCH_STATE_").lower() for name in avatar_pb2.ResearchState.keys()
           if name != "RESEARCH_STATE_UNSPECIFIED"]
 PERSONALITIES = ["calm", "balanced", "enthusiastic"]  # the avatar service's (services/avatar/expressions.py)
 
+router = APIRouter(tags=["avatar"])
+
 
 class AvatarStateBody(Body):
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"session_id": "inv-7d2f", "state": "collecting", "progress": 0.2, "personality": "calm"}]})
+
     session_id: str = Field(min_length=1)
     state: str = Field(description=f"{', '.join(STATES)} (any case)", json_schema_extra=labels(*STATES))
     confidence: float | None = Field(default=None, ge=0.0, le=1.0)
@@ -25,18 +30,14 @@ class AvatarStateBody(Body):
                              json_schema_extra=labels("", *PERSONALITIES))
 
 
-def router(clients: Clients) -> APIRouter:
-    api = APIRouter(tags=["avatar"])
-
-    @api.post("/api/v1/avatar/state", responses={
-        409: {"description": "Not a transition from the session's current state (idle -> reporting)"}})
-    async def avatar_state(body: AvatarStateBody) -> dict[str, Any]:
-        state = enum_value(avatar_pb2.ResearchState, "RESEARCH_STATE_", body.state, "state")
-        request = avatar_pb2.MapStateRequest(session_id=body.session_id, state=state, personality=body.personality)
-        for name in ("confidence", "severity", "progress"):
-            value = getattr(body, name)
-            if value is not None:
-                setattr(request, name, value)
-        return to_json(await clients.avatar.MapState(request))
-
-    return api
+@router.post("/api/v1/avatar/state", dependencies=[WRITE], responses={
+    409: {"description": "Not a transition from the session's current state (idle -> reporting)"}})
+async def avatar_state(body: AvatarStateBody, clients: ClientsDep) -> dict[str, Any]:
+    """Move a session's avatar to a research state; the answer is the expression to show."""
+    state = enum_value(avatar_pb2.ResearchState, "RESEARCH_STATE_", body.state, "state")
+    request = avatar_pb2.MapStateRequest(session_id=body.session_id, state=state, personality=body.personality)
+    for name in ("confidence", "severity", "progress"):
+        value = getattr(body, name)
+        if value is not None:
+            setattr(request, name, value)
+    return to_json(await clients.avatar.MapState(request))

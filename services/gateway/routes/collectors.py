@@ -3,13 +3,14 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Annotated, Any
 
-from fastapi import APIRouter, Path, Query
-from pydantic import Field, ValidationError, ValidatorFunctionWrapHandler, field_validator
+from fastapi import APIRouter, HTTPException, Path, Query
+from pydantic import ConfigDict, Field, ValidationError, ValidatorFunctionWrapHandler, field_validator
 from typing_extensions import TypeAliasType
 
 from bev.collectors.v1 import collectors_pb2
-from services.gateway.clients import Clients
-from services.gateway.routes.common import TLP_LABELS, Body, Int, tlp_value, to_json
+from bev.vocab import Tlp
+from services.gateway.deps import ADMIN, READ, WRITE, CallerDep, ClientsDep
+from services.gateway.routes.common import TLP_LABELS, Body, Cursor, Int, Limit, paged, tlp_value, to_json
 
 # The collectors service's bounds (services/collectors: graph.MAX_DEPTH, GraphConfig.max_rows and
 # max_neighborhood by default); the service checks its configured ones again.
@@ -20,13 +21,21 @@ STIX_ID = r"^[a-z0-9-]+--\S+$"
 PARAMETER_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
 MAP_KEY = r"^[^`]+$"
 
+router = APIRouter(tags=["collectors"])
+
 
 class ExtractBody(Body):
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"text": "C2 at hxxp://evil[.]ru/a, 203.0.113.9, CVE-2024-3094", "scrub_pii": False}]})
+
     text: str
     scrub_pii: bool = False
 
 
 class CollectBody(Body):
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"target_type": "domain-name", "target": "browser-update.example.com", "tlp": "green"}]})
+
     target_type: str
     target: str
     investigation_id: str = ""
@@ -50,6 +59,11 @@ else:
 
 
 class GraphQueryBody(Body):
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"cypher": "MATCH (d:Entity {type: 'domain-name', value: $domain})-[r:REL]-(x:Entity) "
+                   "RETURN x.type AS type, x.value AS value", "params": {"domain": "cdn-updates.example.net"},
+         "limit": 100}]})
+
     cypher: str = Field(pattern=r"\S", description="a read-only Cypher query; parameters as $name")
     params: dict[Annotated[str, Field(pattern=PARAMETER_NAME)], CypherValue] = Field(
         default_factory=dict, json_schema_extra={"additionalProperties": False},
@@ -70,56 +84,88 @@ class GraphQueryBody(Body):
 
 
 class ExportBody(Body):
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"entity_ids": ["domain-name--6f0e2a3c-1b7d-5a9e-8c4f-2d1b0a9e8f7c"], "depth": 1}]})
+
     entity_ids: list[str] = Field(min_length=1, max_length=MAX_IDS)
     depth: Int = Field(default=0, ge=0, le=MAX_DEPTH, description="0: the entities and the relations between them")
 
 
-def router(clients: Clients) -> APIRouter:
-    api = APIRouter(tags=["collectors"])
+@router.post("/api/v1/indicators/extract", dependencies=[READ], responses={
+    200: {"description": "The indicators, defanged forms refanged",
+          "content": {"application/json": {"example": {"scrubbed_text": "", "indicators": [
+              {"type": "url", "value": "http://evil.ru/a", "unicode_value": ""},
+              {"type": "domain", "value": "evil.ru", "unicode_value": ""},
+              {"type": "ipv4", "value": "203.0.113.9", "unicode_value": ""},
+              {"type": "cve", "value": "CVE-2024-3094", "unicode_value": ""}]}}}}})
+async def extract(body: ExtractBody, clients: ClientsDep) -> dict[str, Any]:
+    """Indicators of compromise in text (URLs, domains, addresses, hashes, CVEs, wallets); nothing is stored."""
+    return to_json(await clients.collectors.Extract(
+        collectors_pb2.ExtractRequest(text=body.text, scrub_pii=body.scrub_pii)))
 
-    @api.post("/api/v1/indicators/extract")
-    async def extract(body: ExtractBody) -> dict[str, Any]:
-        return to_json(await clients.collectors.Extract(
-            collectors_pb2.ExtractRequest(text=body.text, scrub_pii=body.scrub_pii)))
 
-    @api.get("/api/v1/collectors")
-    async def list_collectors() -> dict[str, Any]:
-        return to_json(await clients.collectors.ListCollectors(collectors_pb2.ListCollectorsRequest()))
+@router.get("/api/v1/collectors", dependencies=[READ])
+async def list_collectors(clients: ClientsDep, limit: Limit = 100, cursor: Cursor = "") -> dict[str, Any]:
+    """The collectors by name: what each takes and produces, its rate limit, whether it needs the network or Tor."""
+    listed = await clients.collectors.ListCollectors(collectors_pb2.ListCollectorsRequest())
+    page, next_cursor = paged(listed.collectors, lambda c: c.name, limit, cursor)
+    return {"collectors": [to_json(c) for c in page], "next_cursor": next_cursor}
 
-    @api.post("/api/v1/collectors/{name}/collect", responses={
-        403: {"description": "The target is refused (a private address, or out of scope)"},
-        404: {"description": "No such collector (GET /api/v1/collectors lists them)"}})
-    async def collect(name: str, body: CollectBody) -> dict[str, Any]:
-        request = collectors_pb2.CollectRequest(collector=name, **body.model_dump(exclude={"tlp"}),
-                                                tlp=tlp_value(body.tlp))
-        observations = [to_json(obs) async for obs in clients.collectors.Collect(request)]
-        return {"observations": observations}
 
-    @api.get("/api/v1/graph/entities/{entity_id}", responses={404: {"description": "No such entity"}})
-    async def entity(entity_id: Annotated[str, Path(description="a STIX id (type--uuid); the service answers 400 "
-                                                             "for anything else", json_schema_extra={"pattern": STIX_ID})],
-                     ) -> dict[str, Any]:
-        return to_json(await clients.collectors.GetEntity(collectors_pb2.GetEntityRequest(id=entity_id)))
+@router.post("/api/v1/collectors/{name}/collect", dependencies=[WRITE], responses={
+    403: {"description": "The target is refused (a private address, or out of scope), or the TLP is above the key's"},
+    404: {"description": "No such collector (GET /api/v1/collectors lists them)"}})
+async def collect(name: str, body: CollectBody, clients: ClientsDep, caller: CallerDep) -> dict[str, Any]:
+    """Run one collector on a target; its observations are stored in the graph and returned."""
+    tlp = tlp_value(body.tlp)
+    label = Tlp.from_proto(tlp)
+    # CollectRequest carries no Access: the answer holds what was collected at this label, so a key
+    # may collect only at a label it may read.
+    if label is not None and not caller.may_read(label):
+        raise HTTPException(403, f"this key reads at most TLP:{caller.max_tlp.value.upper()}; "
+                                 f"it cannot collect at TLP:{label.value.upper()}")
+    request = collectors_pb2.CollectRequest(collector=name, **body.model_dump(exclude={"tlp"}), tlp=tlp)
+    observations = [to_json(obs) async for obs in clients.collectors.Collect(request)]
+    return {"observations": observations}
 
-    @api.get("/api/v1/graph/neighborhood", responses={404: {"description": "No such entity"}})
-    async def neighborhood(entity_id: str, depth: Annotated[int, Query(ge=1, le=MAX_DEPTH)] = 1,
-                           limit: Annotated[int, Query(ge=0, le=MAX_ROWS, description="0: 200")] = 0,
-                           ) -> dict[str, Any]:
-        return to_json(await clients.collectors.Neighborhood(
-            collectors_pb2.NeighborhoodRequest(entity_id=entity_id, depth=depth, limit=limit)))
 
-    @api.post("/api/v1/graph/query")
-    async def graph_query(body: GraphQueryBody) -> dict[str, Any]:
-        response = await clients.collectors.GraphQuery(collectors_pb2.GraphQueryRequest(
-            cypher=body.cypher, params_json=json.dumps(body.params), limit=body.limit))
-        return {"columns": list(response.columns), "rows": [json.loads(row) for row in response.rows_json],
-                "truncated": response.truncated}
+@router.get("/api/v1/graph/entities/{entity_id}", dependencies=[READ],
+            responses={404: {"description": "No such entity (or none the key may read)"}})
+async def entity(entity_id: Annotated[str, Path(description="a STIX id (type--uuid); the service answers 400 "
+                                                         "for anything else", json_schema_extra={"pattern": STIX_ID})],
+                 clients: ClientsDep, caller: CallerDep) -> dict[str, Any]:
+    return to_json(await clients.collectors.GetEntity(
+        collectors_pb2.GetEntityRequest(id=entity_id, access=caller.access())))
 
-    @api.post("/api/v1/graph/export", responses={404: {"description": "None of the entities is in the graph"}})
-    async def export(body: ExportBody) -> dict[str, Any]:
-        response = await clients.collectors.ExportStix(
-            collectors_pb2.ExportStixRequest(entity_ids=body.entity_ids, depth=body.depth))
-        bundle: dict[str, Any] = json.loads(response.bundle_json)
-        return bundle
 
-    return api
+@router.get("/api/v1/graph/neighborhood", dependencies=[READ],
+            responses={404: {"description": "No such entity (or none the key may read)"}})
+async def neighborhood(clients: ClientsDep, caller: CallerDep, entity_id: str,
+                       depth: Annotated[int, Query(ge=1, le=MAX_DEPTH)] = 1,
+                       limit: Annotated[int, Query(ge=0, le=MAX_ROWS, description="0: 200")] = 0,
+                       ) -> dict[str, Any]:
+    """The entities and relations within `depth` hops of an entity, those above the key's TLP left out."""
+    return to_json(await clients.collectors.Neighborhood(
+        collectors_pb2.NeighborhoodRequest(entity_id=entity_id, depth=depth, limit=limit, access=caller.access())))
+
+
+@router.post("/api/v1/graph/query", dependencies=[ADMIN], responses={
+    200: {"description": "The rows, as JSON values per column",
+          "content": {"application/json": {"example": {
+              "columns": ["type", "value"], "rows": [["ipv4-addr", "203.0.113.9"]], "truncated": False}}}}})
+async def graph_query(body: GraphQueryBody, clients: ClientsDep, caller: CallerDep) -> dict[str, Any]:
+    """A raw read-only Cypher query: admin keys only, since its answer cannot be filtered by team or TLP."""
+    response = await clients.collectors.GraphQuery(collectors_pb2.GraphQueryRequest(
+        cypher=body.cypher, params_json=json.dumps(body.params), limit=body.limit, access=caller.access()))
+    return {"columns": list(response.columns), "rows": [json.loads(row) for row in response.rows_json],
+            "truncated": response.truncated}
+
+
+@router.post("/api/v1/graph/export", dependencies=[READ],
+             responses={404: {"description": "None of the entities is in the graph (or the key may read none)"}})
+async def export(body: ExportBody, clients: ClientsDep, caller: CallerDep) -> dict[str, Any]:
+    """A STIX 2.1 bundle of the entities (and their neighbours to `depth`) the key may read."""
+    response = await clients.collectors.ExportStix(
+        collectors_pb2.ExportStixRequest(entity_ids=body.entity_ids, depth=body.depth, access=caller.access()))
+    bundle: dict[str, Any] = json.loads(response.bundle_json)
+    return bundle

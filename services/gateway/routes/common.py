@@ -220,7 +220,8 @@ def encode_cursor(key: str) -> str:
 def decode_cursor(cursor: str) -> str:
     """The sort key a cursor of `encode_cursor` holds; 400 for anything this API did not give out."""
     try:
-        return base64.urlsafe_b64decode(cursor.encode("ascii") + b"==").decode() if cursor else ""
+        padded = cursor.encode("ascii") + b"=" * (-len(cursor) % 4)
+        return base64.b64decode(padded, altchars=b"-_", validate=True).decode() if cursor else ""
     except (binascii.Error, UnicodeError):
         raise HTTPException(400, "cursor is not one this API returned (send back `next_cursor` as it came)") from None
 

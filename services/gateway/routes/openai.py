@@ -15,19 +15,22 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Annotated, Any, Literal
 
+import anyio
 from fastapi import APIRouter, Response
 from fastapi.responses import StreamingResponse
 from prometheus_client import Counter
-from pydantic import Field, field_validator
+from pydantic import ConfigDict, Field, field_validator
 
 from bev.reasoning.v1 import reasoning_pb2
 from bev.rpc import RpcError, StatusCode
 from bev.telemetry import get_logger
 from bev.vocab import Tier, UnknownTier
-from services.gateway.clients import Clients
+from services.gateway.deps import READ, WRITE, ClientsDep, LlmBudgetDep
 from services.gateway.routes.common import INTEGRAL, MAX_TOKENS, Body
 
 log = get_logger(__name__)
+
+router = APIRouter(tags=["openai"])
 
 STREAM_ERRORS = Counter(
     "bev_gateway_stream_errors_total",
@@ -39,7 +42,16 @@ STREAM_ERRORS = Counter(
 CHAT_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {"description": "The completion; with `stream: true`, server-sent events of chat.completion.chunk "
                          "objects ending with `data: [DONE]`",
-          "content": {"application/json": {}, "text/event-stream": {}}},
+          "content": {"application/json": {"example": {
+              "id": "chatcmpl-6f1c0e", "object": "chat.completion", "created": 1767225600,
+              "model": "smollm2-135m-instruct", "system_fingerprint": "llama.cpp-0",
+              "choices": [{"index": 0, "message": {"role": "assistant", "content": "Open-source intelligence."},
+                           "logprobs": None, "finish_reason": "stop"}],
+              "usage": {"prompt_tokens": 24, "completion_tokens": 5, "total_tokens": 29}}},
+                      "text/event-stream": {"example": 'data: {"id": "chatcmpl-6f1c0e", "object": '
+                                                       '"chat.completion.chunk", "choices": [{"index": 0, "delta": '
+                                                       '{"content": "Open"}, "finish_reason": null}]}\n\n'
+                                                       'data: [DONE]\n\n'}}},
     404: {"description": "No such model (GET /v1/models lists them)"},
 }
 
@@ -203,6 +215,15 @@ class ChatCompletionBody(Body):
     `"stream": 0`, no `"temperature": false`), every number in its range, every message with a role
     and content. `null` stands for the default, as OpenAI takes it. Other fields are ignored."""
 
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"model": "fast", "messages": [{"role": "system", "content": "You are a concise analyst."},
+                                       {"role": "user", "content": "What is OSINT?"}], "max_tokens": 48},
+        {"model": "fast", "stream": True, "stream_options": {"include_usage": True},
+         "messages": [{"role": "user", "content": "Is evil-payload.xyz malicious?"}],
+         "response_format": {"type": "json_schema", "json_schema": {"name": "verdict", "schema": {
+             "type": "object", "properties": {"verdict": {"enum": ["malicious", "benign"]}},
+             "required": ["verdict"]}}}}]})
+
     model: str = Field(default="", description="a tier (fast, balanced, powerful) or a model GET /v1/models lists; "
                                                "empty: the default tier")
     messages: list[Message] = Field(min_length=1)
@@ -277,81 +298,95 @@ def _tier(value: int) -> Tier | None:
         return None
 
 
-def router(clients: Clients) -> APIRouter:
-    api = APIRouter(tags=["openai"])
+@router.get("/v1/models", dependencies=[READ], responses={
+    200: {"description": "OpenAI's model list: the tiers served, then each served model",
+          "content": {"application/json": {"example": {"object": "list", "data": [
+              {"id": "fast", "object": "model", "created": 0, "owned_by": "bev"},
+              {"id": "smollm2-135m-instruct", "object": "model", "created": 0, "owned_by": "bev"}]}}}}})
+async def models(clients: ClientsDep) -> dict[str, Any]:
+    """OpenAI's shape, unpaged as OpenAI's is (a handful of tiers and models)."""
+    listed = await clients.reasoning.ListModels(reasoning_pb2.ListModelsRequest())
+    served = {_tier(m.tier) for m in listed.models}
+    names = [t.value for t in Tier.ordered() if t in served] + [m.name for m in listed.models]
+    return {"object": "list",
+            "data": [{"id": name, "object": "model", "created": 0, "owned_by": "bev"}
+                     for name in dict.fromkeys(names)]}
 
-    @api.get("/v1/models")
-    async def models() -> dict[str, Any]:
-        listed = await clients.reasoning.ListModels(reasoning_pb2.ListModelsRequest())
-        served = {_tier(m.tier) for m in listed.models}
-        names = [t.value for t in Tier.ordered() if t in served] + [m.name for m in listed.models]
-        return {"object": "list",
-                "data": [{"id": name, "object": "model", "created": 0, "owned_by": "bev"}
-                         for name in dict.fromkeys(names)]}
 
-    @api.post("/v1/chat/completions", response_model=None, responses=CHAT_RESPONSES)
-    async def chat_completions(body: ChatCompletionBody) -> dict[str, Any] | Response:
-        """OpenAI's chat completions; errors (RPC statuses included) in OpenAI's shape (services/gateway/api.py)."""
-        request = _request(body)
-        completion_id = f"chatcmpl-{uuid.uuid4().hex}"
-        created = int(time.time())
-        if not body.stream:
-            answer = await clients.reasoning.Chat(request)
-            return {
-                "id": completion_id, "object": "chat.completion", "created": created,
-                "model": answer.model, "system_fingerprint": answer.backend,
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": answer.text},
-                             "logprobs": None, "finish_reason": answer.finish_reason}],
-                "usage": _usage(answer.usage),
-            }
-        # One task owns the RPC stream from its first chunk to its close (its trace span lives in
-        # that task's context); the response reads what it produced. The first chunk is awaited here
-        # so that routing errors become an HTTP status rather than a broken stream.
-        queue: asyncio.Queue[reasoning_pb2.ChatChunk | RpcError | None] = asyncio.Queue()
-        pump = asyncio.create_task(_pump(clients.reasoning.ChatStream(request), queue))
-        first = await queue.get()
-        if not isinstance(first, reasoning_pb2.ChatChunk):
-            pump.cancel()
-            raise first or RpcError(StatusCode.INTERNAL, "the answer stream ended before its first chunk")
-        include_usage = body.stream_options is not None and body.stream_options.include_usage
+@router.post("/v1/chat/completions", response_model=None, responses=CHAT_RESPONSES, dependencies=[WRITE])
+async def chat_completions(body: ChatCompletionBody, clients: ClientsDep,
+                           budget: LlmBudgetDep) -> dict[str, Any] | Response:
+    """OpenAI's chat completions; errors (RPC statuses included) in OpenAI's shape (services/gateway/api.py).
+    The tokens used count against the key's daily budget (a stream's once it ends)."""
+    request = _request(body)
+    completion_id = f"chatcmpl-{uuid.uuid4().hex}"
+    created = int(time.time())
+    if not body.stream:
+        answer = await clients.reasoning.Chat(request)
+        usage = _usage(answer.usage)
+        await budget.spend(usage["total_tokens"])
+        return {
+            "id": completion_id, "object": "chat.completion", "created": created,
+            "model": answer.model, "system_fingerprint": answer.backend,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": answer.text},
+                         "logprobs": None, "finish_reason": answer.finish_reason}],
+            "usage": usage,
+        }
+    # One task owns the RPC stream from its first chunk to its close (its trace span lives in
+    # that task's context); the response reads what it produced. The first chunk is awaited here
+    # so that routing errors become an HTTP status rather than a broken stream.
+    queue: asyncio.Queue[reasoning_pb2.ChatChunk | RpcError | None] = asyncio.Queue()
+    pump = asyncio.create_task(_pump(clients.reasoning.ChatStream(request), queue))
+    first = await queue.get()
+    if not isinstance(first, reasoning_pb2.ChatChunk):
+        pump.cancel()
+        raise first or RpcError(StatusCode.INTERNAL, "the answer stream ended before its first chunk")
+    include_usage = body.stream_options is not None and body.stream_options.include_usage
 
-        def frame(delta: dict[str, str], finish: str | None) -> bytes:
-            return _sse({"id": completion_id, "object": "chat.completion.chunk", "created": created,
-                         "model": first.model, "system_fingerprint": first.backend,
-                         "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]})
+    def frame(delta: dict[str, str], finish: str | None) -> bytes:
+        return _sse({"id": completion_id, "object": "chat.completion.chunk", "created": created,
+                     "model": first.model, "system_fingerprint": first.backend,
+                     "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]})
 
-        async def events() -> AsyncIterator[bytes]:
-            yield frame({"role": "assistant", "content": ""}, None)
-            item: reasoning_pb2.ChatChunk | RpcError | None = first
-            try:
-                while isinstance(item, reasoning_pb2.ChatChunk):
-                    text = item.text
-                    ended: list[RpcError | None] = []  # an error or the end, read while merging
-                    # Behind the model (a slow client, a busy machine)? Send what has piled up as one
-                    # delta rather than one write per token.
-                    while not item.done and not queue.empty():
-                        following = queue.get_nowait()
-                        if not isinstance(following, reasoning_pb2.ChatChunk):
-                            ended.append(following)
-                            break
-                        item = following
-                        text += item.text
-                    if text:
-                        yield frame({"content": text}, None)
-                    if item.done:
-                        yield frame({}, item.finish_reason or "stop")
-                        if include_usage:
-                            yield _sse({"id": completion_id, "object": "chat.completion.chunk", "created": created,
-                                        "model": first.model, "choices": [], "usage": _usage(item.usage)})
+    async def events() -> AsyncIterator[bytes]:
+        # The service reports usage on the last chunk only; a stream cut short (the client left, the
+        # backend failed) is charged a token per chunk received, the least it cost.
+        chunks, used = 0, 0
+        yield frame({"role": "assistant", "content": ""}, None)
+        item: reasoning_pb2.ChatChunk | RpcError | None = first
+        try:
+            while isinstance(item, reasoning_pb2.ChatChunk):
+                chunks += 1
+                text = item.text
+                ended: list[RpcError | None] = []  # an error or the end, read while merging
+                # Behind the model (a slow client, a busy machine)? Send what has piled up as one
+                # delta rather than one write per token.
+                while not item.done and not queue.empty():
+                    following = queue.get_nowait()
+                    if not isinstance(following, reasoning_pb2.ChatChunk):
+                        ended.append(following)
                         break
-                    item = ended[0] if ended else await queue.get()
-                if isinstance(item, RpcError):  # after the first token the status is sent: report in-band
-                    yield _sse({"error": {"message": item.message, "type": item.code.name.lower(), "code": None}})
-            finally:
-                pump.cancel()  # a client that left stops the stream
-            yield _sse("[DONE]")
+                    item = following
+                    chunks += 1
+                    text += item.text
+                if item.done:
+                    used = _usage(item.usage)["total_tokens"]
+                if text:
+                    yield frame({"content": text}, None)
+                if item.done:
+                    yield frame({}, item.finish_reason or "stop")
+                    if include_usage:
+                        yield _sse({"id": completion_id, "object": "chat.completion.chunk", "created": created,
+                                    "model": first.model, "choices": [], "usage": _usage(item.usage)})
+                    break
+                item = ended[0] if ended else await queue.get()
+            if isinstance(item, RpcError):  # after the first token the status is sent: report in-band
+                yield _sse({"error": {"message": item.message, "type": item.code.name.lower(), "code": None}})
+        finally:
+            pump.cancel()  # a client that left stops the stream
+            with anyio.CancelScope(shield=True):  # the stream's task may be cancelled: still charge
+                await budget.spend(used or chunks)
+        yield _sse("[DONE]")
 
-        return StreamingResponse(events(), media_type="text/event-stream",
-                                 headers={"cache-control": "no-cache", "x-accel-buffering": "no"})
-
-    return api
+    return StreamingResponse(events(), media_type="text/event-stream",
+                             headers={"cache-control": "no-cache", "x-accel-buffering": "no"})

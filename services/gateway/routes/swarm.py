@@ -31,11 +31,13 @@ from google.protobuf.message import Message
 from pydantic import ConfigDict, Discriminator, Field, Tag
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
+from bev.common.v1 import common_pb2
 from bev.rpc import RpcError, StatusCode
 from bev.swarm.v1 import swarm_pb2
 from bev.telemetry import get_logger
 from bev.vocab import Tlp, UnknownTlp
 from services.gateway.clients import Clients
+from services.gateway.deps import READ, WRITE, Caller, CallerDep, ClientsDep
 from services.gateway.routes.common import (
     HTTP_STATUS,
     INTEGRAL,
@@ -43,14 +45,19 @@ from services.gateway.routes.common import (
     TIER_LABELS,
     TLP_LABELS,
     Body,
+    Cursor,
+    Limit,
     enum_value,
     error_response,
     labels,
+    paged,
     tlp_value,
     to_json,
 )
 
 log = get_logger(__name__)
+
+router = APIRouter(tags=["swarm"])
 
 
 def _labels_of(names: list[str], prefix: str) -> list[str]:
@@ -127,6 +134,12 @@ class ScopeBody(StrictBody):
 
 
 class StartBody(StrictBody):
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"target": "browser-update.example.com", "mode": "hybrid", "tlp": "amber",
+         "scope": {"allow": ["example.com", "203.0.113.0/24"], "opsec": False},
+         "budget": {"max_tool_calls": 200, "max_wall_s": 1800, "max_depth": 2},
+         "seeds": ["https://browser-update.example.com/update.html"]}]})
+
     target: str = Field(min_length=1, max_length=MAX_TARGET, pattern=r"\S",
                         description="what to investigate: a domain, URL, IPv4, e-mail, wallet, hash, actor or malware name")
     target_type: Annotated[str, Field(max_length=64)] | None = Field(
@@ -274,6 +287,16 @@ class WorkflowScopeBody(StrictBody):
 
 
 class WorkflowBody(StrictBody):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"name": "triage", "steps": [
+        {"id": "iocs", "type": "data_processing", "operation": "extract_indicators",
+         "text": "beacon to hxxp://evil[.]example[.]com/p"},
+        {"id": "domains", "type": "data_processing", "operation": "filter", "depends_on": ["iocs"], "input": "iocs",
+         "field": "type", "equals": "domain"},
+        {"id": "summary", "type": "llm_generation", "depends_on": ["domains"], "prompt": "Summarise: {{domains}}",
+         "max_tokens": 64},
+        {"id": "save", "type": "file_operations", "operation": "write", "depends_on": ["summary"],
+         "path": "summary.txt", "content": "{{summary}}"}]}]})
+
     name: str = Field(default="", max_length=200)
     scope: WorkflowScopeBody = Field(default_factory=WorkflowScopeBody)
     steps: list[WorkflowStepBody] = Field(min_length=1, max_length=MAX_WORKFLOW_STEPS,
@@ -389,7 +412,8 @@ def sse_frame(event: swarm_pb2.InvestigationEvent) -> bytes:
 Item: TypeAlias = swarm_pb2.InvestigationEvent | RpcError | None
 
 
-async def _pump(clients: Clients, investigation_id: str, after: int, queue: asyncio.Queue[Item]) -> None:
+async def _pump(clients: Clients, access: common_pb2.Access, investigation_id: str, after: int,
+                queue: asyncio.Queue[Item]) -> None:
     """WatchInvestigation from `after` into `queue` until the `done` event or the stream's end (then
     None); reopened after the last event when its deadline passes or its replica goes (REOPEN_CODES).
     A failure ends it as an RpcError item. Unbounded: one investigation's events, which a slow client
@@ -399,7 +423,7 @@ async def _pump(clients: Clients, investigation_id: str, after: int, queue: asyn
         while True:
             opened = time.monotonic()
             stream = cast(AsyncGenerator[swarm_pb2.InvestigationEvent, None], clients.swarm.WatchInvestigation(
-                swarm_pb2.WatchInvestigationRequest(id=investigation_id, after_id=last)))
+                swarm_pb2.WatchInvestigationRequest(id=investigation_id, after_id=last, access=access)))
             try:
                 while True:
                     try:  # the swarm sends a heartbeat while idle: silence means its replica died
@@ -431,12 +455,12 @@ async def _pump(clients: Clients, investigation_id: str, after: int, queue: asyn
         queue.put_nowait(None)
 
 
-async def watch(clients: Clients, investigation_id: str, after: int,
+async def watch(clients: Clients, access: common_pb2.Access, investigation_id: str, after: int,
                 heartbeat_s: float | None) -> AsyncGenerator[swarm_pb2.InvestigationEvent | RpcError | str, None]:
     """The investigation's events after `after`, then an RpcError if the stream broke; "heartbeat"
     after every `heartbeat_s` without one. Closing it (a client that left) stops the RPC stream."""
     queue: asyncio.Queue[Item] = asyncio.Queue()
-    pump = asyncio.create_task(_pump(clients, investigation_id, after, queue))
+    pump = asyncio.create_task(_pump(clients, access, investigation_id, after, queue))
     try:
         while True:
             try:
@@ -462,246 +486,329 @@ def _resume_point(last_event_id: str | None, after: int) -> int:
     return int(text)
 
 
-def router(clients: Clients) -> APIRouter:
-    api = APIRouter(tags=["swarm"])
+_INVESTIGATION_EXAMPLE = {
+    "id": "5b0f3e8e-7c1d-4b7a-9a61-0e2f4c9d1a33", "target": "browser-update.example.com", "target_type": "domain",
+    "mode": "hybrid", "status": "running", "phase": "correlation", "progress": 0.55,
+    "created_at": "2026-12-01T10:00:00Z", "started_at": "2026-12-01T10:00:01Z", "finished_at": None,
+    "usage": {"tokens": 8210, "tool_calls": 21, "wall_s": 41.7},
+    "budget": {"max_tool_calls": 200, "max_tokens": 200000, "max_wall_s": 1800.0, "max_depth": 2},
+    "scope": {"allow": ["example.com"], "opsec": False}, "tlp": "amber", "seeds": [], "error": None, "report": None}
+_WORKFLOW_EXAMPLE = {
+    "id": "wf-2c9d41", "name": "triage", "status": "completed", "progress": 1.0, "error": None, "cancel_requested": False,
+    "created_at": "2026-12-01T10:00:00Z", "started_at": "2026-12-01T10:00:00Z", "finished_at": "2026-12-01T10:00:04Z",
+    "spec": None,
+    "steps": [{"id": "iocs", "type": "data_processing", "depends_on": [], "status": "completed",
+               "output": [{"type": "domain", "value": "evil.example.com"}], "error": None,
+               "started_at": "2026-12-01T10:00:00Z", "finished_at": "2026-12-01T10:00:01Z"}]}
 
-    @api.get("/api/v1/swarm/roles")
-    async def roles(
-        phase: Annotated[str, Query(description="ingestion, hypotheses, correlation, counterfactuals, synthesis "
-                                                "(any case); empty: every phase",
-                                    json_schema_extra=labels("", *PHASES))] = "",
-    ) -> dict[str, Any]:
-        value = enum_value(swarm_pb2.Phase, "PHASE_", phase, "phase") if phase else swarm_pb2.PHASE_UNSPECIFIED
-        return to_json(await clients.swarm.ListRoles(swarm_pb2.ListRolesRequest(phase=value)))
 
-    @api.post("/api/v1/investigations", status_code=202, responses={
-        202: {"description": "Queued: the investigation, its `Location` header its URL",
-              "headers": {"Location": {"description": "/api/v1/investigations/{id}", "schema": {"type": "string"}}}},
-        400: {"description": "A mode or TLP label the API does not know, a target whose type cannot be inferred, "
-                             "or a target or seed that the scope excludes"}})
-    async def start_investigation(body: StartBody) -> JSONResponse:
-        """Start an investigation of `target`; it runs in the background (follow it at
-        GET /api/v1/investigations/{id}/events). Budget fields left out take the service's defaults."""
-        budget = body.budget
-        request = swarm_pb2.StartInvestigationRequest(
-            target=body.target, target_type=(body.target_type or "").strip(),
-            mode=parse_label(swarm_pb2.Mode, "MODE_", MODES, body.mode, "mode"),
-            budget=swarm_pb2.Budget(max_tool_calls=budget.max_tool_calls or 0, max_tokens=budget.max_tokens or 0,
-                                    max_wall_s=budget.max_wall_s or 0.0, max_depth=budget.max_depth or 0),
-            scope=swarm_pb2.Scope(allow=body.scope.allow, opsec=body.scope.opsec),
-            tlp=tlp_value(body.tlp), seeds=body.seeds,
-        )
-        investigation = await clients.swarm.StartInvestigation(request)
-        return JSONResponse(investigation_json(investigation), status_code=202,
-                            headers={"Location": f"/api/v1/investigations/{quote(investigation.id, safe='')}"})
+def _example(value: Any, description: str = "") -> dict[str, Any]:
+    return {"description": description or "Successful Response", "content": {"application/json": {"example": value}}}
 
-    @api.get("/api/v1/investigations", responses={400: {"description": "An unknown status label, or a bad cursor"}})
-    async def list_investigations(
-        status: Annotated[str, Query(description=", ".join(STATUSES) + " (any case); empty: any",
-                                     json_schema_extra=labels("", *STATUSES))] = "",
-        limit: Annotated[int, Query(ge=1, le=MAX_LIST)] = 50,
-        cursor: Annotated[str, Query(max_length=1024, description="`next_cursor` of the previous page")] = "",
-    ) -> dict[str, Any]:
-        """Newest first, without reports; `next_cursor` is null on the last page."""
-        value = parse_label(swarm_pb2.Status, "STATUS_", STATUSES, status, "status") if status.strip() \
-            else swarm_pb2.STATUS_UNSPECIFIED
-        page = await clients.swarm.ListInvestigations(
-            swarm_pb2.ListInvestigationsRequest(status=value, limit=limit, cursor=cursor))
-        return {"investigations": [investigation_json(i) for i in page.investigations],
-                "next_cursor": page.next_cursor or None}
 
-    @api.get(INVESTIGATION_PATH, responses=_NOT_FOUND)
-    async def get_investigation(investigation_id: str) -> dict[str, Any]:
-        """Status, phase, progress (0..1), usage against the budget, and the report (JSON) once finished."""
-        return investigation_json(await clients.swarm.GetInvestigation(
-            swarm_pb2.GetInvestigationRequest(id=investigation_id)))
+@router.get("/api/v1/swarm/roles", dependencies=[READ])
+async def roles(
+    clients: ClientsDep,
+    phase: Annotated[str, Query(description="ingestion, hypotheses, correlation, counterfactuals, synthesis "
+                                            "(any case); empty: every phase",
+                                json_schema_extra=labels("", *PHASES))] = "",
+    limit: Limit = 100, cursor: Cursor = "",
+) -> dict[str, Any]:
+    """The roles investigations staff (by name): what each does, in which phases, with which tools."""
+    value = enum_value(swarm_pb2.Phase, "PHASE_", phase, "phase") if phase else swarm_pb2.PHASE_UNSPECIFIED
+    listed = await clients.swarm.ListRoles(swarm_pb2.ListRolesRequest(phase=value))
+    page, next_cursor = paged(listed.roles, lambda role: role.name, limit, cursor)
+    return {"roles": [to_json(role) for role in page], "next_cursor": next_cursor}
 
-    @api.delete(INVESTIGATION_PATH, responses=_NOT_FOUND)
-    async def cancel_investigation(investigation_id: str) -> dict[str, Any]:
-        """Stop it within seconds, keeping the partial report; a finished one is left as it is."""
-        return investigation_json(await clients.swarm.CancelInvestigation(
-            swarm_pb2.CancelInvestigationRequest(id=investigation_id)))
 
-    async def report(investigation_id: str, kind: swarm_pb2.ReportFormat.ValueType) -> str:
-        answer = await clients.swarm.GetReport(swarm_pb2.GetReportRequest(id=investigation_id, format=kind))
-        return str(answer.content)
+@router.post("/api/v1/investigations", status_code=202, dependencies=[WRITE], responses={
+    202: {**_example(_INVESTIGATION_EXAMPLE | {"status": "queued", "phase": None, "progress": 0.0, "started_at": None,
+                                               "usage": {"tokens": 0, "tool_calls": 0, "wall_s": 0.0}},
+                     "Queued: the investigation, its `Location` header its URL"),
+          "headers": {"Location": {"description": "/api/v1/investigations/{id}", "schema": {"type": "string"}}}},
+    400: {"description": "A mode or TLP label the API does not know, a target whose type cannot be inferred, "
+                         "or a target or seed that the scope excludes"},
+    403: {"description": "A TLP label above the key's"}})
+async def start_investigation(body: StartBody, clients: ClientsDep, caller: CallerDep) -> JSONResponse:
+    """Start an investigation of `target`, as the key's team's; it runs in the background (follow it at
+    GET /api/v1/investigations/{id}/events). Budget fields left out take the service's defaults."""
+    budget = body.budget
+    request = swarm_pb2.StartInvestigationRequest(
+        target=body.target, target_type=(body.target_type or "").strip(),
+        mode=parse_label(swarm_pb2.Mode, "MODE_", MODES, body.mode, "mode"),
+        budget=swarm_pb2.Budget(max_tool_calls=budget.max_tool_calls or 0, max_tokens=budget.max_tokens or 0,
+                                max_wall_s=budget.max_wall_s or 0.0, max_depth=budget.max_depth or 0),
+        scope=swarm_pb2.Scope(allow=body.scope.allow, opsec=body.scope.opsec),
+        tlp=tlp_value(body.tlp), seeds=body.seeds, access=caller.access(),
+    )
+    investigation = await clients.swarm.StartInvestigation(request)
+    return JSONResponse(investigation_json(investigation), status_code=202,
+                        headers={"Location": f"/api/v1/investigations/{quote(investigation.id, safe='')}"})
 
-    @api.get(f"{INVESTIGATION_PATH}/report", responses={**_NOT_FOUND, **_NO_REPORT})
-    async def report_json(investigation_id: str) -> dict[str, Any]:
-        """The report: findings, each claim citing evidence ids (GET /api/v1/evidence/{id})."""
-        content = _json_object(await report(investigation_id, swarm_pb2.REPORT_FORMAT_JSON), "a report")
-        if not isinstance(content, dict):
-            raise RpcError(StatusCode.INTERNAL, "the swarm sent a report that is not a JSON object")
-        return content
 
-    @api.get(f"{INVESTIGATION_PATH}/report.md", response_class=Response, responses={
-        200: {"description": "The report as Markdown", "content": {"text/markdown": {"schema": {"type": "string"}}}},
-        **_NOT_FOUND, **_NO_REPORT})
-    async def report_markdown(investigation_id: str) -> Response:
-        return Response(await report(investigation_id, swarm_pb2.REPORT_FORMAT_MARKDOWN),
-                        media_type="text/markdown; charset=utf-8")
+@router.get("/api/v1/investigations", dependencies=[READ], responses={
+    200: _example({"investigations": [_INVESTIGATION_EXAMPLE], "next_cursor": "MjAyNi0xMi0wMVQxMDowMDowMHw1YjBm"}),
+    400: {"description": "An unknown status label, or a bad cursor"}})
+async def list_investigations(
+    clients: ClientsDep, caller: CallerDep,
+    status: Annotated[str, Query(description=", ".join(STATUSES) + " (any case); empty: any",
+                                 json_schema_extra=labels("", *STATUSES))] = "",
+    limit: Annotated[int, Query(ge=1, le=MAX_LIST)] = 50,
+    cursor: Cursor = "",
+) -> dict[str, Any]:
+    """The key's team's investigations (every team's for an admin key), newest first, without
+    reports; `next_cursor` is "" on the last page."""
+    value = parse_label(swarm_pb2.Status, "STATUS_", STATUSES, status, "status") if status.strip() \
+        else swarm_pb2.STATUS_UNSPECIFIED
+    page = await clients.swarm.ListInvestigations(
+        swarm_pb2.ListInvestigationsRequest(status=value, limit=limit, cursor=cursor, access=caller.access()))
+    return {"investigations": [investigation_json(i) for i in page.investigations], "next_cursor": page.next_cursor}
 
-    @api.get(f"{INVESTIGATION_PATH}/report.stix", response_class=Response, responses={
-        200: {"description": "The report as a STIX 2.1 bundle",
-              "content": {"application/stix+json": {"schema": {"type": "object"}}}},
-        **_NOT_FOUND, **_NO_REPORT})
-    async def report_stix(investigation_id: str) -> Response:
-        return Response(await report(investigation_id, swarm_pb2.REPORT_FORMAT_STIX), media_type="application/stix+json")
 
-    @api.get(f"{INVESTIGATION_PATH}/events", response_class=StreamingResponse, responses=_SSE_RESPONSES)
-    async def events(
-        investigation_id: str,
-        after: Annotated[int, Query(ge=0, le=INT64_MAX, description="only events after this id")] = 0,
-        last_event_id: Annotated[str | None, Header(
-            alias="Last-Event-ID", description="what an SSE client resends on reconnecting: wins over `after`")] = None,
-    ) -> StreamingResponse:
-        """The investigation's events, from the first (or after `Last-Event-ID` / `after`) to `done`."""
-        resume = _resume_point(last_event_id, after)
-        # Asked first so that an unknown id or an absent swarm is a status (404, 503), not a broken stream.
-        await clients.swarm.GetInvestigation(swarm_pb2.GetInvestigationRequest(id=investigation_id))
+@router.get(INVESTIGATION_PATH, dependencies=[READ], responses={**_NOT_FOUND, 200: _example(_INVESTIGATION_EXAMPLE)})
+async def get_investigation(investigation_id: str, clients: ClientsDep, caller: CallerDep) -> dict[str, Any]:
+    """Status, phase, progress (0..1), usage against the budget, and the report (JSON) once finished."""
+    return investigation_json(await clients.swarm.GetInvestigation(
+        swarm_pb2.GetInvestigationRequest(id=investigation_id, access=caller.access())))
 
-        async def frames() -> AsyncIterator[bytes]:
-            stream = watch(clients, investigation_id, resume, HEARTBEAT_S)
-            try:
-                async for item in stream:
-                    if isinstance(item, str):
-                        yield b": keep-alive\n\n"
-                    elif isinstance(item, RpcError):
-                        yield f"event: stream_error\ndata: {_dumps({'error': item.message, 'code': item.code.name})}\n\n" \
-                            .encode("ascii")
-                    else:
-                        yield sse_frame(item)
-            finally:
-                await stream.aclose()
 
-        return StreamingResponse(frames(), media_type="text/event-stream",
-                                 headers={"cache-control": "no-cache", "x-accel-buffering": "no"})
+@router.delete(INVESTIGATION_PATH, dependencies=[WRITE], responses=_NOT_FOUND)
+async def cancel_investigation(investigation_id: str, clients: ClientsDep, caller: CallerDep) -> dict[str, Any]:
+    """Stop it within seconds, keeping the partial report; a finished one is left as it is."""
+    return investigation_json(await clients.swarm.CancelInvestigation(
+        swarm_pb2.CancelInvestigationRequest(id=investigation_id, access=caller.access())))
 
-    @api.websocket(f"{INVESTIGATION_PATH}/events/ws")
-    async def events_ws(websocket: WebSocket, investigation_id: str) -> None:
-        """The same events as JSON text messages; send {"after": N} within WS_RESUME_WAIT_S of
-        connecting to resume after event N. Closed (1000) after `done`; a broken stream sends
-        {"error", "code"} and closes with 1011 (1013 when the swarm is unavailable)."""
+
+async def _report(clients: Clients, caller: Caller, investigation_id: str, kind: swarm_pb2.ReportFormat.ValueType) -> str:
+    answer = await clients.swarm.GetReport(
+        swarm_pb2.GetReportRequest(id=investigation_id, format=kind, access=caller.access()))
+    return str(answer.content)
+
+
+@router.get(f"{INVESTIGATION_PATH}/report", dependencies=[READ], responses={**_NOT_FOUND, **_NO_REPORT})
+async def report_json(investigation_id: str, clients: ClientsDep, caller: CallerDep) -> dict[str, Any]:
+    """The report: findings, each claim citing evidence ids (GET /api/v1/evidence/{id})."""
+    content = _json_object(await _report(clients, caller, investigation_id, swarm_pb2.REPORT_FORMAT_JSON), "a report")
+    if not isinstance(content, dict):
+        raise RpcError(StatusCode.INTERNAL, "the swarm sent a report that is not a JSON object")
+    return content
+
+
+@router.get(f"{INVESTIGATION_PATH}/report.md", dependencies=[READ], response_class=Response, responses={
+    200: {"description": "The report as Markdown", "content": {"text/markdown": {"schema": {"type": "string"}}}},
+    **_NOT_FOUND, **_NO_REPORT})
+async def report_markdown(investigation_id: str, clients: ClientsDep, caller: CallerDep) -> Response:
+    return Response(await _report(clients, caller, investigation_id, swarm_pb2.REPORT_FORMAT_MARKDOWN),
+                    media_type="text/markdown; charset=utf-8")
+
+
+@router.get(f"{INVESTIGATION_PATH}/report.stix", dependencies=[READ], response_class=Response, responses={
+    200: {"description": "The report as a STIX 2.1 bundle",
+          "content": {"application/stix+json": {"schema": {"type": "object"}}}},
+    **_NOT_FOUND, **_NO_REPORT})
+async def report_stix(investigation_id: str, clients: ClientsDep, caller: CallerDep) -> Response:
+    return Response(await _report(clients, caller, investigation_id, swarm_pb2.REPORT_FORMAT_STIX),
+                    media_type="application/stix+json")
+
+
+@router.get(f"{INVESTIGATION_PATH}/events", dependencies=[READ], response_class=StreamingResponse,
+            responses=_SSE_RESPONSES)
+async def events(
+    investigation_id: str, clients: ClientsDep, caller: CallerDep,
+    after: Annotated[int, Query(ge=0, le=INT64_MAX, description="only events after this id")] = 0,
+    last_event_id: Annotated[str | None, Header(
+        alias="Last-Event-ID", description="what an SSE client resends on reconnecting: wins over `after`")] = None,
+) -> StreamingResponse:
+    """The investigation's events, from the first (or after `Last-Event-ID` / `after`) to `done`."""
+    resume = _resume_point(last_event_id, after)
+    access = caller.access()
+    # Asked first so that an unknown id or an absent swarm is a status (404, 503), not a broken stream.
+    await clients.swarm.GetInvestigation(swarm_pb2.GetInvestigationRequest(id=investigation_id, access=access))
+
+    async def frames() -> AsyncIterator[bytes]:
+        stream = watch(clients, access, investigation_id, resume, HEARTBEAT_S)
         try:
-            await clients.swarm.GetInvestigation(swarm_pb2.GetInvestigationRequest(id=investigation_id))
-        except RpcError as exc:
-            denial = error_response(websocket.url.path, HTTP_STATUS.get(exc.code, 502), exc.message, code=exc.code.name)
-            if "websocket.http.response" in websocket.scope.get("extensions", {}):
-                await websocket.send_denial_response(denial)  # the client sees the HTTP status
-            else:
-                await websocket.accept()
-                await websocket.send_text(bytes(denial.body).decode("ascii"))
-                await websocket.close(1008 if exc.code is StatusCode.NOT_FOUND else 1011)
-            return
-        await websocket.accept()
-        after = 0
-        try:
-            first = await asyncio.wait_for(websocket.receive(), WS_RESUME_WAIT_S)
-        except TimeoutError:
-            first = None
-        if first is not None:
-            if first["type"] == "websocket.disconnect":
-                return
-            try:
-                after = _ws_after(first.get("text") or first.get("bytes") or b"")
-            except ValueError as exc:
-                await websocket.send_text(_dumps({"error": str(exc), "code": "INVALID_ARGUMENT"}))
-                await websocket.close(1008)
-                return
-
-        async def send_events() -> None:
-            stream = watch(clients, investigation_id, after, None)
-            try:
-                async for item in stream:
-                    if isinstance(item, RpcError):
-                        await websocket.send_text(_dumps({"error": item.message, "code": item.code.name}))
-                        await websocket.close(1013 if item.code is StatusCode.UNAVAILABLE else 1011)
-                        return
-                    if isinstance(item, swarm_pb2.InvestigationEvent):
-                        await websocket.send_text(_dumps(event_json(item)))
-                await websocket.close(1000)
-            finally:
-                await stream.aclose()
-
-        async def until_disconnect() -> None:
-            while (await websocket.receive())["type"] != "websocket.disconnect":
-                pass  # later messages are ignored
-
-        sender, listener = asyncio.create_task(send_events()), asyncio.create_task(until_disconnect())
-        try:
-            await asyncio.wait({sender, listener}, return_when=asyncio.FIRST_COMPLETED)
+            async for item in stream:
+                if isinstance(item, str):
+                    yield b": keep-alive\n\n"
+                elif isinstance(item, RpcError):
+                    yield f"event: stream_error\ndata: {_dumps({'error': item.message, 'code': item.code.name})}\n\n" \
+                        .encode("ascii")
+                else:
+                    yield sse_frame(item)
         finally:
-            for task in (sender, listener):
-                task.cancel()
-            for task in (sender, listener):
-                with contextlib.suppress(asyncio.CancelledError, WebSocketDisconnect, RuntimeError):
-                    await task
-            if sender.done() and not sender.cancelled() and sender.exception() is not None:
-                log.warning("investigation WebSocket failed", investigation=investigation_id,
-                            error=repr(sender.exception()))
-            if websocket.application_state is WebSocketState.CONNECTED:
-                with contextlib.suppress(RuntimeError, WebSocketDisconnect):
-                    await websocket.close(1000)
+            await stream.aclose()
 
-    @api.post("/api/v1/workflows", status_code=202, responses={
-        202: {"description": "Queued: the workflow, its `Location` header its URL",
-              "headers": {"Location": {"description": "/api/v1/workflows/{id}", "schema": {"type": "string"}}}},
-        400: {"description": "A spec the swarm refuses, the message saying why: a dependency on no step, a cycle "
-                             "(named), a template naming a step not depended on, duplicate step ids, tool arguments "
-                             "that do not fit the tool, a Collect target outside the scope, an unknown tier"}})
-    async def submit_workflow(body: WorkflowBody) -> JSONResponse:
-        """Queue a workflow, a DAG of typed steps (llm_generation, tool_execution, data_processing,
-        file_operations), run durably by the swarm; follow it at GET /api/v1/workflows/{id}."""
-        spec = body.model_dump(mode="json", exclude_unset=True)
-        answer = await clients.swarm.SubmitWorkflow(swarm_pb2.SubmitWorkflowRequest(spec_json=json.dumps(spec)))
-        return JSONResponse(workflow_json(answer), status_code=202,
-                            headers={"Location": f"/api/v1/workflows/{quote(answer.id, safe='')}"})
+    return StreamingResponse(frames(), media_type="text/event-stream",
+                             headers={"cache-control": "no-cache", "x-accel-buffering": "no"})
 
-    @api.get("/api/v1/workflows", responses={400: {"description": "An unknown status label, or a bad cursor"}})
-    async def list_workflows(
-        status: Annotated[str, Query(description=", ".join(WORKFLOW_STATUSES) + " (any case); empty: any",
-                                     json_schema_extra=labels("", *WORKFLOW_STATUSES))] = "",
-        limit: Annotated[int, Query(ge=1, le=MAX_LIST)] = 50,
-        cursor: Annotated[str, Query(max_length=1024, description="`next_cursor` of the previous page")] = "",
-    ) -> dict[str, Any]:
-        """Newest first, without specs and step outputs; `next_cursor` is null on the last page."""
-        value = parse_label(swarm_pb2.Status, "STATUS_", list(WORKFLOW_STATUSES), status, "status") \
-            if status.strip() else swarm_pb2.STATUS_UNSPECIFIED
-        page = await clients.swarm.ListWorkflows(swarm_pb2.ListWorkflowsRequest(status=value, limit=limit, cursor=cursor))
-        return {"workflows": [workflow_json(w) for w in page.workflows], "next_cursor": page.next_cursor or None}
 
-    @api.get(WORKFLOW_PATH, responses={404: {"description": "No workflow by that id"}})
-    async def get_workflow(workflow_id: str) -> dict[str, Any]:
-        """Status (queued, running, completed, failed, cancelled), progress (0..1), the spec, and each
-        step's status (pending, running, completed, failed, skipped, cancelled), output and error."""
-        return workflow_json(await clients.swarm.GetWorkflow(swarm_pb2.GetWorkflowRequest(id=workflow_id)))
+async def _refuse(websocket: WebSocket, status: int, message: str, code: str) -> None:
+    """Answer the handshake with an HTTP error (where the server can), else accept, say why and close."""
+    denial = error_response(websocket.url.path, status, message, code=code)
+    if "websocket.http.response" in websocket.scope.get("extensions", {}):
+        await websocket.send_denial_response(denial)  # the client sees the HTTP status
+    else:
+        await websocket.accept()
+        await websocket.send_text(bytes(denial.body).decode("ascii"))
+        await websocket.close(1008 if status in (403, 404) else 1011)
 
-    @api.delete(WORKFLOW_PATH, responses={404: {"description": "No workflow by that id"},
-                                          409: {"description": "The workflow already completed or failed"}})
-    async def cancel_workflow(workflow_id: str) -> dict[str, Any]:
-        """Cancel it within seconds: finished steps keep their outputs, the rest are cancelled. A
-        cancelled one is returned as it is."""
-        return workflow_json(await clients.swarm.CancelWorkflow(swarm_pb2.CancelWorkflowRequest(id=workflow_id)))
 
-    @api.get("/api/v1/evidence/{evidence_id}", responses={404: {"description": "No evidence by that id"}})
-    async def evidence(evidence_id: str) -> dict[str, Any]:
-        """One stored evidence item, what a report's citation resolves to: an observation, or an
-        excerpt (`content` = the corpus document's text[start:end])."""
-        e = await clients.swarm.GetEvidence(swarm_pb2.GetEvidenceRequest(id=evidence_id))
-        return {"id": e.id, "investigation_id": e.investigation_id, "kind": e.kind, "uri": e.uri,
-                "collector": e.collector, "collected_at": _time(e, "collected_at"), "tlp": _tlp_label(e.tlp),
-                "content": e.content, "document_id": e.document_id or None, "start": e.start, "end": e.end}
+@router.websocket(f"{INVESTIGATION_PATH}/events/ws")
+async def events_ws(websocket: WebSocket, investigation_id: str) -> None:
+    """The same events as JSON text messages; send {"after": N} within WS_RESUME_WAIT_S of
+    connecting to resume after event N. Closed (1000) after `done`; a broken stream sends
+    {"error", "code"} and closes with 1011 (1013 when the swarm is unavailable). Needs the read scope."""
+    # The guard authenticated the handshake. deps' ClientsDep, CallerDep and READ read an HTTP
+    # Request, which FastAPI does not give a WebSocket route's dependencies: read the same state here.
+    clients: Clients = websocket.app.state.clients
+    caller: Caller = websocket.state.caller
+    if not caller.has("read"):
+        await _refuse(websocket, 403, f"this route needs an API key with the 'read' scope; key {caller.key.id} "
+                                      f"has {', '.join(sorted(caller.key.scopes)) or 'none'}", "PERMISSION_DENIED")
+        return
+    access = caller.access()
+    try:
+        await clients.swarm.GetInvestigation(swarm_pb2.GetInvestigationRequest(id=investigation_id, access=access))
+    except RpcError as exc:
+        await _refuse(websocket, HTTP_STATUS.get(exc.code, 502), exc.message, exc.code.name)
+        return
+    await websocket.accept()
+    after = 0
+    try:
+        first = await asyncio.wait_for(websocket.receive(), WS_RESUME_WAIT_S)
+    except TimeoutError:
+        first = None
+    if first is not None:
+        if first["type"] == "websocket.disconnect":
+            return
+        try:
+            after = _ws_after(first.get("text") or first.get("bytes") or b"")
+        except ValueError as exc:
+            await websocket.send_text(_dumps({"error": str(exc), "code": "INVALID_ARGUMENT"}))
+            await websocket.close(1008)
+            return
 
-    @api.get("/api/v1/agents")
-    async def agents() -> dict[str, Any]:
-        """The roles investigations staff, and each agent working now: its role, investigation,
-        activity, since when, and the swarm replica running it."""
-        answer = await clients.swarm.ListAgents(swarm_pb2.ListAgentsRequest())
-        return {"roles": [_role_json(role) for role in answer.roles],
-                "agents": [{"id": a.id, "role": a.role, "investigation_id": a.investigation_id, "activity": a.activity,
-                            "since": _time(a, "since"), "instance": a.instance} for a in answer.agents]}
+    async def send_events() -> None:
+        stream = watch(clients, access, investigation_id, after, None)
+        try:
+            async for item in stream:
+                if isinstance(item, RpcError):
+                    await websocket.send_text(_dumps({"error": item.message, "code": item.code.name}))
+                    await websocket.close(1013 if item.code is StatusCode.UNAVAILABLE else 1011)
+                    return
+                if isinstance(item, swarm_pb2.InvestigationEvent):
+                    await websocket.send_text(_dumps(event_json(item)))
+            await websocket.close(1000)
+        finally:
+            await stream.aclose()
 
-    return api
+    async def until_disconnect() -> None:
+        while (await websocket.receive())["type"] != "websocket.disconnect":
+            pass  # later messages are ignored
+
+    sender, listener = asyncio.create_task(send_events()), asyncio.create_task(until_disconnect())
+    try:
+        await asyncio.wait({sender, listener}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (sender, listener):
+            task.cancel()
+        for task in (sender, listener):
+            with contextlib.suppress(asyncio.CancelledError, WebSocketDisconnect, RuntimeError):
+                await task
+        if sender.done() and not sender.cancelled() and sender.exception() is not None:
+            log.warning("investigation WebSocket failed", investigation=investigation_id,
+                        error=repr(sender.exception()))
+        if websocket.application_state is WebSocketState.CONNECTED:
+            with contextlib.suppress(RuntimeError, WebSocketDisconnect):
+                await websocket.close(1000)
+
+
+@router.post("/api/v1/workflows", status_code=202, dependencies=[WRITE], responses={
+    202: {**_example(_WORKFLOW_EXAMPLE | {"status": "queued", "progress": 0.0, "started_at": None, "finished_at": None,
+                                          "steps": []}, "Queued: the workflow, its `Location` header its URL"),
+          "headers": {"Location": {"description": "/api/v1/workflows/{id}", "schema": {"type": "string"}}}},
+    400: {"description": "A spec the swarm refuses, the message saying why: a dependency on no step, a cycle "
+                         "(named), a template naming a step not depended on, duplicate step ids, tool arguments "
+                         "that do not fit the tool, a Collect target outside the scope, an unknown tier"}})
+async def submit_workflow(body: WorkflowBody, clients: ClientsDep, caller: CallerDep) -> JSONResponse:
+    """Queue a workflow, a DAG of typed steps (llm_generation, tool_execution, data_processing,
+    file_operations), run durably by the swarm as the key's team's; follow it at GET /api/v1/workflows/{id}."""
+    spec = body.model_dump(mode="json", exclude_unset=True)
+    answer = await clients.swarm.SubmitWorkflow(
+        swarm_pb2.SubmitWorkflowRequest(spec_json=json.dumps(spec), access=caller.access()))
+    return JSONResponse(workflow_json(answer), status_code=202,
+                        headers={"Location": f"/api/v1/workflows/{quote(answer.id, safe='')}"})
+
+
+@router.get("/api/v1/workflows", dependencies=[READ], responses={
+    200: _example({"workflows": [_WORKFLOW_EXAMPLE | {"spec": None, "steps": []}], "next_cursor": ""}),
+    400: {"description": "An unknown status label, or a bad cursor"}})
+async def list_workflows(
+    clients: ClientsDep, caller: CallerDep,
+    status: Annotated[str, Query(description=", ".join(WORKFLOW_STATUSES) + " (any case); empty: any",
+                                 json_schema_extra=labels("", *WORKFLOW_STATUSES))] = "",
+    limit: Annotated[int, Query(ge=1, le=MAX_LIST)] = 50,
+    cursor: Cursor = "",
+) -> dict[str, Any]:
+    """The key's team's workflows (every team's for an admin key), newest first, without specs and
+    step outputs; `next_cursor` is "" on the last page."""
+    value = parse_label(swarm_pb2.Status, "STATUS_", list(WORKFLOW_STATUSES), status, "status") \
+        if status.strip() else swarm_pb2.STATUS_UNSPECIFIED
+    page = await clients.swarm.ListWorkflows(
+        swarm_pb2.ListWorkflowsRequest(status=value, limit=limit, cursor=cursor, access=caller.access()))
+    return {"workflows": [workflow_json(w) for w in page.workflows], "next_cursor": page.next_cursor}
+
+
+@router.get(WORKFLOW_PATH, dependencies=[READ], responses={
+    200: _example(_WORKFLOW_EXAMPLE), 404: {"description": "No workflow by that id"}})
+async def get_workflow(workflow_id: str, clients: ClientsDep, caller: CallerDep) -> dict[str, Any]:
+    """Status (queued, running, completed, failed, cancelled), progress (0..1), the spec, and each
+    step's status (pending, running, completed, failed, skipped, cancelled), output and error."""
+    return workflow_json(await clients.swarm.GetWorkflow(
+        swarm_pb2.GetWorkflowRequest(id=workflow_id, access=caller.access())))
+
+
+@router.delete(WORKFLOW_PATH, dependencies=[WRITE], responses={
+    404: {"description": "No workflow by that id"}, 409: {"description": "The workflow already completed or failed"}})
+async def cancel_workflow(workflow_id: str, clients: ClientsDep, caller: CallerDep) -> dict[str, Any]:
+    """Cancel it within seconds: finished steps keep their outputs, the rest are cancelled. A
+    cancelled one is returned as it is."""
+    return workflow_json(await clients.swarm.CancelWorkflow(
+        swarm_pb2.CancelWorkflowRequest(id=workflow_id, access=caller.access())))
+
+
+@router.get("/api/v1/evidence/{evidence_id}", dependencies=[READ], responses={
+    200: _example({"id": "ev-91c2", "investigation_id": "5b0f3e8e-7c1d-4b7a-9a61-0e2f4c9d1a33", "kind": "observation",
+                   "uri": "dns://browser-update.example.com/A", "collector": "dns",
+                   "collected_at": "2026-12-01T10:00:03Z", "tlp": "amber",
+                   "content": "browser-update.example.com A 203.0.113.9", "document_id": None, "start": 0, "end": 0}),
+    404: {"description": "No evidence by that id"}})
+async def evidence(evidence_id: str, clients: ClientsDep, caller: CallerDep) -> dict[str, Any]:
+    """One stored evidence item, what a report's citation resolves to: an observation, or an
+    excerpt (`content` = the corpus document's text[start:end])."""
+    e = await clients.swarm.GetEvidence(swarm_pb2.GetEvidenceRequest(id=evidence_id, access=caller.access()))
+    return {"id": e.id, "investigation_id": e.investigation_id, "kind": e.kind, "uri": e.uri,
+            "collector": e.collector, "collected_at": _time(e, "collected_at"), "tlp": _tlp_label(e.tlp),
+            "content": e.content, "document_id": e.document_id or None, "start": e.start, "end": e.end}
+
+
+@router.get("/api/v1/agents", dependencies=[READ], responses={200: _example({
+    "roles": [{"name": "leader", "description": "plans the investigation and assigns tasks",
+               "phases": ["ingestion", "hypotheses"], "tools": ["embeddings.Search"], "can_vote": True}],
+    "agents": [{"id": "5b0f3e8e-7c1d-4b7a-9a61-0e2f4c9d1a33/worker-1", "role": "worker",
+                "investigation_id": "5b0f3e8e-7c1d-4b7a-9a61-0e2f4c9d1a33", "activity": "collectors.Collect dns",
+                "since": "2026-12-01T10:00:02Z", "instance": "swarm-8e1b"}],
+    "next_cursor": ""})})
+async def agents(clients: ClientsDep, caller: CallerDep, limit: Limit = 100, cursor: Cursor = "") -> dict[str, Any]:
+    """The roles investigations staff (every page), and a page of the agents working now on the key's
+    team's investigations (by id): role, investigation, activity, since when, the swarm replica running it."""
+    answer = await clients.swarm.ListAgents(swarm_pb2.ListAgentsRequest(access=caller.access()))
+    page, next_cursor = paged(answer.agents, lambda a: a.id, limit, cursor)
+    return {"roles": [_role_json(role) for role in answer.roles],
+            "agents": [{"id": a.id, "role": a.role, "investigation_id": a.investigation_id, "activity": a.activity,
+                        "since": _time(a, "since"), "instance": a.instance} for a in page],
+            "next_cursor": next_cursor}
 
 
 def _ws_after(message: str | bytes) -> int:

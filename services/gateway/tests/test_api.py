@@ -1,18 +1,19 @@
 """The gateway's HTTP edge over real HTTP and a real nats-server, in front of a real servicer
-(avatar): answers, error shapes (4xx with a message, 503 with the cause when no instance serves),
-body limits, and the clients derived from the gateway's manifest entry."""
+(avatar), behind the real guard (keys in PostgreSQL, limits in Redis): answers, error shapes (4xx
+with a message, 503 with the cause when no instance serves), body limits, and the clients derived
+from the gateway's manifest entry."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 
 import httpx
 import pytest
 import pytest_asyncio
 from nats.aio.client import Client as NatsClient
 
-from bev.engines import NatsServer
+from bev.engines import NatsServer, Redis
 from bev.manifest import load_manifest
 from bev.rpc import InstanceInfo
 from bev.testing.serving import serving_on_nats
@@ -32,11 +33,13 @@ def own_nats(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer]:
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
-async def gateway(own_nats: NatsServer) -> AsyncIterator[httpx.AsyncClient]:
-    """The gateway with only the avatar service behind it."""
+async def gateway(own_nats: NatsServer, fresh_database: Callable[[], str],
+                  redis_server: Redis) -> AsyncIterator[httpx.AsyncClient]:
+    """The gateway with only the avatar service behind it, called with its admin key."""
     avatar = Avatar(InstanceInfo(service="avatar"), AvatarConfig())
-    async with serving_on_nats(avatar, own_nats.url) as nc, gateway_on_free_port(nc) as url, \
-            httpx.AsyncClient(base_url=url, timeout=30, trust_env=False) as http:
+    async with serving_on_nats(avatar, own_nats.url) as nc, \
+            gateway_on_free_port(nc, fresh_database(), redis_server.url) as gateway, \
+            httpx.AsyncClient(base_url=gateway.url, headers=gateway.auth(), timeout=30, trust_env=False) as http:
         yield http
 
 
@@ -68,7 +71,7 @@ async def test_a_service_with_no_instance_is_503_at_once(gateway: httpx.AsyncCli
 
 
 async def test_fleet_health_without_monitoring_is_503(gateway: httpx.AsyncClient) -> None:
-    response = await gateway.get("/healthz")
+    response = await gateway.get("/healthz", headers={"Authorization": ""})  # open: no key needed
     assert response.status_code == 503 and response.json()["code"] == "UNAVAILABLE"
 
 

@@ -16,7 +16,7 @@ import httpx
 import pytest
 import pytest_asyncio
 
-from bev.engines import FalkorDB, NatsServer, Postgres
+from bev.engines import FalkorDB, NatsServer, Postgres, Redis
 from bev.rpc import InstanceInfo
 from bev.testing.serving import serving_on_nats
 from services.avatar.servicer import Avatar
@@ -96,9 +96,10 @@ def refused(response: httpx.Response, status: int, *words: str) -> dict[str, Any
 async def gateway(
     nats_server: NatsServer, postgres_server: Postgres, falkordb_server: FalkorDB, dns_fixture: DnsFixture,
     fresh_database: Callable[[], str], minilm: SentenceEmbedder, reasoning_on_nats: ReasoningOnNats,
-    tmp_path_factory: pytest.TempPathFactory,
+    redis_server: Redis, tmp_path_factory: pytest.TempPathFactory,
 ) -> AsyncIterator[httpx.AsyncClient]:
-    """The gateway with avatar, collectors, embeddings and reasoning behind it, on the session's bus."""
+    """The gateway with avatar, collectors, embeddings and reasoning behind it, on the session's bus,
+    called with its admin key."""
     dns_fixture.add("bad-input.example.test", "A", "192.0.2.10")
     collectors = await assemble_collectors(
         InstanceInfo(service="collectors"),
@@ -115,7 +116,8 @@ async def gateway(
                        ModelRegistry([ModelRegistry.serve(minilm, config)], config.model)))
     async with serving_on_nats(Avatar(InstanceInfo(service="avatar"), AvatarConfig()), nats_server.url), \
             serving_on_nats(collectors, nats_server.url), serving_on_nats(embeddings, nats_server.url) as nc, \
-            gateway_on_free_port(nc) as url, httpx.AsyncClient(base_url=url, timeout=120, trust_env=False) as http:
+            gateway_on_free_port(nc, fresh_database(), redis_server.url) as gateway, \
+            httpx.AsyncClient(base_url=gateway.url, headers=gateway.auth(), timeout=120, trust_env=False) as http:
         yield http
     await collectors.collection.graph.delete_graph()  # type: ignore[attr-defined]
 
@@ -211,6 +213,38 @@ async def test_nul_in_query_path_and_form_fields_is_400_not_the_databases_error(
     assert fine.status_code == 202, fine.text
     found = await gateway.get("/api/v1/search", params={"q": "ransomware", "k": 100, "tlp": ["green", "TLP:AMBER"]})
     assert found.status_code == 200, found.text
+
+
+async def test_list_routes_take_only_their_own_cursors(gateway: httpx.AsyncClient) -> None:
+    whole = (await gateway.get("/api/v1/collectors")).json()
+    names = [c["name"] for c in whole["collectors"]]
+    assert whole["next_cursor"] == "" and names == sorted(names) and len(names) > 2
+    seen: list[str] = []
+    cursor = ""
+    while True:  # the gateway pages the service's list: by name, `next_cursor` "" on the last page
+        page = (await gateway.get("/api/v1/collectors", params={"limit": 2, "cursor": cursor})).json()
+        seen += [c["name"] for c in page["collectors"]]
+        cursor = page["next_cursor"]
+        if not cursor:
+            break
+    assert seen == names
+    refused(await gateway.get("/api/v1/collectors", params={"cursor": "%%"}), 400, "cursor")
+    refused(await gateway.get("/api/v1/collectors", params={"cursor": "\u00e9t\u00e9"}), 400, "cursor")
+    refused(await gateway.get("/api/v1/collectors", params={"limit": 0}), 422, "limit (query parameter)")
+    refused(await gateway.get("/api/v1/collectors", params={"limit": 501}), 422, "limit (query parameter)")
+
+
+async def test_a_key_collects_only_at_a_tlp_it_may_read(gateway: httpx.AsyncClient) -> None:
+    made = await gateway.post("/api/v1/keys", json={"name": "green analyst", "scopes": ["write"], "team": "bad-input",
+                                                    "max_tlp": "green"})
+    assert made.status_code == 201, made.text
+    headers = {"Authorization": f"Bearer {made.json()['key']}"}
+    target = {"target_type": "domain-name", "target": "bad-input.example.test"}
+    above = await gateway.post("/api/v1/collectors/dns/collect", json={**target, "tlp": "amber"}, headers=headers)
+    assert above.status_code == 403 and above.json() == {
+        "error": "this key reads at most TLP:GREEN; it cannot collect at TLP:AMBER", "code": "PERMISSION_DENIED"}
+    within = await gateway.post("/api/v1/collectors/dns/collect", json={**target, "tlp": "green"}, headers=headers)
+    assert within.status_code == 200 and within.json()["observations"], within.text
 
 
 async def test_dates_out_of_range_are_400(gateway: httpx.AsyncClient) -> None:

@@ -36,12 +36,13 @@ from typer.testing import CliRunner
 from bev.cli import app as cli
 from bev.collectors.v1.collectors_rpc import CollectorsClient
 from bev.embeddings.v1.embeddings_rpc import EmbeddingsClient
-from bev.engines import NatsServer
+from bev.engines import NatsServer, Redis
 from bev.reasoning.v1.reasoning_rpc import ReasoningClient
 from bev.rpc import InstanceInfo
 from bev.testing.serving import serving_on_nats
+from bev.vocab import Tlp
 from services.gateway.routes import swarm as swarm_routes
-from services.gateway.testing import gateway_on_free_port
+from services.gateway.testing import GatewayUnderTest, gateway_on_free_port
 from services.swarm import workflow
 from services.swarm.scope import Scope
 from services.swarm.servicer import Swarm, SwarmDeps, assemble
@@ -64,12 +65,14 @@ def own_nats(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer]:
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
-async def bare(own_nats: NatsServer) -> AsyncIterator[httpx.AsyncClient]:
-    """The gateway with no service behind it."""
+async def bare(own_nats: NatsServer, fresh_database: Callable[[], str],
+               redis_server: Redis) -> AsyncIterator[httpx.AsyncClient]:
+    """The gateway with no service behind it, called with its admin key."""
     nc = NatsClient()
     await nc.connect(own_nats.url)
     try:
-        async with gateway_on_free_port(nc) as url, httpx.AsyncClient(base_url=url, timeout=30, trust_env=False) as http:
+        async with gateway_on_free_port(nc, fresh_database(), redis_server.url) as gateway, \
+                httpx.AsyncClient(base_url=gateway.url, headers=gateway.auth(), timeout=30, trust_env=False) as http:
             yield http
     finally:
         await nc.close()
@@ -130,7 +133,8 @@ async def test_without_a_swarm_every_route_is_503_at_once(bare: httpx.AsyncClien
 async def test_without_a_swarm_the_websocket_is_refused_with_503(bare: httpx.AsyncClient) -> None:
     url = str(bare.base_url).replace("http://", "ws://") + "/api/v1/investigations/inv-1/events/ws"
     with pytest.raises(websockets.InvalidStatus) as refused:
-        async with websockets.connect(url, open_timeout=5):
+        async with websockets.connect(url, additional_headers={"Authorization": bare.headers["Authorization"]},
+                                      open_timeout=5):
             pass
     assert refused.value.response.status_code == 503
     assert json.loads(refused.value.response.body or b"{}")["code"] == "UNAVAILABLE"
@@ -184,20 +188,23 @@ class RealSwarm:
     service: Swarm
     nats_url: str
     bus: NatsClient  # a caller's connection, also for watching the bus
-    http: httpx.AsyncClient  # the gateway in front of the service
+    gateway: GatewayUnderTest  # in front of the service
+    http: httpx.AsyncClient  # the gateway, with its admin key
 
     @property
     def store(self) -> Store:
         assert self.service.store is not None
         return self.service.store
 
-    def ws_url(self, investigation_id: str) -> str:
-        return str(self.http.base_url).replace("http://", "ws://") + f"/api/v1/investigations/{investigation_id}/events/ws"
+    def ws(self, investigation_id: str, key: str | None = None) -> websockets.connect:
+        """A WebSocket to the investigation's events, with `key` (default: the admin key)."""
+        url = self.gateway.url.replace("http://", "ws://") + f"/api/v1/investigations/{investigation_id}/events/ws"
+        return websockets.connect(url, additional_headers=self.gateway.auth(key), open_timeout=5)
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
-async def real(tmp_path_factory: pytest.TempPathFactory,
-               fresh_database: Callable[[], str]) -> AsyncIterator[RealSwarm]:
+async def real(tmp_path_factory: pytest.TempPathFactory, fresh_database: Callable[[], str],
+               redis_server: Redis) -> AsyncIterator[RealSwarm]:
     """The swarm service on a bus of its own, on a new database, and the gateway in front of it. Its
     queue is polled once an hour: investigations started here stay queued rather than run (the
     collectors and reasoning they would call are not served). DBOS is one per process; the service's
@@ -210,9 +217,10 @@ async def real(tmp_path_factory: pytest.TempPathFactory,
             service = await assemble(InstanceInfo(service="swarm"), SwarmConfig(queue_poll_s=3600), SwarmDeps(
                 fresh_database(), CollectorsClient.over_nats(clients_nc), EmbeddingsClient.over_nats(clients_nc),
                 ReasoningClient.over_nats(clients_nc), tmp_path_factory.mktemp("swarm-data"), clients_nc))
-            async with serving_on_nats(service, server.url) as bus, gateway_on_free_port(bus) as url, \
-                    httpx.AsyncClient(base_url=url, timeout=30, trust_env=False) as http:
-                yield RealSwarm(service, server.url, bus, http)
+            async with serving_on_nats(service, server.url) as bus, \
+                    gateway_on_free_port(bus, fresh_database(), redis_server.url) as gateway, \
+                    httpx.AsyncClient(base_url=gateway.url, headers=gateway.auth(), timeout=30, trust_env=False) as http:
+                yield RealSwarm(service, server.url, bus, gateway, http)
         finally:
             await clients_nc.close()
 
@@ -290,8 +298,7 @@ async def test_sse_sends_heartbeats_while_idle_then_the_events_to_done(real: Rea
 async def test_events_over_websocket(real: RealSwarm) -> None:
     investigation_id = await _investigation(real.store, "ws.example.com", EVENTS)
     ids = await _finish(real.store, investigation_id)
-    url = real.ws_url(investigation_id)
-    async with websockets.connect(url, open_timeout=5) as ws:  # nothing sent: from the first event
+    async with real.ws(investigation_id) as ws:  # nothing sent: from the first event
         received = [json.loads(message) async for message in ws]
         assert ws.close_code == 1000
     assert [e["kind"] for e in received] == [kind for kind, _ in EVENTS] + ["done"]
@@ -299,13 +306,13 @@ async def test_events_over_websocket(real: RealSwarm) -> None:
     assert received[0]["investigation_id"] == investigation_id and received[0]["data"] == EVENTS[0][1]
     assert received[0]["at"].endswith("Z") and received[-1]["data"]["status"] == "cancelled"
 
-    async with websockets.connect(url, open_timeout=5) as ws:
+    async with real.ws(investigation_id) as ws:
         await ws.send(json.dumps({"after": ids[2]}))
         resumed = [json.loads(message) async for message in ws]
         assert ws.close_code == 1000
     assert [e["id"] for e in resumed] == ids[3:]
 
-    async with websockets.connect(url, open_timeout=5) as ws:
+    async with real.ws(investigation_id) as ws:
         await ws.send("resume please")
         refusal = json.loads(await ws.recv())
         with pytest.raises(websockets.ConnectionClosed):
@@ -313,14 +320,14 @@ async def test_events_over_websocket(real: RealSwarm) -> None:
         assert ws.close_code == 1008 and refusal["code"] == "INVALID_ARGUMENT" and "after" in refusal["error"]
 
     with pytest.raises(websockets.InvalidStatus) as missing:
-        async with websockets.connect(real.ws_url("nope"), open_timeout=5):
+        async with real.ws("nope"):
             pass
     assert missing.value.response.status_code == 404
 
 
 async def test_a_websocket_follows_a_live_investigation_until_done(real: RealSwarm) -> None:
     investigation_id = await _investigation(real.store, "live-ws.example.com", EVENTS[:1])
-    async with websockets.connect(real.ws_url(investigation_id), open_timeout=5) as ws:
+    async with real.ws(investigation_id) as ws:
         await ws.send(json.dumps({"after": 0}))
         assert json.loads(await asyncio.wait_for(ws.recv(), 5))["kind"] == "phase"
         await real.store.add_event(investigation_id, "plan", {"agent": "leader", "tasks": []})
@@ -409,7 +416,7 @@ async def test_a_client_that_leaves_stops_the_watch(real: RealSwarm) -> None:
         await asyncio.wait_for(cancels.get(), 5)  # the gateway cancelled the RPC stream
         await _stops_sending(real, investigation_id, sent)
 
-        async with websockets.connect(real.ws_url(investigation_id), open_timeout=5) as ws:
+        async with real.ws(investigation_id) as ws:
             await ws.send(json.dumps({"after": 0}))
             assert json.loads(await asyncio.wait_for(ws.recv(), 5))["kind"] == "plan"
             cancels, sent = await spy.stream_of(investigation_id)
@@ -419,6 +426,86 @@ async def test_a_client_that_leaves_stops_the_watch(real: RealSwarm) -> None:
         await asyncio.wait_for(cancels.get(), 5)
         await _stops_sending(real, investigation_id, sent)
     await _finish(real.store, investigation_id)
+
+
+# --- teams and TLP ------------------------------------------------------------------------------
+
+async def test_another_teams_investigation_is_not_found(real: RealSwarm) -> None:
+    gateway, http = real.gateway, real.http
+    owner = await gateway.new_key(["read", "write"], "inv-team-a")
+    stranger = await gateway.new_key(["read", "write"], "inv-team-b")
+    cleared_low = await gateway.new_key(["read", "write"], "inv-team-a", max_tlp=Tlp.GREEN)
+    started = await http.post("/api/v1/investigations", json={"target": "teams.example.com", "tlp": "amber"},
+                              headers=gateway.auth(owner))
+    assert started.status_code == 202, started.text
+    investigation_id = started.json()["id"]
+    path = f"/api/v1/investigations/{investigation_id}"
+    for key in (stranger, cleared_low):  # another team's; or its own team's above the key's TLP
+        for method, url in (("GET", path), ("GET", f"{path}/report"), ("GET", f"{path}/report.md"),
+                            ("GET", f"{path}/report.stix"), ("GET", f"{path}/events"), ("DELETE", path)):
+            response = await http.request(method, url, headers=gateway.auth(key))
+            assert response.status_code == 404, (method, url, response.text)
+            assert response.json()["code"] == "NOT_FOUND"
+        with pytest.raises(websockets.InvalidStatus) as hidden:
+            async with real.ws(investigation_id, key):
+                pass
+        assert hidden.value.response.status_code == 404
+        listed = (await http.get("/api/v1/investigations", headers=gateway.auth(key))).json()["investigations"]
+        assert investigation_id not in {i["id"] for i in listed}
+    for seer in (owner, None):  # its team, and an admin key
+        assert (await http.get(path, headers=gateway.auth(seer))).status_code == 200
+        listed = (await http.get("/api/v1/investigations", headers=gateway.auth(seer))).json()["investigations"]
+        assert investigation_id in {i["id"] for i in listed}
+    refused = await http.post("/api/v1/investigations", json={"target": "teams.example.com", "tlp": "red"},
+                              headers=gateway.auth(cleared_low))
+    assert refused.status_code == 403 and "TLP" in refused.json()["error"], refused.text  # above its own label
+    cancelled = await http.delete(path, headers=gateway.auth(owner))
+    assert cancelled.status_code == 200 and cancelled.json()["status"] == "cancelled", cancelled.text
+
+
+async def test_another_teams_workflow_is_not_found(real: RealSwarm) -> None:
+    gateway, http = real.gateway, real.http
+    owner = await gateway.new_key(["read", "write"], "wf-team-a")
+    stranger = await gateway.new_key(["read", "write"], "wf-team-b")
+    submitted = await http.post("/api/v1/workflows", headers=gateway.auth(owner), json={
+        "name": "team files", "steps": [{"id": "files", "type": "file_operations", "operation": "list"}]})
+    assert submitted.status_code == 202, submitted.text
+    path = submitted.headers["location"]
+    for method in ("GET", "DELETE"):
+        hidden = await http.request(method, path, headers=gateway.auth(stranger))
+        assert hidden.status_code == 404 and hidden.json()["code"] == "NOT_FOUND", (method, hidden.text)
+    listed = (await http.get("/api/v1/workflows", headers=gateway.auth(stranger))).json()
+    assert listed == {"workflows": [], "next_cursor": ""}
+    for seer in (owner, None):  # its team, and an admin key
+        assert (await http.get(path, headers=gateway.auth(seer))).status_code == 200
+        listed = (await http.get("/api/v1/workflows", headers=gateway.auth(seer))).json()
+        assert submitted.json()["id"] in {w["id"] for w in listed["workflows"]}
+
+
+async def test_lists_of_the_swarm_page_with_a_cursor(real: RealSwarm) -> None:
+    ids = [await _investigation(real.store, f"page-{n}.example.com") for n in range(3)]
+    seen: list[str] = []
+    cursor = ""
+    while True:
+        page = (await real.http.get("/api/v1/investigations", params={"limit": 2, "cursor": cursor})).json()
+        seen += [i["id"] for i in page["investigations"]]
+        cursor = page["next_cursor"]
+        assert isinstance(cursor, str) and (cursor or len(page["investigations"]) <= 2)
+        if not cursor:
+            break
+    assert set(ids) <= set(seen) and len(seen) == len(set(seen))
+    roles = (await real.http.get("/api/v1/swarm/roles")).json()
+    names = [role["name"] for role in roles["roles"]]
+    assert roles["next_cursor"] == "" and names == sorted(names) and len(names) > 2
+    first = (await real.http.get("/api/v1/swarm/roles", params={"limit": 2})).json()
+    rest = (await real.http.get("/api/v1/swarm/roles", params={"limit": 100, "cursor": first["next_cursor"]})).json()
+    assert [r["name"] for r in first["roles"] + rest["roles"]] == names and rest["next_cursor"] == ""
+    agents = (await real.http.get("/api/v1/agents", params={"limit": 1})).json()
+    assert set(agents) == {"roles", "agents", "next_cursor"} and agents["roles"]
+    bad = await real.http.get("/api/v1/swarm/roles", params={"cursor": "%%%"})
+    assert bad.status_code == 400 and "cursor" in bad.json()["error"]
+    for investigation_id in ids:
+        assert await _finish(real.store, investigation_id)  # closed with its `done` event
 
 
 # --- the command line --------------------------------------------------------------------------
