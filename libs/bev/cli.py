@@ -988,6 +988,33 @@ def import_attack_command(
               + f" ({time.monotonic() - began:.0f} s)")
 
 
+@app.command()
+def mcp(
+    data_dir: DataDir = None,
+    gateway: Annotated[str, typer.Option(envvar="BEV_GATEWAY_URL",
+                                         help="The gateway's URL (default: the running fleet's)")] = "",
+    api_key: Annotated[str, typer.Option(envvar="BEV_API_KEY", show_default=False,
+                                         help="An API key (default: the running fleet's admin key)")] = "",
+) -> None:
+    """Serve BEV's MCP tools over stdio (for an AI client's config), relayed to the gateway's /mcp
+    with an API key: investigations, corpus search, graph, network, threat actors, crypto, documents."""
+    from bev.mcp_bridge import GatewayUnavailable, serve_stdio
+    from bev.supervisor import read_fleet_file
+
+    if not gateway or not api_key:
+        try:
+            fleet = read_fleet_file(_settings(data_dir).data_dir)
+        except FileNotFoundError as exc:
+            raise _fail(f"{exc} (or pass --gateway and --api-key)") from None
+        gateway, api_key = gateway or str(fleet["gateway"]), api_key or str(fleet.get("api_key", ""))
+    if not api_key:
+        raise _fail("no API key: pass --api-key or set BEV_API_KEY")
+    try:
+        asyncio.run(serve_stdio(gateway, api_key))
+    except GatewayUnavailable as exc:
+        raise _fail(str(exc)) from None
+
+
 @deploy_app.command("nats-auth")
 def deploy_nats_auth(
     out: Annotated[Path, typer.Argument(help="where to write, e.g. deploy/thanos/secrets/nats-auth.conf")],

@@ -10,7 +10,8 @@ Every status a route can answer is declared in the OpenAPI schema (tests/test_ga
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from contextlib import asynccontextmanager
 from typing import Any
 
 import psycopg
@@ -20,7 +21,7 @@ from fastapi.routing import APIRoute
 from nats.aio.client import Client as NatsClient
 from psycopg_pool import PoolTimeout
 from starlette.exceptions import HTTPException
-from starlette.routing import Match
+from starlette.routing import Match, Route
 
 from bev.rpc import RpcError
 from bev.telemetry import get_logger
@@ -29,6 +30,7 @@ from services.gateway.deps import SCOPE_HEADER
 from services.gateway.guard import OPEN_PATHS, Guard
 from services.gateway.inputs import json_problem, parameters_problem
 from services.gateway.limits import RateLimited
+from services.gateway.mcp_tools import MCP_PATH, mcp_endpoint
 from services.gateway.routes import access, avatar, collectors, embeddings, fleet, openai, reasoning, swarm
 from services.gateway.routes.common import (
     COMMON_ERRORS,
@@ -50,10 +52,18 @@ def create_app(nc: NatsClient, config: GatewayConfig, callees: Iterable[str], gu
     gateway's manifest entry calls."""
     # No trailing-slash redirects: `/api/v1/documents/` (an empty id) is 404, not a redirect to the
     # collection path and then a 405 for the method.
+    clients = Clients.over_nats(nc, config.rpc_timeout_s, callees)
+    mcp = mcp_endpoint(clients)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        async with mcp.running():  # the MCP SDK's session manager serves /mcp from its task group
+            yield
+
     app = FastAPI(title="BEV gateway", version="0.1.0", redirect_slashes=False,
-                  description=API_DESCRIPTION)
+                  description=API_DESCRIPTION, lifespan=lifespan)
     # What routes depend on (services/gateway/deps.py).
-    app.state.clients = Clients.over_nats(nc, config.rpc_timeout_s, callees)
+    app.state.clients = clients
     app.state.guard = guard
     routes: list[APIRoute] = []
     for module in (fleet, reasoning, openai, embeddings, collectors, swarm, avatar, access):
@@ -63,6 +73,10 @@ def create_app(nc: NatsClient, config: GatewayConfig, callees: Iterable[str], gu
         routes += own
         app.include_router(module.router)
     guard.routes = routes
+    # MCP over streamable HTTP (services/gateway/mcp_tools.py), behind the guard like every route;
+    # each tool checks the scope it needs. Not in the OpenAPI schema: it is JSON-RPC, not REST.
+    app.router.routes.append(Route(MCP_PATH, mcp.app, methods=["GET", "POST", "DELETE"]))
+    guard.mounted = frozenset({MCP_PATH})
 
     # Middleware added later runs first: the size limit, then the content checks.
     @app.middleware("http")

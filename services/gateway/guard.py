@@ -97,6 +97,7 @@ class Guard:
         self.cache_s = cache_s
         self._cache: dict[bytes, _Cached] = {}
         self.routes: list[APIRoute] = []  # create_app fills it: the route template each audit entry names
+        self.mounted: frozenset[str] = frozenset()  # paths served by a mounted ASGI app (/mcp)
         self._queued: list[AuditEntry] = []
         self._writer: asyncio.Task[None] | None = None
 
@@ -213,6 +214,8 @@ class Guard:
 
     def _route(self, scope: Scope) -> tuple[str, dict[str, Any]]:
         """The template of the route that serves `scope` and its path parameters ("" for none)."""
+        if scope["path"] in self.mounted:
+            return scope["path"], {}
         for route in self.routes:
             match, child = route.matches(scope)
             if match is Match.FULL:
