@@ -1013,6 +1013,8 @@ def mcp(
         asyncio.run(serve_stdio(gateway, api_key))
     except GatewayUnavailable as exc:
         raise _fail(str(exc)) from None
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None
 
 
 @deploy_app.command("nats-auth")

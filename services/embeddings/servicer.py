@@ -131,7 +131,7 @@ class Embeddings(EmbeddingsServicer):
             raise RpcError(StatusCode.INVALID_ARGUMENT, "document.content is empty")
         access = _access(request.access)
         new = self._new_document(request.document, access)
-        _may_store(new, access)
+        _may_store(new.tlp, access)
         result = await self._ingest(new)
         return embeddings_pb2.IngestResponse(document_id=result.document_id, duplicate=result.duplicate,
                                              chunks=result.chunks, title=result.title)
@@ -141,7 +141,7 @@ class Embeddings(EmbeddingsServicer):
             raise RpcError(StatusCode.INVALID_ARGUMENT, "document.content is empty")
         access = _access(request.access)
         new = self._new_document(request.document, access)
-        _may_store(new, access)
+        _may_store(new.tlp, access)
         if len(new.content) > self.config.max_document_bytes:
             raise RpcError(StatusCode.INVALID_ARGUMENT,
                            f"document is {len(new.content)} bytes; at most {self.config.max_document_bytes}")
@@ -175,7 +175,7 @@ class Embeddings(EmbeddingsServicer):
                 tlp = Tlp.from_proto(document.tlp, Tlp.CLEAR)
             except UnknownTlp:
                 continue  # that document's own event reports it
-            _may_store(NewDocument(b"", tlp=tlp), access, f"documents[{index}]")
+            _may_store(tlp, access, f"documents[{index}]")
         # A few documents in flight: one's extraction and storage overlap another's embedding, and
         # their chunks share micro-batches. Events still come in request order.
         in_flight: deque[asyncio.Task[embeddings_pb2.IngestProgress]] = deque()
@@ -323,11 +323,11 @@ def _access(access: common_pb2.Access) -> Access:
         raise RpcError(StatusCode.INVALID_ARGUMENT, f"access.max_tlp: {exc}") from None
 
 
-def _may_store(new: NewDocument, access: Access, what: str = "the document") -> None:
+def _may_store(tlp: Tlp, access: Access, what: str = "the document") -> None:
     """A caller cannot store what it may not read."""
-    if access.max_tlp is not None and new.tlp.rank > access.max_tlp.rank:
+    if access.max_tlp is not None and tlp.rank > access.max_tlp.rank:
         raise RpcError(StatusCode.PERMISSION_DENIED,
-                       f"{what} is TLP:{new.tlp.value.upper()}; this key reads at most TLP:{access.max_tlp.value.upper()}")
+                       f"{what} is TLP:{tlp.value.upper()}; this key reads at most TLP:{access.max_tlp.value.upper()}")
 
 
 async def _embed(embed: Callable[[list[str]], Awaitable[Embedded]], texts: list[str]) -> Embedded:

@@ -26,12 +26,11 @@ from pgvector.psycopg import register_vector
 
 from bev.embeddings.v1 import embeddings_pb2
 from bev.embeddings.v1.embeddings_rpc import EmbeddingsClient
-from bev.engines import NatsServer
-from bev.manifest import load_manifest
+from bev.engines import NatsServer, Redis
 from bev.rpc import CallContext, InstanceInfo, RpcError, StatusCode
 from bev.testing.serving import serving_on_nats
 from services.embeddings.chunking import chunk_text
-from services.embeddings.corpus import SearchMode
+from services.embeddings.corpus import Access, SearchMode
 from services.embeddings.documents import normalise
 from services.embeddings.jobs import IngestJob, JobStatus, LeaseLost
 from services.embeddings.model import SentenceEmbedder
@@ -39,8 +38,7 @@ from services.embeddings.registry import ModelRegistry
 from services.embeddings.servicer import Embeddings, EmbeddingsDeps, assemble
 from services.embeddings.settings import EmbeddingsConfig
 from services.embeddings.vector_index import SearchFilter
-from services.gateway.api import create_app
-from services.gateway.settings import GatewayConfig
+from services.gateway.testing import gateway_on_free_port
 
 EVENTS = "bev.events.embeddings.ingest"
 WORDS = ("beacon", "loader", "implant", "exfiltration", "credential", "tunnel", "dropper", "persistence",
@@ -50,7 +48,7 @@ WORDS = ("beacon", "loader", "implant", "exfiltration", "credential", "tunnel", 
 @dataclass
 class Service:
     client: EmbeddingsClient
-    http: httpx.AsyncClient
+    http: httpx.AsyncClient  # the gateway's HTTP API, with an admin's key
     servicer: Embeddings
     events: NatsClient
     dsn: str
@@ -73,18 +71,17 @@ async def _assemble(minilm: SentenceEmbedder, dsn: str, data_dir: Path, config: 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
 async def service(
-    nats_server: NatsServer, fresh_database: Callable[[], str], minilm: SentenceEmbedder,
+    nats_server: NatsServer, fresh_database: Callable[[], str], redis_server: Redis, minilm: SentenceEmbedder,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> AsyncIterator[Service]:
     events = await nats.connect(nats_server.url)
     await ensure_events_stream(events)
     dsn = fresh_database()
     servicer = await _assemble(minilm, dsn, tmp_path_factory.mktemp("jobs"), EmbeddingsConfig(), events)
-    async with serving_on_nats(servicer, nats_server.url, default_timeout_s=60) as nc:
-        app = create_app(nc, GatewayConfig(), load_manifest().callees("gateway"))
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gateway",
-                                     timeout=60) as http:
-            yield Service(EmbeddingsClient.over_nats(nc), http, servicer, events, dsn)
+    async with serving_on_nats(servicer, nats_server.url, default_timeout_s=60) as nc, \
+            gateway_on_free_port(nc, fresh_database(), redis_server.url) as gateway, \
+            httpx.AsyncClient(base_url=gateway.url, headers=gateway.auth(), timeout=60, trust_env=False) as http:
+        yield Service(EmbeddingsClient.over_nats(nc), http, servicer, events, dsn)
     await events.close()
 
 
@@ -160,7 +157,10 @@ async def test_upload_is_accepted_at_once_and_the_job_completes(service: Service
     found = (await http.get("/api/v1/search", params={"q": "stolen code-signing certificate", "source": "jobs"})).json()
     assert found["hits"][0]["document_id"] == job["document_id"] and found["hits"][0]["tlp"] == "amber"
 
-    again = await http.post("/api/v1/documents", files={"file": ("copy.md", text.encode(), "text/markdown")})
+    # The same text at the same label is a duplicate (at a lower one it would be a copy of its own:
+    # its uploader might not be cleared for the amber document).
+    again = await http.post("/api/v1/documents", files={"file": ("copy.md", text.encode(), "text/markdown")},
+                            data={"tlp": "amber"})
     assert again.status_code == 202
     copy, _ = await _follow(http, again.headers["location"], 60)
     assert copy["status"] == "completed" and copy["duplicate"] is True and copy["document_id"] == job["document_id"]
@@ -315,7 +315,7 @@ async def test_a_job_whose_worker_died_is_resumed_and_stored_once(
         assert (documents, chunks, vectors) == (1, mid.chunks_total, mid.chunks_total)
         with pytest.raises(LeaseLost):  # the dead worker's claim is worth nothing now
             await first.jobs.progress(claim, 1)
-        hits = await second.corpus.search("cw5x79z", 1, SearchFilter(), SearchMode.TEXT)
+        hits = await second.corpus.search("cw5x79z", 1, SearchFilter(), SearchMode.TEXT, access=Access())
         assert hits and "cw5x79z" in hits[0].excerpt
     finally:
         await first.close()

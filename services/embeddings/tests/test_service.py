@@ -1,6 +1,7 @@
 """The embeddings service end to end, in this process: the servicer over NATS on a real nats-server,
-its corpus in a real PostgreSQL, the real MiniLM; the gateway's FastAPI app in front of it (the
-official openai client included); the `bev ingest` / `bev search` CLI as a real subprocess."""
+its corpus in a real PostgreSQL, the real MiniLM; the gateway in front of it over real HTTP, behind
+its guard, called with an admin's key (the official openai client included); the `bev ingest` /
+`bev search` CLI as a real subprocess."""
 
 from __future__ import annotations
 
@@ -24,8 +25,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from bev.common.v1 import common_pb2
 from bev.embeddings.v1 import embeddings_pb2
 from bev.embeddings.v1.embeddings_rpc import EmbeddingsClient
-from bev.engines import NatsServer
-from bev.manifest import load_manifest
+from bev.engines import NatsServer, Redis
 from bev.rpc import CallContext, InstanceInfo, RpcError, StatusCode
 from bev.testing.serving import serving_on_nats
 from bev.vocab import Tlp
@@ -34,8 +34,7 @@ from services.embeddings.registry import ModelRegistry
 from services.embeddings.servicer import Embeddings, EmbeddingsDeps, assemble
 from services.embeddings.settings import EmbeddingsConfig
 from services.embeddings.tests import samples
-from services.gateway.api import create_app
-from services.gateway.settings import GatewayConfig
+from services.gateway.testing import gateway_on_free_port
 
 BEV = Path(sys.executable).parent / "bev"
 
@@ -43,25 +42,26 @@ BEV = Path(sys.executable).parent / "bev"
 @dataclass
 class Service:
     client: EmbeddingsClient
-    http: httpx.AsyncClient
+    http: httpx.AsyncClient  # the gateway's HTTP API, with an admin's key
     servicer: Embeddings
     nats_url: str
+    admin_key: str
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
 async def service(
-    nats_server: NatsServer, fresh_database: Callable[[], str], minilm: SentenceEmbedder,
+    nats_server: NatsServer, fresh_database: Callable[[], str], redis_server: Redis, minilm: SentenceEmbedder,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> AsyncIterator[Service]:
     config = EmbeddingsConfig(chunk_chars=400, chunk_overlap=80)
     models = ModelRegistry([ModelRegistry.serve(minilm, config)], config.model)  # the session's MiniLM
     servicer = await assemble(InstanceInfo(service="embeddings"), config,
                               EmbeddingsDeps(fresh_database(), tmp_path_factory.mktemp("embeddings"), models))
-    async with serving_on_nats(servicer, nats_server.url, default_timeout_s=30, max_concurrency=256) as nc:
-        app = create_app(nc, GatewayConfig(), load_manifest().callees("gateway"))
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gateway",
-                                     timeout=60) as http:
-            yield Service(EmbeddingsClient.over_nats(nc, timeout_s=60), http, servicer, nats_server.url)
+    async with serving_on_nats(servicer, nats_server.url, default_timeout_s=30, max_concurrency=256) as nc, \
+            gateway_on_free_port(nc, fresh_database(), redis_server.url) as gateway, \
+            httpx.AsyncClient(base_url=gateway.url, headers=gateway.auth(), timeout=60, trust_env=False) as http:
+        yield Service(EmbeddingsClient.over_nats(nc, timeout_s=60), http, servicer, nats_server.url,
+                      gateway.admin_key)
 
 
 def _doc(content: bytes, **fields: Any) -> embeddings_pb2.DocumentInput:
@@ -296,8 +296,8 @@ async def _job_ended(http: httpx.AsyncClient, url: str, timeout_s: float = 60) -
 async def test_openai_client_against_the_gateway(service: Service, minilm: SentenceEmbedder) -> None:
     import openai
 
-    # openai 3 annotates http_client with its httpx2 fork; an httpx client (ours, on the ASGI app) works.
-    client = openai.AsyncOpenAI(api_key="unused", base_url="http://gateway/v1",
+    # openai 3 annotates http_client with its httpx2 fork; an httpx client (ours) works.
+    client = openai.AsyncOpenAI(api_key=service.admin_key, base_url=str(service.http.base_url).rstrip("/") + "/v1",
                                 http_client=service.http)  # type: ignore[arg-type]
     texts = ["ransomware negotiation chat", "cobalt strike beacon"]
     reply = await client.embeddings.create(model="all-MiniLM-L6-v2", input=texts)  # base64 on the wire

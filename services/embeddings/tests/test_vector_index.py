@@ -45,6 +45,7 @@ SENTENCES = [
     "The actor abused OAuth consent to read executives' mailboxes.",
 ]
 QUERIES = ["phishing with attachments", "ransomware at a hospital", "stolen crypto laundering", "router botnet"]
+TEAMS = ("", "", "team-a", "team-b")  # '' = the shared corpus
 
 
 @dataclass
@@ -60,13 +61,14 @@ async def seed(pool: AsyncConnectionPool[Any], texts: list[str]) -> list[ChunkPa
         payloads.append(ChunkPayload(
             str(uuid.uuid4()), str(uuid.uuid4()), 0, len(text), ("feed-a", "feed-b", "upload")[i % 3],
             ("clear", "green", "amber")[i % 3], "inv-1" if i % 2 == 0 else "", T0 + timedelta(days=i),
+            TEAMS[i % len(TEAMS)],
         ))
     async with pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
         await cur.executemany(
-            "insert into corpus.documents (id, content_hash, title, source, media_type, tlp, investigation_id, "
-            "collected_at, text) values (%s, %s, %s, %s, 'text/plain', %s, %s, %s, %s)",
-            [(c.document_id, uuid.uuid4().hex, f"doc {i}", c.source, c.tlp, c.investigation_id, c.collected_at, t)
-             for i, (c, t) in enumerate(zip(payloads, texts, strict=True))],
+            "insert into corpus.documents (id, team, content_hash, title, source, media_type, tlp, investigation_id, "
+            "collected_at, text) values (%s, %s, %s, %s, %s, 'text/plain', %s, %s, %s, %s)",
+            [(c.document_id, c.team, uuid.uuid4().hex, f"doc {i}", c.source, c.tlp, c.investigation_id, c.collected_at,
+              t) for i, (c, t) in enumerate(zip(payloads, texts, strict=True))],
         )
         await cur.executemany(
             "insert into corpus.chunks (id, document_id, seq, start_offset, end_offset, text) values (%s, %s, 0, 0, %s, %s)",
@@ -146,6 +148,18 @@ async def test_filters(backend: VectorIndex, seeded: Seeded, minilm: SentenceEmb
     both = await found(SearchFilter(sources=["feed-a"], tlp=["clear"], investigation_id="inv-1"))
     assert both and all((c.source, c.tlp, c.investigation_id) == ("feed-a", "clear", "inv-1") for c in both)
     assert await found(SearchFilter(sources=["nowhere"])) == []
+    # What a reader of team-a sees: the shared corpus and its own team's chunks, never team-b's.
+    readable = await found(SearchFilter(teams=["", "team-a"]))
+    assert sorted(c.chunk_id for c in readable) == sorted(c.chunk_id for c in seeded.chunks if c.team != "team-b")
+    assert {c.team for c in await found(SearchFilter(teams=["team-b"]))} == {"team-b"}
+    capped = await found(SearchFilter(teams=["", "team-a"], tlp=["clear", "green"]))
+    assert capped and all(c.team in ("", "team-a") and c.tlp in ("clear", "green") for c in capped)
+    assert len(capped) == sum(c.team != "team-b" and c.tlp != "amber" for c in seeded.chunks)
+    # A filter that leaves few chunks still returns k of them (filtered in the index, not after it).
+    team_a = {c.chunk_id for c in seeded.chunks if c.team == "team-a"}
+    hits = await backend.search(MODEL, q, len(team_a) - 1, SearchFilter(teams=["team-a"]))
+    assert len(hits) == len(team_a) - 1 and {h.chunk_id for h in hits} <= team_a
+    assert await found(SearchFilter(teams=["nobody"])) == []
 
 
 async def test_upsert_replaces_and_delete_removes(backend: VectorIndex, seeded: Seeded, minilm: SentenceEmbedder) -> None:

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import re
 import time
 import tracemalloc
@@ -278,7 +279,7 @@ async def test_every_request_that_carries_access_carries_the_callers(
     schema = (await http.get("/openapi.json", headers=keys.auth())).json()
     spy = BusSpy()
     bus = await nats.connect(own_nats.url)
-    subscription = await bus.subscribe("bev.>", cb=lambda msg: spy.answer(bus, msg))
+    subscription = await bus.subscribe("bev.>", cb=functools.partial(spy.answer, bus))
     await bus.flush()
     try:
         for (method, path), scope in SCOPES.items():
