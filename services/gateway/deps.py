@@ -18,6 +18,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import Depends, HTTPException, Request
+from starlette.requests import HTTPConnection
 
 from services.gateway.caller import Caller, Scope
 from services.gateway.clients import Clients
@@ -27,18 +28,19 @@ __all__ = ["ADMIN", "READ", "WRITE", "Caller", "CallerDep", "ClientsDep", "LlmBu
 SCOPE_HEADER = "x-bev-scope"  # the OpenAPI extension each route's required scope is written to
 
 
-def get_clients(request: Request) -> Clients:
-    clients: Clients = request.app.state.clients
+# HTTPConnection, not Request: FastAPI passes it to WebSocket routes' dependencies too.
+def get_clients(connection: HTTPConnection) -> Clients:
+    clients: Clients = connection.app.state.clients
     return clients
 
 
-def get_guard(request: Request) -> Guard:
-    guard: Guard = request.app.state.guard
+def get_guard(connection: HTTPConnection) -> Guard:
+    guard: Guard = connection.app.state.guard
     return guard
 
 
-def get_caller(request: Request) -> Caller:
-    caller: Caller | None = getattr(request.state, "caller", None)
+def get_caller(connection: HTTPConnection) -> Caller:
+    caller: Caller | None = getattr(connection.state, "caller", None)
     if caller is None:  # only a route outside the guard (none is) could get here
         raise HTTPException(401, "an API key is required (Authorization: Bearer <key>)")
     return caller

@@ -196,8 +196,11 @@ class Guard:
                     status = message["status"]
                     raw = list(message.get("headers", []))
                     location = next((v.decode("latin-1") for k, v in raw if k.lower() == b"location"), "")
-                    raw += [(k.lower().encode(), v.encode()) for k, v in limit_headers.items()]
+                    if not any(k.lower() == b"ratelimit-limit" for k, _ in raw):  # a budget's 429 has its own
+                        raw += [(k.lower().encode(), v.encode()) for k, v in limit_headers.items()]
                     message = {**message, "headers": raw}
+                elif message["type"] == "websocket.http.response.start":  # a route's denial
+                    status = message["status"]
                 elif message["type"] == "websocket.accept":
                     status = 101
                 elif message["type"] == "websocket.close" and not status:
@@ -227,11 +230,17 @@ class Guard:
 
     async def _deny(self, scope: Scope, receive: Receive, send: Send, status: int, message: str,
                     headers: dict[str, str]) -> None:
+        response = error_response(scope["path"], status, message, headers=headers)
         if scope["type"] == "websocket":
+            if "websocket.http.response" in scope.get("extensions", {}):  # uvicorn: the real status
+                await send({"type": "websocket.http.response.start", "status": status,
+                            "headers": response.raw_headers})
+                await send({"type": "websocket.http.response.body", "body": response.body})
+                return
             # Closing before accepting answers the handshake with HTTP 403 (the ASGI spec).
             await send({"type": "websocket.close", "code": 1008, "reason": message[:120]})
             return
-        await error_response(scope["path"], status, message, headers=headers)(scope, receive, send)
+        await response(scope, receive, send)
 
     async def _write_queued(self) -> None:
         while self._queued:

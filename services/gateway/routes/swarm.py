@@ -655,14 +655,12 @@ async def _refuse(websocket: WebSocket, status: int, message: str, code: str) ->
 
 
 @router.websocket(f"{INVESTIGATION_PATH}/events/ws")
-async def events_ws(websocket: WebSocket, investigation_id: str) -> None:
+async def events_ws(websocket: WebSocket, investigation_id: str, clients: ClientsDep, caller: CallerDep) -> None:
     """The same events as JSON text messages; send {"after": N} within WS_RESUME_WAIT_S of
     connecting to resume after event N. Closed (1000) after `done`; a broken stream sends
     {"error", "code"} and closes with 1011 (1013 when the swarm is unavailable). Needs the read scope."""
-    # The guard authenticated the handshake. deps' ClientsDep, CallerDep and READ read an HTTP
-    # Request, which FastAPI does not give a WebSocket route's dependencies: read the same state here.
-    clients: Clients = websocket.app.state.clients
-    caller: Caller = websocket.state.caller
+    # The scope is checked here, not with READ: a refusal must reach the client as an HTTP answer
+    # to its handshake (_refuse), which a dependency's exception would not give.
     if not caller.has("read"):
         await _refuse(websocket, 403, f"this route needs an API key with the 'read' scope; key {caller.key.id} "
                                       f"has {', '.join(sorted(caller.key.scopes)) or 'none'}", "PERMISSION_DENIED")
