@@ -3,14 +3,52 @@ swarm's report export): the same object gets the same id wherever it is written.
 
 from __future__ import annotations
 
+import json
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 # STIX 2.1 section 2.9: the namespace of deterministic SCO ids.
 SCO_NAMESPACE = uuid.UUID("00abedb4-aa42-466c-9c01-fed23315a9b7")
 # Our namespace for ids STIX leaves random (SDOs, relationships): deterministic so re-runs dedupe.
 BEV_NAMESPACE = uuid.uuid5(SCO_NAMESPACE, "bev")
+
+
+# STIX domain objects the graph identifies by their name (imported from bundles and TAXII collections).
+NAMED_SDO_TYPES: frozenset[str] = frozenset(
+    {"vulnerability", "malware", "threat-actor", "intrusion-set", "attack-pattern", "tool", "campaign", "identity",
+     "course-of-action"}
+)
+HASH_PREFERENCE = ("MD5", "SHA-1", "SHA-256", "SHA-512")  # STIX's choice when several are known
+
+
+def id_contributing(stix_type: str, value: str, properties: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The properties STIX 2.1 hashes for this type's deterministic id (ValueError: a file without hashes)."""
+    properties = properties or {}
+    match stix_type:
+        case "file":
+            hashes: Mapping[str, str] = properties.get("hashes") or {}
+            for key in HASH_PREFERENCE:
+                if key in hashes:
+                    return {"hashes": {key: hashes[key]}}
+            raise ValueError("a file observable needs properties.hashes")
+        case "autonomous-system":
+            return {"number": int(value)}
+        case "x-crypto-address":
+            return {"currency": properties.get("currency", ""), "value": value}
+        case _:
+            return {"value": value}
+
+
+def object_id(stix_type: str, value: str, properties: Mapping[str, Any] | None = None) -> str:
+    """The id of the object `value` names: STIX 2.1's deterministic SCO id, or for a named domain
+    object (and a note), a UUIDv5 of its type and name, which STIX leaves random."""
+    if stix_type in NAMED_SDO_TYPES or stix_type == "note":
+        return f"{stix_type}--{uuid.uuid5(BEV_NAMESPACE, f'{stix_type}:{value}')}"
+    # RFC 8785 canonical JSON for the string/int/dict values id-contributing properties hold.
+    canonical = json.dumps(id_contributing(stix_type, value, properties), sort_keys=True, separators=(",", ":"),
+                           ensure_ascii=False)
+    return f"{stix_type}--{uuid.uuid5(SCO_NAMESPACE, canonical)}"
 
 
 def relationship_id(source_id: str, relationship_type: str, target_id: str) -> str:

@@ -13,18 +13,17 @@ SDO (id UUIDv5 over its name, so it deduplicates too); a wallet is the custom ob
 
 from __future__ import annotations
 
-import json
-import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from bev.stix import BEV_NAMESPACE, SCO_NAMESPACE, bundle, relationship_id
+from bev import stix
+from bev.stix import BEV_NAMESPACE, NAMED_SDO_TYPES, SCO_NAMESPACE, bundle, relationship_id
 
-__all__ = ["BEV_NAMESPACE", "SCO_NAMESPACE", "bundle", "relationship_id"]  # the shared id scheme, re-exported
+# The shared id scheme, re-exported.
+__all__ = ["BEV_NAMESPACE", "NAMED_SDO_TYPES", "SCO_NAMESPACE", "bundle", "relationship_id"]
 
 HASH_KEYS = {"md5": "MD5", "sha1": "SHA-1", "sha256": "SHA-256", "sha512": "SHA-512"}
-_HASH_PREFERENCE = ("MD5", "SHA-1", "SHA-256", "SHA-512")  # STIX's choice when several are known
 
 # Indicator type (services.collectors.indicators) -> STIX type.
 INDICATOR_STIX_TYPES: dict[str, str] = {
@@ -43,11 +42,6 @@ INDICATOR_STIX_TYPES: dict[str, str] = {
 }
 
 # Observable types a CollectRequest may name, and what `value` means for each.
-# STIX domain objects identified by their name (imported from bundles and TAXII collections).
-NAMED_SDO_TYPES: frozenset[str] = frozenset(
-    {"vulnerability", "malware", "threat-actor", "intrusion-set", "attack-pattern", "tool", "campaign", "identity",
-     "course-of-action"}
-)
 OBSERVABLE_TYPES: frozenset[str] = frozenset(
     {"ipv4-addr", "ipv6-addr", "domain-name", "url", "email-addr", "file", "x-crypto-address",
      "autonomous-system", "note"}
@@ -90,33 +84,20 @@ class Relation:
         return relationship_id(self.source.id, self.type, self.target.id)
 
 
-def _canonical(data: Mapping[str, Any]) -> str:
-    # RFC 8785 canonical JSON for the string/int/dict values id-contributing properties hold.
-    return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-
-
 def id_contributing(observable: Observable) -> dict[str, Any]:
     """The properties STIX 2.1 hashes for this type's deterministic id."""
-    match observable.type:
-        case "file":
-            hashes: Mapping[str, str] = observable.properties.get("hashes", {})
-            for key in _HASH_PREFERENCE:
-                if key in hashes:
-                    return {"hashes": {key: hashes[key]}}
-            raise ObservableError("a file observable needs properties.hashes")
-        case "autonomous-system":
-            return {"number": int(observable.value)}
-        case "x-crypto-address":
-            return {"currency": observable.properties.get("currency", ""), "value": observable.value}
-        case _:
-            return {"value": observable.value}
+    try:
+        return stix.id_contributing(observable.type, observable.value, observable.properties)
+    except ValueError as exc:
+        raise ObservableError(str(exc)) from None
 
 
 def stix_id(observable: Observable) -> str:
-    if observable.type in NAMED_SDO_TYPES or observable.type == "note":
-        # SDOs have no STIX-defined deterministic id; ours hashes the identifying value.
-        return f"{observable.type}--{uuid.uuid5(BEV_NAMESPACE, f'{observable.type}:{observable.value}')}"
-    return f"{observable.type}--{uuid.uuid5(SCO_NAMESPACE, _canonical(id_contributing(observable)))}"
+    """The id the scheme in bev.stix gives it (the same in every service that writes STIX)."""
+    try:
+        return stix.object_id(observable.type, observable.value, observable.properties)
+    except ValueError as exc:
+        raise ObservableError(str(exc)) from None
 
 
 def from_indicator(type_name: str, value: str) -> Observable:

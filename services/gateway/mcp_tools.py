@@ -30,7 +30,6 @@ import ipaddress
 import json
 import logging
 import time
-import uuid
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
 from importlib.metadata import version
@@ -50,7 +49,7 @@ from bev.common.v1 import common_pb2
 from bev.embeddings.v1 import embeddings_pb2
 from bev.media_types import UnsupportedMediaType, resolve_media_type
 from bev.rpc import RpcError, StatusCode
-from bev.stix import BEV_NAMESPACE, SCO_NAMESPACE
+from bev.stix import NAMED_SDO_TYPES, object_id
 from bev.swarm.v1 import swarm_pb2
 from bev.vocab import Tlp
 from bev.wallets import is_valid_bitcoin_address, is_valid_ethereum_address
@@ -597,29 +596,10 @@ def mcp_server(clients: Clients) -> MCPServer[Any]:
 # other spellings (case, an alias, an ATT&CK id): the collectors answer raw queries only for keys
 # cleared for TLP:RED, since a query's rows cannot be filtered by label.
 
-# Named domain objects the graph keys by type and name (services/collectors/observables.py).
-NAMED_TYPES = ("intrusion-set", "threat-actor", "malware", "tool", "campaign", "attack-pattern", "vulnerability",
-               "course-of-action", "identity")
+# Named domain objects the graph keys by type and name.
+NAMED_TYPES = tuple(sorted(NAMED_SDO_TYPES))
 _HASH_KEYS = {32: "MD5", 40: "SHA-1", 64: "SHA-256", 128: "SHA-512"}
-
-
-def stix_id(stix_type: str, value: str, properties: Mapping[str, Any] | None = None) -> str:
-    """The id the collectors give an entity (services/collectors/observables.stix_id, which the
-    tests compare this with): STIX 2.1's deterministic SCO ids, and UUIDv5 of type and name for the
-    named domain objects STIX leaves random. To move to libs/bev/stix.py, the scheme's home."""
-    if stix_type in NAMED_TYPES or stix_type == "note":
-        return f"{stix_type}--{uuid.uuid5(BEV_NAMESPACE, f'{stix_type}:{value}')}"
-    contributing: dict[str, Any]
-    if stix_type == "file":
-        hashes = dict((properties or {}).get("hashes") or {})
-        key = next(k for k in ("MD5", "SHA-1", "SHA-256", "SHA-512") if k in hashes)
-        contributing = {"hashes": {key: hashes[key]}}
-    elif stix_type == "x-crypto-address":
-        contributing = {"currency": (properties or {}).get("currency", ""), "value": value}
-    else:
-        contributing = {"value": value}
-    canonical = json.dumps(contributing, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return f"{stix_type}--{uuid.uuid5(SCO_NAMESPACE, canonical)}"
+stix_id = object_id  # the id the collectors give an entity: bev.stix's scheme
 
 
 def candidate_ids(text: str, stix_type: str = "") -> list[str]:
