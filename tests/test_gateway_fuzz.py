@@ -94,6 +94,12 @@ checks.positive_data_acceptance.expected-statuses = ["2xx", "400", "401", "403",
 include-path-regex = "/events$"
 enabled = false
 
+# A document's id: an upload answers 202 with its ingest job, whose document_id is empty until the
+# job has stored the document, so the id Schemathesis links from the upload's answer may be empty.
+[[operations]]
+include-path = "/api/v1/documents/{{document_id}}"
+checks.ensure_resource_availability.enabled = false
+
 # Graph query: a Cypher text that does not parse, or writes, is 400 from the graph.
 [[operations]]
 include-path = "/api/v1/graph/query"

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, HTTPException
 from pydantic import ConfigDict, Field
 
 from bev.avatar.v1 import avatar_pb2
@@ -35,7 +35,12 @@ class AvatarStateBody(Body):
 async def avatar_state(body: AvatarStateBody, clients: ClientsDep) -> dict[str, Any]:
     """Move a session's avatar to a research state; the answer is the expression to show."""
     state = enum_value(avatar_pb2.ResearchState, "RESEARCH_STATE_", body.state, "state")
-    request = avatar_pb2.MapStateRequest(session_id=body.session_id, state=state, personality=body.personality)
+    # Checked here too: the service reads the personality only when a session starts, so a bad one
+    # for an existing session would pass unnoticed.
+    if body.personality and body.personality.lower() not in PERSONALITIES:
+        raise HTTPException(400, f"unknown personality {body.personality!r}; one of {', '.join(PERSONALITIES)}")
+    request = avatar_pb2.MapStateRequest(session_id=body.session_id, state=state,
+                                          personality=body.personality.lower())
     for name in ("confidence", "severity", "progress"):
         value = getattr(body, name)
         if value is not None:

@@ -10,7 +10,7 @@ from typing_extensions import TypeAliasType
 from bev.collectors.v1 import collectors_pb2
 from bev.vocab import Tlp
 from services.gateway.deps import ADMIN, READ, WRITE, CallerDep, ClientsDep
-from services.gateway.routes.common import TLP_LABELS, Body, Cursor, Int, Limit, paged, tlp_value, to_json
+from services.gateway.routes.common import TLP_LABELS, Body, Int, Limit, PageCursor, paged, tlp_value, to_json
 
 # The collectors service's bounds (services/collectors: graph.MAX_DEPTH, GraphConfig.max_rows and
 # max_neighborhood by default); the service checks its configured ones again.
@@ -105,7 +105,7 @@ async def extract(body: ExtractBody, clients: ClientsDep) -> dict[str, Any]:
 
 
 @router.get("/api/v1/collectors", dependencies=[READ])
-async def list_collectors(clients: ClientsDep, limit: Limit = 100, cursor: Cursor = "") -> dict[str, Any]:
+async def list_collectors(clients: ClientsDep, limit: Limit = 100, cursor: PageCursor = "") -> dict[str, Any]:
     """The collectors by name: what each takes and produces, its rate limit, whether it needs the network or Tor."""
     listed = await clients.collectors.ListCollectors(collectors_pb2.ListCollectorsRequest())
     page, next_cursor = paged(listed.collectors, lambda c: c.name, limit, cursor)

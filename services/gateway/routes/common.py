@@ -9,8 +9,6 @@ writes `bev.common.v1.Tlp` / `Tier` fields as "green", "balanced", not as their 
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 from collections.abc import Callable, Iterable
 from typing import Annotated, Any, Protocol, TypeVar
@@ -213,17 +211,20 @@ Cursor = Annotated[str, Query(max_length=1024, description="`next_cursor` of the
 T = TypeVar("T")
 
 
+# A list the gateway pages itself (`paged`) resumes after an item's sort key, which any text is, so
+# every cursor of this shape is a valid position (hex, because a key may hold characters no query
+# parameter may: the fleet list's key holds NUL).
+PageCursor = Annotated[str, Query(max_length=1024, pattern=r"^([0-9a-f]{2})*$",
+                                  description="`next_cursor` of the previous page; empty: the first")]
+
+
 def encode_cursor(key: str) -> str:
-    return base64.urlsafe_b64encode(key.encode()).decode("ascii").rstrip("=")
+    return key.encode().hex()
 
 
 def decode_cursor(cursor: str) -> str:
-    """The sort key a cursor of `encode_cursor` holds; 400 for anything this API did not give out."""
-    try:
-        padded = cursor.encode("ascii") + b"=" * (-len(cursor) % 4)
-        return base64.b64decode(padded, altchars=b"-_", validate=True).decode() if cursor else ""
-    except (binascii.Error, UnicodeError):
-        raise HTTPException(400, "cursor is not one this API returned (send back `next_cursor` as it came)") from None
+    """The sort key a cursor of `encode_cursor` holds (PageCursor's pattern makes it hex)."""
+    return bytes.fromhex(cursor).decode("utf-8", "replace")
 
 
 def paged(items: Iterable[T], key: Callable[[T], str], limit: int, cursor: str) -> tuple[list[T], str]:

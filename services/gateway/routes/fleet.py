@@ -11,7 +11,7 @@ from bev.common.v1 import common_pb2
 from bev.monitoring.v1 import monitoring_pb2
 from services.gateway.clients import Clients
 from services.gateway.deps import READ, ClientsDep
-from services.gateway.routes.common import ERROR_SCHEMA, Cursor, Limit, paged, to_json
+from services.gateway.routes.common import ERROR_SCHEMA, Limit, PageCursor, paged, to_json
 
 router = APIRouter(tags=["fleet"])
 
@@ -50,7 +50,7 @@ async def healthz(clients: ClientsDep) -> JSONResponse:
 @router.get("/api/v1/services", dependencies=[READ], responses={
     200: {"description": "The fleet's status and a page of its instances",
           "content": {"application/json": {"example": _SERVICES_EXAMPLE}}}})
-async def services(clients: ClientsDep, limit: Limit = 100, cursor: Cursor = "") -> dict[str, Any]:
+async def services(clients: ClientsDep, limit: Limit = 100, cursor: PageCursor = "") -> dict[str, Any]:
     """Every service instance (by service, then instance id): node, state, uptime, request and error
     counts, addresses; the fleet's status and the services with no instance on every page."""
     health = await _fleet(clients)

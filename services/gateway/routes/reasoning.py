@@ -14,9 +14,9 @@ from services.gateway.routes.common import (
     MAX_TOKENS,
     TIER_LABELS,
     Body,
-    Cursor,
     Int,
     Limit,
+    PageCursor,
     paged,
     tier_value,
     to_json,
@@ -98,7 +98,7 @@ async def analyze(body: AnalyzeBody, clients: ClientsDep, budget: LlmBudgetDep) 
 
 
 @router.get("/api/v1/reasoning/router", dependencies=[READ])
-async def router_status(clients: ClientsDep, limit: Limit = 100, cursor: Cursor = "") -> dict[str, Any]:
+async def router_status(clients: ClientsDep, limit: Limit = 100, cursor: PageCursor = "") -> dict[str, Any]:
     """The inference backends (by name): health, load, requests, failures; the router's counters on every page."""
     status = await clients.reasoning.RouterStatus(reasoning_pb2.RouterStatusRequest())
     page, next_cursor = paged(status.backends, lambda b: b.name, limit, cursor)

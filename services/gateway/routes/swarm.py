@@ -47,6 +47,7 @@ from services.gateway.routes.common import (
     Body,
     Cursor,
     Limit,
+    PageCursor,
     enum_value,
     error_response,
     labels,
@@ -512,7 +513,7 @@ async def roles(
     phase: Annotated[str, Query(description="ingestion, hypotheses, correlation, counterfactuals, synthesis "
                                             "(any case); empty: every phase",
                                 json_schema_extra=labels("", *PHASES))] = "",
-    limit: Limit = 100, cursor: Cursor = "",
+    limit: Limit = 100, cursor: PageCursor = "",
 ) -> dict[str, Any]:
     """The roles investigations staff (by name): what each does, in which phases, with which tools."""
     value = enum_value(swarm_pb2.Phase, "PHASE_", phase, "phase") if phase else swarm_pb2.PHASE_UNSPECIFIED
@@ -798,7 +799,7 @@ async def evidence(evidence_id: str, clients: ClientsDep, caller: CallerDep) -> 
                 "investigation_id": "5b0f3e8e-7c1d-4b7a-9a61-0e2f4c9d1a33", "activity": "collectors.Collect dns",
                 "since": "2026-12-01T10:00:02Z", "instance": "swarm-8e1b"}],
     "next_cursor": ""})})
-async def agents(clients: ClientsDep, caller: CallerDep, limit: Limit = 100, cursor: Cursor = "") -> dict[str, Any]:
+async def agents(clients: ClientsDep, caller: CallerDep, limit: Limit = 100, cursor: PageCursor = "") -> dict[str, Any]:
     """The roles investigations staff (every page), and a page of the agents working now on the key's
     team's investigations (by id): role, investigation, activity, since when, the swarm replica running it."""
     answer = await clients.swarm.ListAgents(swarm_pb2.ListAgentsRequest(access=caller.access()))
