@@ -12,7 +12,7 @@ request stays as valid or as invalid as Schemathesis made it (Schemathesis re-ch
 hook changed). The bounds themselves are the API models' (services/gateway/routes), and
 services/gateway/tests check them.
 
-The fuzzer holds an admin key, and DELETE /api/v1/keys/{key_id} revokes a key. Its stateful phase
+The fuzzer holds an admin key, and POST /api/v1/keys/{key_id}/revoke revokes a key. Its stateful phase
 reuses ids from earlier answers in later requests (GET /api/v1/keys lists every key's), so it could
 revoke its own key (every later request would be a 401, and the run would test nothing) or the
 fleet's admin key. So a DELETE aimed
@@ -36,7 +36,7 @@ _TEXT_FIELDS = ("texts", "input")
 MAX_CHARS = 40
 
 KEPT_KEYS = frozenset(filter(None, os.environ.get("BEV_FUZZ_KEEP_KEYS", "").split(",")))
-REVOKE = ("DELETE", "/api/v1/keys/{key_id}")
+REVOKE = ("POST", "/api/v1/keys/{key_id}/revoke")
 NO_SUCH_KEY = "no-such-key-kept-by-the-fuzzer"
 
 

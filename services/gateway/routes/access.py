@@ -1,9 +1,8 @@
 """API keys and the audit log over HTTP, for admin keys: create (the key is in the answer, once),
-list, look at, revoke; the audit log newest first. `bev keys` does the same against Vault."""
+list, look at, revoke (POST .../revoke); the audit log newest first. `bev keys` does the same against Vault."""
 
 from __future__ import annotations
 
-import base64
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -15,7 +14,7 @@ from bev.access import SCOPES, InvalidKeyRequest
 from bev.access.keys import DEFAULT_REQUESTS_PER_HOUR, DEFAULT_TOKENS_PER_DAY
 from bev.vocab import Tlp, UnknownTlp
 from services.gateway.deps import ADMIN, CallerDep, get_guard
-from services.gateway.routes.common import TLP_LABELS, Body, Int
+from services.gateway.routes.common import TLP_LABELS, Body, Int, PageCursor, decode_cursor, encode_cursor
 
 router = APIRouter(tags=["access"])
 
@@ -37,17 +36,6 @@ class NewKeyBody(Body):
                                         examples=["2027-01-01T00:00:00Z"])
     requests_per_hour: Int = Field(default=DEFAULT_REQUESTS_PER_HOUR, ge=1, le=10_000_000)
     tokens_per_day: Int = Field(default=DEFAULT_TOKENS_PER_DAY, ge=1, le=1_000_000_000)
-
-
-def _cursor(value: str) -> str:
-    try:
-        return base64.urlsafe_b64decode(value.encode() + b"==").decode() if value else ""
-    except (ValueError, UnicodeDecodeError):
-        raise HTTPException(400, "cursor is not one this API returned") from None
-
-
-def _next(value: str) -> str:
-    return base64.urlsafe_b64encode(value.encode()).decode().rstrip("=")
 
 
 @router.post("/api/v1/keys", status_code=201, dependencies=[ADMIN], responses={
@@ -74,12 +62,12 @@ async def create_key(body: NewKeyBody, request: Request, caller: CallerDep) -> J
 @router.get("/api/v1/keys", dependencies=[ADMIN])
 async def list_keys(request: Request,
                     team: Annotated[str, Query(max_length=64, description="only this team's keys")] = "",
-                    limit: Annotated[int, Query(ge=1, le=500)] = 100,
-                    cursor: Annotated[str, Query(max_length=200)] = "") -> dict[str, Any]:
+                    limit: Annotated[int, Query(ge=1, le=500)] = 100, cursor: PageCursor = "") -> dict[str, Any]:
     """Keys by id (never their secrets), `next_cursor` for the next page ("" on the last)."""
-    keys = await get_guard(request).keys.list(team=team, after=_cursor(cursor), limit=limit + 1)
+    keys = await get_guard(request).keys.list(team=team, after=decode_cursor(cursor), limit=limit + 1)
     page = keys[:limit]
-    return {"keys": [k.to_json() for k in page], "next_cursor": _next(page[-1].id) if len(keys) > limit else ""}
+    return {"keys": [k.to_json() for k in page],
+            "next_cursor": encode_cursor(page[-1].id) if len(keys) > limit else ""}
 
 
 @router.get("/api/v1/keys/{key_id}", dependencies=[ADMIN], responses={404: {"description": "No key by that id"}})
@@ -90,9 +78,12 @@ async def get_key(key_id: Annotated[str, Path(max_length=64)], request: Request)
     return key.to_json()
 
 
-@router.delete("/api/v1/keys/{key_id}", dependencies=[ADMIN], responses={404: {"description": "No key by that id"}})
+# POST, not DELETE: a revoked key is kept (its audit entries name it) and still answers GET.
+@router.post("/api/v1/keys/{key_id}/revoke", dependencies=[ADMIN],
+             responses={404: {"description": "No key by that id"}})
 async def revoke_key(key_id: Annotated[str, Path(max_length=64)], request: Request) -> dict[str, Any]:
-    """Revoke a key: at once on this gateway replica, within its key cache time on the others."""
+    """Revoke a key (idempotent): refused at once on this gateway replica, within its key cache
+    time (5 s) on the others."""
     guard = get_guard(request)
     key = await guard.keys.revoke(key_id)
     if key is None:
@@ -107,13 +98,10 @@ async def audit(request: Request,
                 team: Annotated[str, Query(max_length=64)] = "",
                 status: Annotated[int, Query(ge=0, le=599, description="only answers with this status; 0: any")] = 0,
                 limit: Annotated[int, Query(ge=1, le=500)] = 100,
-                cursor: Annotated[str, Query(max_length=40)] = "") -> dict[str, Any]:
+                cursor: Annotated[str, Query(pattern=r"^[0-9]{0,18}$",
+                                             description="`next_cursor` of the previous page")] = "") -> dict[str, Any]:
     """Mutating and denied calls, newest first: key, team, route, object, status, time, trace id."""
-    before = 0
-    if cursor:
-        if not cursor.isdigit() or len(cursor) > 18:
-            raise HTTPException(400, "cursor is not one this API returned")
-        before = int(cursor)
+    before = int(cursor) if cursor else 0
     entries = await get_guard(request).audit.list(before=before, limit=limit + 1, key_id=key_id, team=team,
                                                   status=status)
     page = entries[:limit]

@@ -101,7 +101,7 @@ SCOPES = {
     ("POST", "/api/v1/keys"): "admin",
     ("GET", "/api/v1/keys"): "admin",
     ("GET", "/api/v1/keys/{key_id}"): "admin",
-    ("DELETE", "/api/v1/keys/{key_id}"): "admin",
+    ("POST", "/api/v1/keys/{key_id}/revoke"): "admin",
     ("GET", "/api/v1/audit"): "admin",
 }
 OPEN = {("GET", "/healthz")}
@@ -412,7 +412,7 @@ async def test_lists_the_services_do_not_page_are_paged_by_the_gateway(
     assert [b["name"] for b in await _all_pages(http, gateway, "/api/v1/reasoning/router", "backends")] == names
     for cursor, limit in (("not a cursor", 10), ("", 0), ("", 501)):
         refused = await http.get("/api/v1/services", params={"cursor": cursor, "limit": limit}, headers=gateway.auth())
-        assert refused.status_code == (400 if cursor else 422), refused.text
+        assert refused.status_code == 422, refused.text  # the schema refuses a cursor that is not hex
 
 
 def _spent_out(response: httpx.Response, budget: int) -> None:

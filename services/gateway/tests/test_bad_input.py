@@ -233,7 +233,7 @@ async def test_list_routes_take_only_their_own_cursors(gateway: httpx.AsyncClien
     refused(await gateway.get("/api/v1/collectors", params={"cursor": "\u00e9t\u00e9"}), 422, "cursor (query parameter)")
     refused(await gateway.get("/api/v1/collectors", params={"cursor": "abc"}), 422, "cursor (query parameter)")
     # Any hex is a position: after a key past every name, the page is empty.
-    past = (await gateway.get("/api/v1/collectors", params={"cursor": "zzzz".encode().hex()})).json()
+    past = (await gateway.get("/api/v1/collectors", params={"cursor": b"zzzz".hex()})).json()
     assert past == {"collectors": [], "next_cursor": ""}
     refused(await gateway.get("/api/v1/collectors", params={"limit": 0}), 422, "limit (query parameter)")
     refused(await gateway.get("/api/v1/collectors", params={"limit": 501}), 422, "limit (query parameter)")
