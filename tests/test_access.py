@@ -98,6 +98,8 @@ async def test_keys_page_by_id_and_filter_by_team(pool: AsyncConnectionPool[Any]
         seen += [k.id for k in page]
         after = page[-1].id
     assert seen == sorted(k for i, k in enumerate(made) if i % 2)
+    # Any position is one, even with a NUL (a hex cursor may decode to one; PostgreSQL text cannot hold it).
+    assert [k.id for k in await store.list(team="paging-a", after=seen[0] + "\x00")] == seen[1:]
 
 
 async def test_audit_log_lists_newest_first_with_filters(pool: AsyncConnectionPool[Any]) -> None:

@@ -109,7 +109,7 @@ def create_app(nc: NatsClient, config: GatewayConfig, callees: Iterable[str], gu
     async def rate_limited(request: Request, exc: RateLimited) -> Response:
         return error_response(request.url.path, 429, str(exc), headers=exc.headers)
 
-    @app.exception_handler(psycopg.Error)
+    @app.exception_handler(psycopg.OperationalError)
     @app.exception_handler(PoolTimeout)
     async def database_unavailable(request: Request, exc: Exception) -> Response:
         # The key and audit routes' database: its cause in one line, not a traceback.

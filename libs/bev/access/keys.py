@@ -186,6 +186,9 @@ class KeyStore:
 
     async def list(self, *, team: str = "", after: str = "", limit: int = 100) -> list[ApiKey]:
         """Keys ordered by id, after the id `after`; only `team`'s when given."""
+        # Ids are [a-z0-9]: a position with NUL (which PostgreSQL text cannot hold) orders like its
+        # part before the NUL, among ids.
+        after = after.split("\x00", 1)[0]
         async with self.pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
             await cur.execute(
                 f"select {_COLUMNS} from access.api_keys where id > %s and (%s = '' or team = %s) "
