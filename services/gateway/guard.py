@@ -14,10 +14,11 @@ schema) answers a caller without a valid key; only `/healthz` is open. In order:
    `bev.events.audit.call` (JetStream stream BEV_EVENTS keeps them; subscribe to
    `bev.events.audit.>`).
 
-Audit entries are written once the answer has gone out, by one writer task that inserts whatever
-has queued up in one statement: the caller does not wait for it, nor does the next request on the
-connection, and a burst costs one round trip per batch, not per call. `drain()` (at shutdown)
-waits for the queue to empty.
+Audit entries are written once the answer has gone out, by one writer task that gathers them for
+`audit_flush_s` (50 ms) and inserts the lot in one statement: the caller does not wait for it, nor
+does the next request on the connection, and busy traffic costs one round trip per batch, not per
+call. The price: a gateway killed outright loses the entries of its last 50 ms (a log line per
+call it answered is the only trace then); `drain()`, at every orderly shutdown, writes them all.
 
 Verified keys are cached for `cache_s` seconds (by a hash of the presented key), so a request
 costs no database round trip; a revocation through this replica applies at once, elsewhere within
@@ -91,10 +92,11 @@ class Guard:
     """Authentication, rate limits and audit for the gateway's app (see the module docstring)."""
 
     def __init__(self, keys: KeyStore, limits: Limits, audit: AuditLog, publish: Publish | None = None,
-                 cache_s: float = 5.0) -> None:
+                 cache_s: float = 5.0, audit_flush_s: float = 0.05) -> None:
         self.keys, self.limits, self.audit = keys, limits, audit
         self.publish = publish
         self.cache_s = cache_s
+        self.audit_flush_s = audit_flush_s
         self._cache: dict[bytes, _Cached] = {}
         self.routes: list[APIRoute] = []  # create_app fills it: the route template each audit entry names
         self.mounted: frozenset[str] = frozenset()  # paths served by a mounted ASGI app (/mcp)
@@ -133,7 +135,7 @@ class Guard:
         while self._writer is not None and not self._writer.done():
             await asyncio.wait([self._writer])
 
-    def _audit(self, key: ApiKey | None, method: str, route: str, scope: Scope, path_params: dict[str, Any],
+    def _audit(self, key: ApiKey | None, method: str, route: str, path_params: dict[str, Any], scope: Scope,
                object_id: str, status: int, trace_id: str) -> None:
         client = scope.get("client")
         self._queued.append(AuditEntry(
@@ -161,9 +163,8 @@ class Guard:
     async def _serve(self, app: ASGIApp, scope: Scope, receive: Receive, send: Send) -> None:
         headers = Headers(scope=scope)
         method = scope.get("method", "GET") if scope["type"] == "http" else "WEBSOCKET"
-        route, path_params = self._route(scope)
-        name = f"HTTP {method} {route or 'unknown'}"
-        with active_span(tracer, name, SpanKind.SERVER, extract(headers)) as span:
+        # Named by its route once routing has run (matching it here too would cost every request).
+        with active_span(tracer, f"HTTP {method}", SpanKind.SERVER, extract(headers)) as span:
             trace_id = format(span.get_span_context().trace_id, "032x")
             key: ApiKey | None = None
             try:
@@ -174,7 +175,7 @@ class Guard:
                     raise GuardUnavailable(f"rate limits cannot be checked: Redis: {_one_line(exc)}") from None
             except Unauthenticated as exc:
                 await self._deny(scope, receive, send, 401, str(exc), {"WWW-Authenticate": 'Bearer realm="bev"'})
-                self._audit(exc.key, method, route, scope, path_params, "", 401, trace_id)
+                self._audit(exc.key, method, *self._route(scope), scope, "", 401, trace_id)
                 return
             except GuardUnavailable as exc:
                 log.warning("request refused: the guard cannot check it", cause=str(exc))
@@ -185,7 +186,7 @@ class Guard:
                 retry = {**limit_headers, "Retry-After": str(max(1, int(decision.retry_after_s + 0.999)))}
                 await self._deny(scope, receive, send, 429,
                                  f"key {key.id} is over its {decision.limit} requests per hour", retry)
-                self._audit(key, method, route, scope, path_params, "", 429, trace_id)
+                self._audit(key, method, *self._route(scope), scope, "", 429, trace_id)
                 return
             scope.setdefault("state", {})["caller"] = Caller(key)
             status, location = 0, ""
@@ -210,10 +211,16 @@ class Guard:
             try:
                 await app(scope, receive, send_with_limits)
             finally:
+                # The router left the route it chose in the scope.
+                served = scope.get("route")
+                route = scope["path"] if scope["path"] in self.mounted else getattr(served, "path", "")
+                span.update_name(f"HTTP {method} {route or 'unknown'}")
                 if method not in READ_METHODS or status in DENIED:
-                    route, path_params = self._route(scope)
+                    if not route:  # a 404 or 405: no route ran
+                        route = self._route(scope)[0]
                     object_id = location.rstrip("/").rsplit("/", 1)[-1] if location else ""
-                    self._audit(key, method, route, scope, path_params, object_id, status or 500, trace_id)
+                    self._audit(key, method, route, dict(scope.get("path_params", {})), scope, object_id,
+                                status or 500, trace_id)
 
     def _route(self, scope: Scope) -> tuple[str, dict[str, Any]]:
         """The template of the route that serves `scope` and its path parameters ("" for none)."""
@@ -243,6 +250,7 @@ class Guard:
         await response(scope, receive, send)
 
     async def _write_queued(self) -> None:
+        await asyncio.sleep(self.audit_flush_s)  # gather a batch
         while self._queued:
             batch, self._queued = self._queued[:500], self._queued[500:]
             try:

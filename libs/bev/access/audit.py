@@ -4,7 +4,7 @@ PostgreSQL (access.audit), also published on the bus as `bev.events.audit`."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -27,7 +27,10 @@ class AuditEntry:
     id: int = 0
 
     def to_json(self) -> dict[str, Any]:
-        return {**asdict(self), "at": self.at.isoformat()}
+        # Spelled out: dataclasses.asdict deep-copies, a tenth of the guard's cost per audited call.
+        return {"id": self.id, "at": self.at.isoformat(), "key_id": self.key_id, "team": self.team,
+                "method": self.method, "route": self.route, "path": self.path, "object_id": self.object_id,
+                "status": self.status, "trace_id": self.trace_id, "client": self.client}
 
 
 class AuditLog:

@@ -503,7 +503,7 @@ async def test_lists_of_the_swarm_page_with_a_cursor(real: RealSwarm) -> None:
     agents = (await real.http.get("/api/v1/agents", params={"limit": 1})).json()
     assert set(agents) == {"roles", "agents", "next_cursor"} and agents["roles"]
     bad = await real.http.get("/api/v1/swarm/roles", params={"cursor": "%%%"})
-    assert bad.status_code == 400 and "cursor" in bad.json()["error"]
+    assert bad.status_code == 422 and "cursor" in bad.json()["error"]  # not hex: the schema refuses it
     for investigation_id in ids:
         assert await _finish(real.store, investigation_id)  # closed with its `done` event
 
