@@ -35,6 +35,7 @@ FalkorDB is reached through its native client: its Bolt port crashed on a 100-ro
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
@@ -205,6 +206,76 @@ def bounded_subquery(cypher: str, rows: int) -> str:
     # `WITH *` imports nothing but makes a query's own leading WITH an ordinary clause (FalkorDB reads
     # a subquery's first WITH as its imports); the newline ends a trailing // comment.
     return f"CALL {{\nWITH *\n{body}\n}}\nRETURN * LIMIT {int(rows)}"
+
+
+def returned_columns(cypher: str) -> list[str] | None:
+    """The column names of the query's last top-level RETURN, in its order ("a.value", an alias),
+    or None when they cannot be read (RETURN *, no RETURN). `RETURN *` around a subquery answers
+    its columns sorted by name; this is the order to put them back in."""
+    text = _blank_literals(cypher)
+    depth, last = 0, -1
+    for i, ch in enumerate(text):
+        if ch in "([{":
+            depth += 1
+        elif ch in ")]}":
+            depth -= 1
+        elif depth == 0 and text[i:i + 6].upper() == "RETURN" and (i == 0 or not _word(text[i - 1])) \
+                and (i + 6 == len(text) or not _word(text[i + 6])):
+            last = i
+    if last < 0:
+        return None
+    tail = text[last + 6:]
+    end = re.search(r"(?i)\b(ORDER\s+BY|SKIP|LIMIT|UNION)\b", tail)
+    projection, start = (tail[:end.start()] if end else tail), last + 6
+    items, depth, begin = [], 0, 0
+    for i, ch in enumerate(projection + ","):
+        if ch in "([{":
+            depth += 1
+        elif ch in ")]}":
+            depth -= 1
+        elif ch == "," and depth == 0:
+            items.append((begin, i))
+            begin = i + 1
+    names = []
+    for first, stop in items:
+        blanked = projection[first:stop]  # a comment is blank here, so it drops out of the name
+        lead = len(blanked) - len(blanked.lstrip())
+        original = cypher[start + first + lead:start + first + len(blanked.rstrip())]
+        if not original:
+            return None
+        original = re.sub(r"(?i)^DISTINCT\s+", "", original) if not names else original
+        alias = re.search(r"(?is)\s+AS\s+(`[^`]+`|\w+)\s*$", original)
+        names.append(alias.group(1).strip("`") if alias else original)
+    return None if names == ["*"] else names
+
+
+def _word(ch: str) -> bool:
+    return ch.isalnum() or ch == "_"
+
+
+def _blank_literals(cypher: str) -> str:
+    """`cypher` with the insides of strings, `names` and comments blanked (same length), so that
+    keywords and brackets are found only in the query's own text."""
+    out = list(cypher)
+    i, n = 0, len(cypher)
+    while i < n:
+        ch = cypher[i]
+        if ch in "'\"`":
+            j = i + 1
+            while j < n and cypher[j] != ch:
+                j += 2 if cypher[j] == "\\" and ch != "`" else 1
+            for k in range(i + 1, min(j, n)):
+                out[k] = " "
+            i = j + 1
+        elif cypher.startswith("//", i) or cypher.startswith("/*", i):
+            end = cypher.find("\n", i) if cypher[i + 1] == "/" else cypher.find("*/", i + 2) + 2
+            end = n if end < 1 else end
+            for k in range(i, end):
+                out[k] = " "
+            i = end
+        else:
+            i += 1
+    return "".join(out)
 
 
 def _braces_balance(cypher: str) -> bool:
@@ -413,7 +484,13 @@ class FalkorGraphStore(CypherGraphStore):
 
     async def _run_bounded(self, cypher: str, params: Mapping[str, Any], rows: int) -> tuple[list[str], list[list[Any]]]:
         # RO_QUERY's timeout stops the work; the LIMIT stops the reply, which the timeout does not cover.
-        return await self._run(bounded_subquery(cypher, rows), params, read_only=True)
+        columns, found = await self._run(bounded_subquery(cypher, rows), params, read_only=True)
+        # RETURN * answers the subquery's columns sorted by name: put them back in the query's order.
+        wanted = returned_columns(cypher)
+        if wanted is None or sorted(wanted) != sorted(columns) or len(set(wanted)) != len(wanted):
+            return columns, found
+        order = [columns.index(name) for name in wanted]
+        return wanted, [[row[i] for i in order] for row in found]
 
     async def delete_graph(self) -> None:
         try:

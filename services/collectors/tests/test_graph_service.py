@@ -244,3 +244,16 @@ async def test_import_stix_refuses_what_is_not_a_bundle(collectors_service: Serv
     with pytest.raises(RpcError) as refused:
         await client.ImportStix(collectors_pb2.ImportStixRequest(bundle_json=_bundle(invalid)))
     assert refused.value.code == StatusCode.INVALID_ARGUMENT and "invalid STIX object" in refused.value.message
+
+
+async def test_graph_query_keeps_the_column_order_of_its_return(collectors_service: ServiceUnderTest) -> None:
+    """The bounding subquery's RETURN * sorts columns by name; the answer keeps the query's own order."""
+    cases = {
+        "RETURN 'z' AS zeta, 'a' AS alpha, 'm' AS mid": (["zeta", "alpha", "mid"], ["z", "a", "m"]),
+        "WITH 3 AS c, 1 AS a RETURN DISTINCT c, a // RETURN a, c": (["c", "a"], [3, 1]),
+        "UNWIND [2, 1] AS x RETURN x * 10 AS tens, x ORDER BY x LIMIT 1": (["tens", "x"], [10, 1]),
+    }
+    for cypher, (columns, row) in cases.items():
+        answer = await collectors_service.client.GraphQuery(collectors_pb2.GraphQueryRequest(cypher=cypher))
+        assert list(answer.columns) == columns, cypher
+        assert json.loads(answer.rows_json[0]) == row, cypher
