@@ -227,7 +227,8 @@ def returned_columns(cypher: str) -> list[str] | None:
     tail = text[last + 6:]
     end = re.search(r"(?i)\b(ORDER\s+BY|SKIP|LIMIT|UNION)\b", tail)
     projection, start = (tail[:end.start()] if end else tail), last + 6
-    items, depth, begin = [], 0, 0
+    items: list[tuple[int, int]] = []
+    depth, begin = 0, 0
     for i, ch in enumerate(projection + ","):
         if ch in "([{":
             depth += 1
@@ -236,7 +237,7 @@ def returned_columns(cypher: str) -> list[str] | None:
         elif ch == "," and depth == 0:
             items.append((begin, i))
             begin = i + 1
-    names = []
+    names: list[str] = []
     for first, stop in items:
         blanked = projection[first:stop]  # a comment is blank here, so it drops out of the name
         lead = len(blanked) - len(blanked.lstrip())
