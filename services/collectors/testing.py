@@ -30,6 +30,7 @@ import dns.rrset
 import pytest
 
 from bev.engines import free_port
+from services.collectors.settings import CollectorsConfig, FetchConfig
 
 __all__ = ["dns_fixture", "http_fixture", "socks_proxy", "whois_fixture"]
 
@@ -243,3 +244,19 @@ def socks_proxy() -> Iterator[SocksProxy]:
     yield proxy
     process.terminate()
     process.wait(5)
+
+
+def local_collectors_config(dns: DnsFixture, http: HttpFixture, whois: WhoisFixture, *, tor_socks_url: str = "",
+                            **more: object) -> CollectorsConfig:
+    """The collectors' settings with every external base URL, resolver and server pointing at these
+    local stand-ins (`more`: further top-level settings, e.g. the graph's name)."""
+    return CollectorsConfig.model_validate({
+        "fetch": FetchConfig(allow_ranges=["127.0.0.0/8"], nameservers=[dns.nameserver],
+                             per_domain_rate_per_s=1000, tor_socks_url=tor_socks_url),
+        "dns": {"nameservers": [dns.nameserver], "timeout_s": 2},
+        "whois": {"server": whois.server, "timeout_s": 2},
+        "bitcoin": {"esplora_url": http.url("/esplora/api"), "max_depth": 2, "max_fanout": 5,
+                    "rate_limit_per_s": 1000},
+        "ethereum": {"rpc_url": http.url("/eth-rpc"), "rate_limit_per_s": 1000},
+        **more,
+    })

@@ -23,8 +23,8 @@ from services.collectors.fetch import Fetcher
 from services.collectors.graph import CypherGraphStore, FalkorGraphStore, Neo4jGraphStore
 from services.collectors.observations import ObservationStore, migrate
 from services.collectors.servicer import Collectors, assemble
-from services.collectors.settings import CollectorsConfig, FetchConfig
-from services.collectors.testing import DnsFixture, HttpFixture, WhoisFixture
+from services.collectors.settings import CollectorsConfig
+from services.collectors.testing import DnsFixture, HttpFixture, WhoisFixture, local_collectors_config
 
 
 @pytest.fixture(params=["falkordb", "neo4j"])
@@ -66,15 +66,7 @@ async def observation_store(observations_dsn: str) -> AsyncIterator[ObservationS
 @pytest.fixture
 def collectors_config(dns_fixture: DnsFixture, http_fixture: HttpFixture, whois_fixture: WhoisFixture) -> CollectorsConfig:
     """Every external base URL, resolver and server points at a local fixture."""
-    return CollectorsConfig.model_validate({
-        "fetch": FetchConfig(allow_ranges=["127.0.0.0/8"], nameservers=[dns_fixture.nameserver],
-                             per_domain_rate_per_s=1000, tor_socks_url=""),
-        "dns": {"nameservers": [dns_fixture.nameserver], "timeout_s": 2},
-        "whois": {"server": whois_fixture.server, "timeout_s": 2},
-        "bitcoin": {"esplora_url": http_fixture.url("/esplora/api"), "max_depth": 2, "max_fanout": 5,
-                    "rate_limit_per_s": 1000},
-        "ethereum": {"rpc_url": http_fixture.url("/eth-rpc"), "rate_limit_per_s": 1000},
-    })
+    return local_collectors_config(dns_fixture, http_fixture, whois_fixture)
 
 
 @pytest_asyncio.fixture
