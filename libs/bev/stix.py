@@ -20,6 +20,8 @@ NAMED_SDO_TYPES: frozenset[str] = frozenset(
      "course-of-action"}
 )
 HASH_PREFERENCE = ("MD5", "SHA-1", "SHA-256", "SHA-512")  # STIX's choice when several are known
+# A hex digest's algorithm by its length (a bare hash in a report or a question).
+HASH_BY_LENGTH = {32: "MD5", 40: "SHA-1", 64: "SHA-256", 128: "SHA-512"}
 
 
 def id_contributing(stix_type: str, value: str, properties: Mapping[str, Any] | None = None) -> dict[str, Any]:

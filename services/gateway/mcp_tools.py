@@ -49,7 +49,7 @@ from bev.common.v1 import common_pb2
 from bev.embeddings.v1 import embeddings_pb2
 from bev.media_types import UnsupportedMediaType, resolve_media_type
 from bev.rpc import RpcError, StatusCode
-from bev.stix import NAMED_SDO_TYPES, object_id
+from bev.stix import HASH_BY_LENGTH, NAMED_SDO_TYPES, object_id
 from bev.swarm.v1 import swarm_pb2
 from bev.vocab import Tlp
 from bev.wallets import is_valid_bitcoin_address, is_valid_ethereum_address
@@ -597,9 +597,7 @@ def mcp_server(clients: Clients) -> MCPServer[Any]:
 # cleared for TLP:RED, since a query's rows cannot be filtered by label.
 
 # Named domain objects the graph keys by type and name.
-NAMED_TYPES = tuple(sorted(NAMED_SDO_TYPES))
-_HASH_KEYS = {32: "MD5", 40: "SHA-1", 64: "SHA-256", 128: "SHA-512"}
-stix_id = object_id  # the id the collectors give an entity: bev.stix's scheme
+NAMED_TYPES = tuple(sorted(NAMED_SDO_TYPES))  # in a fixed order: candidate_ids' order is its answer
 
 
 def candidate_ids(text: str, stix_type: str = "") -> list[str]:
@@ -620,14 +618,14 @@ def candidate_ids(text: str, stix_type: str = "") -> list[str]:
         found.append(("x-crypto-address", value.lower(), {"currency": "ETH"}))
     elif is_valid_bitcoin_address(value):
         found.append(("x-crypto-address", value, {"currency": "BTC"}))
-    if len(value) in _HASH_KEYS and all(c in "0123456789abcdefABCDEF" for c in value):
-        found.append(("file", value.lower(), {"hashes": {_HASH_KEYS[len(value)]: value.lower()}}))
+    if len(value) in HASH_BY_LENGTH and all(c in "0123456789abcdefABCDEF" for c in value):
+        found.append(("file", value.lower(), {"hashes": {HASH_BY_LENGTH[len(value)]: value.lower()}}))
     if value.upper().startswith("CVE-"):
         found.append(("vulnerability", value.upper(), {}))
     if "." in value and not any(c in value for c in " /@:") and not found:
         found.append(("domain-name", value.rstrip(".").lower(), {}))
     found += [(kind, value, {}) for kind in NAMED_TYPES]
-    ids = [stix_id(kind, name, props) for kind, name, props in found if not stix_type or kind == stix_type]
+    ids = [object_id(kind, name, props) for kind, name, props in found if not stix_type or kind == stix_type]
     return list(dict.fromkeys(ids))
 
 
@@ -690,11 +688,11 @@ async def _resolve_entity(clients: Clients, caller: Caller, text: str,
 
 async def _known_around(clients: Clients, caller: Caller, stix_type: str, value: str) -> list[dict[str, Any]]:
     """What the graph already relates to an entity (nothing when it holds none the caller may see)."""
-    if not await _visible(clients, caller, [stix_id(stix_type, value)]):
+    if not await _visible(clients, caller, [object_id(stix_type, value)]):
         return []
     with service_errors():
         graph = await clients.collectors.Neighborhood(collectors_pb2.NeighborhoodRequest(
-            entity_id=stix_id(stix_type, value), depth=1, limit=100, access=caller.access()))
+            entity_id=object_id(stix_type, value), depth=1, limit=100, access=caller.access()))
     names = {e.id: e.value for e in graph.entities}
     return _relations(graph.relations, names)
 
@@ -706,7 +704,7 @@ async def _find_actor(clients: Clients, caller: Caller, actor: str) -> dict[str,
     if "--" in text and " " not in text:
         ids = [text]
     else:
-        ids = [stix_id(kind, text) for kind in ACTOR_TYPES]
+        ids = [object_id(kind, text) for kind in ACTOR_TYPES]
     matches = await _visible(clients, caller, ids)
     if not matches and len(ids) > 1:
         found = await _query(clients, caller, FIND_ACTOR, {

@@ -16,7 +16,6 @@ from redis.asyncio import BlockingConnectionPool, Redis
 
 from bev import access
 from bev.access import AuditLog, InvalidKeyRequest, KeyStore
-from bev.access.keys import BOOTSTRAP_ID
 from bev.gateway.v1.gateway_rpc import GatewayServicer
 from bev.manifest import ManifestError, load_manifest
 from bev.migrations import DatabaseUnavailable
@@ -114,6 +113,3 @@ async def build(runtime: ServiceRuntime[Settings]) -> Gateway:
     except (ManifestError, ClientsMismatch, InvalidKeyRequest) as exc:
         await close_guard(guard)
         raise StartupError(str(exc)) from None
-
-
-__all__ = ["BOOTSTRAP_ID", "Gateway", "build", "make_guard", "open_guard"]

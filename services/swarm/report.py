@@ -30,7 +30,7 @@ import stix2.exceptions
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import best_match
 
-from bev.stix import BEV_NAMESPACE, SCO_NAMESPACE, bundle, relationship_id
+from bev.stix import BEV_NAMESPACE, HASH_BY_LENGTH, SCO_NAMESPACE, bundle, relationship_id
 
 SCHEMA: dict[str, Any] = json.loads(
     resources.files(__package__ or "services.swarm").joinpath("report.schema.json").read_text(encoding="utf-8"))
@@ -533,7 +533,6 @@ _SDO_BY_NAME: dict[str, Any] = {
     "tool": stix2.Tool, "identity": stix2.Identity, "infrastructure": stix2.Infrastructure,
     "course-of-action": stix2.CourseOfAction,
 }
-_HASH_BY_LENGTH = {32: "MD5", 40: "SHA-1", 64: "SHA-256", 128: "SHA-512"}
 _UUID = r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
 _HEX = re.compile(r"[0-9a-fA-F]+")
 _STIX_ERRORS = (stix2.exceptions.STIXError, ValueError, TypeError)
@@ -638,7 +637,7 @@ def _entity_object(entity: Mapping[str, Any], when: str, marking: str) -> dict[s
             return None
         return _as_dict(_SCO_BY_VALUE[type_name](value=sco_value, object_marking_refs=[marking], **ids))
     if type_name == "file":
-        algorithm = _HASH_BY_LENGTH.get(len(value)) if _HEX.fullmatch(value) else None
+        algorithm = HASH_BY_LENGTH.get(len(value)) if _HEX.fullmatch(value) else None
         props = {"hashes": {algorithm: value.lower()}} if algorithm else {"name": value}
         return _as_dict(stix2.File(object_marking_refs=[marking], **props, **ids))
     if type_name == "autonomous-system":
