@@ -41,6 +41,7 @@ from services.gateway.routes.common import (
     error_response,
 )
 from services.gateway.settings import GatewayConfig
+from services.gateway.web_ui import ui_routes
 
 log = get_logger(__name__)
 
@@ -77,6 +78,7 @@ def create_app(nc: NatsClient, config: GatewayConfig, callees: Iterable[str], gu
     # each tool checks the scope it needs. Not in the OpenAPI schema: it is JSON-RPC, not REST.
     app.router.routes.append(Route(MCP_PATH, mcp.app, methods=["GET", "POST", "DELETE"]))
     guard.mounted = frozenset({MCP_PATH})
+    app.router.routes.extend(ui_routes(config.web_dir))  # the web UI at / (services/gateway/web_ui.py)
 
     # Middleware added later runs first: the size limit, then the content checks.
     @app.middleware("http")

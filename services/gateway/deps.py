@@ -17,14 +17,16 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import Depends, HTTPException, Request
+from fastapi import Depends, HTTPException, Request, WebSocket
 from starlette.requests import HTTPConnection
 
 from services.gateway.caller import Caller, Scope
 from services.gateway.clients import Clients
-from services.gateway.guard import Guard
+from services.gateway.guard import WS_BEARER_PROTOCOL, Guard
+from services.gateway.routes.common import error_response
 
-__all__ = ["ADMIN", "READ", "WRITE", "Caller", "CallerDep", "ClientsDep", "LlmBudgetDep", "Scope", "needs"]
+__all__ = ["ADMIN", "READ", "WRITE", "Caller", "CallerDep", "ClientsDep", "LlmBudgetDep", "Scope", "accept_websocket",
+           "needs", "refuse_websocket"]
 SCOPE_HEADER = "x-bev-scope"  # the OpenAPI extension each route's required scope is written to
 
 
@@ -87,3 +89,21 @@ async def llm_budget(request: Request, caller: CallerDep) -> LlmBudget:
 
 
 LlmBudgetDep = Annotated[LlmBudget, Depends(llm_budget)]
+
+
+async def accept_websocket(websocket: WebSocket) -> None:
+    """Accept a handshake, naming `bev.bearer` when the client offered it (a browser sending its key
+    as a subprotocol fails the connection unless the server picks one of those it offered)."""
+    offered = websocket.scope.get("subprotocols", [])
+    await websocket.accept(subprotocol=WS_BEARER_PROTOCOL if WS_BEARER_PROTOCOL in offered else None)
+
+
+async def refuse_websocket(websocket: WebSocket, status: int, message: str, code: str) -> None:
+    """Answer the handshake with an HTTP error (where the server can), else accept, say why and close."""
+    denial = error_response(websocket.url.path, status, message, code=code)
+    if "websocket.http.response" in websocket.scope.get("extensions", {}):
+        await websocket.send_denial_response(denial)  # the client sees the HTTP status
+    else:
+        await accept_websocket(websocket)
+        await websocket.send_text(bytes(denial.body).decode("ascii"))
+        await websocket.close(1008 if status in (403, 404) else 1011)

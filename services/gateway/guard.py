@@ -1,9 +1,11 @@
 """The gate every request passes before any route: its API key, its rate limit, its audit entry.
 
 An ASGI middleware, outermost in the app, so nothing (not a 404, not a 413, not the OpenAPI
-schema) answers a caller without a valid key; only `/healthz` is open. In order:
+schema) answers a caller without a valid key; only `/healthz` and the web UI's static files
+(services/gateway/web_ui.py: they hold no data) are open. In order:
 
-1. `Authorization: Bearer bev_<id>_<secret>` (the openai client sends its api_key so): 401
+1. `Authorization: Bearer bev_<id>_<secret>` (the openai client sends its api_key so; a browser's
+   WebSocket, which cannot set headers, offers the subprotocols `bev.bearer` and the key): 401
    without one, for an unknown key or a wrong secret, and for a revoked or expired key.
 2. The key's hourly request bucket in Redis (services/gateway/limits.py): 429 with Retry-After
    and RateLimit-* headers; every answer to a key carries RateLimit-* headers.
@@ -51,6 +53,7 @@ from bev.telemetry import active_span, get_logger
 from services.gateway.caller import Caller
 from services.gateway.limits import Limits
 from services.gateway.routes.common import error_response
+from services.gateway.web_ui import is_ui_path
 
 log = get_logger(__name__)
 tracer = trace.get_tracer("bev.gateway")
@@ -76,10 +79,19 @@ class GuardUnavailable(Exception):
     """PostgreSQL (keys) or Redis (limits) cannot answer: 503 with this one-line cause."""
 
 
+WS_BEARER_PROTOCOL = "bev.bearer"  # a browser's WebSocket offers ["bev.bearer", key]: it cannot set headers
+
+
 def bearer(headers: Headers) -> str:
-    """The key in `Authorization: Bearer <key>`, or ""."""
+    """The key in `Authorization: Bearer <key>`; for a WebSocket handshake without that header, the
+    subprotocol after `bev.bearer` in Sec-WebSocket-Protocol; else ""."""
     scheme, _, value = headers.get("authorization", "").partition(" ")
-    return value.strip() if scheme.lower() == "bearer" else ""
+    if scheme.lower() == "bearer":
+        return value.strip()
+    offered = [item.strip() for item in headers.get("sec-websocket-protocol", "").split(",")]
+    if WS_BEARER_PROTOCOL in offered[:-1]:
+        return offered[offered.index(WS_BEARER_PROTOCOL) + 1]
+    return ""
 
 
 @dataclass
@@ -153,7 +165,8 @@ class Guard:
         """The ASGI app that puts this guard in front of `app` (add it last: it must run first)."""
 
         async def guarded(scope: Scope, receive: Receive, send: Send) -> None:
-            if scope["type"] not in ("http", "websocket") or scope["path"] in OPEN_PATHS:
+            if scope["type"] not in ("http", "websocket") or scope["path"] in OPEN_PATHS or (
+                    scope["type"] == "http" and scope["method"] in ("GET", "HEAD") and is_ui_path(scope["path"])):
                 await app(scope, receive, send)
                 return
             await self._serve(app, scope, receive, send)

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 from pydantic import BaseModel, Field
 
 from bev.settings import BevSettings
@@ -24,6 +26,8 @@ class GatewayConfig(BaseModel):
     bootstrap_team: str = "admin"  # the team of the embedded fleet's bootstrap admin key
     # None: each RPC's own deadline, from its proto's (bev.common.v1.call) option; a number caps all.
     rpc_timeout_s: float | None = None
+    # The web UI's build (index.html, assets/); None: services/gateway/web/dist, where `make setup` builds it.
+    web_dir: Path | None = None
 
 
 class Settings(BevSettings):

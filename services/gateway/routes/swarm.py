@@ -37,7 +37,15 @@ from bev.swarm.v1 import swarm_pb2
 from bev.telemetry import get_logger
 from bev.vocab import Tlp, UnknownTlp
 from services.gateway.clients import Clients
-from services.gateway.deps import READ, WRITE, Caller, CallerDep, ClientsDep
+from services.gateway.deps import (
+    READ,
+    WRITE,
+    Caller,
+    CallerDep,
+    ClientsDep,
+    accept_websocket,
+    refuse_websocket,
+)
 from services.gateway.routes.common import (
     HTTP_STATUS,
     INTEGRAL,
@@ -49,7 +57,6 @@ from services.gateway.routes.common import (
     Limit,
     PageCursor,
     enum_value,
-    error_response,
     labels,
     paged,
     tlp_value,
@@ -644,35 +651,24 @@ async def events(
                              headers={"cache-control": "no-cache", "x-accel-buffering": "no"})
 
 
-async def _refuse(websocket: WebSocket, status: int, message: str, code: str) -> None:
-    """Answer the handshake with an HTTP error (where the server can), else accept, say why and close."""
-    denial = error_response(websocket.url.path, status, message, code=code)
-    if "websocket.http.response" in websocket.scope.get("extensions", {}):
-        await websocket.send_denial_response(denial)  # the client sees the HTTP status
-    else:
-        await websocket.accept()
-        await websocket.send_text(bytes(denial.body).decode("ascii"))
-        await websocket.close(1008 if status in (403, 404) else 1011)
-
-
 @router.websocket(f"{INVESTIGATION_PATH}/events/ws")
 async def events_ws(websocket: WebSocket, investigation_id: str, clients: ClientsDep, caller: CallerDep) -> None:
     """The same events as JSON text messages; send {"after": N} within WS_RESUME_WAIT_S of
     connecting to resume after event N. Closed (1000) after `done`; a broken stream sends
     {"error", "code"} and closes with 1011 (1013 when the swarm is unavailable). Needs the read scope."""
     # The scope is checked here, not with READ: a refusal must reach the client as an HTTP answer
-    # to its handshake (_refuse), which a dependency's exception would not give.
+    # to its handshake (refuse_websocket), which a dependency's exception would not give.
     if not caller.has("read"):
-        await _refuse(websocket, 403, f"this route needs an API key with the 'read' scope; key {caller.key.id} "
+        await refuse_websocket(websocket, 403, f"this route needs an API key with the 'read' scope; key {caller.key.id} "
                                       f"has {', '.join(sorted(caller.key.scopes)) or 'none'}", "PERMISSION_DENIED")
         return
     access = caller.access()
     try:
         await clients.swarm.GetInvestigation(swarm_pb2.GetInvestigationRequest(id=investigation_id, access=access))
     except RpcError as exc:
-        await _refuse(websocket, HTTP_STATUS.get(exc.code, 502), exc.message, exc.code.name)
+        await refuse_websocket(websocket, HTTP_STATUS.get(exc.code, 502), exc.message, exc.code.name)
         return
-    await websocket.accept()
+    await accept_websocket(websocket)
     after = 0
     try:
         first = await asyncio.wait_for(websocket.receive(), WS_RESUME_WAIT_S)

@@ -29,6 +29,7 @@ import nats
 import pytest
 import pytest_asyncio
 import websockets
+from websockets.typing import Subprotocol
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from typer.testing import CliRunner
@@ -337,6 +338,23 @@ async def test_a_websocket_follows_a_live_investigation_until_done(real: RealSwa
         with pytest.raises(websockets.ConnectionClosedOK):
             await asyncio.wait_for(ws.recv(), 5)
         assert ws.close_code == 1000
+
+
+async def test_a_browser_websocket_sends_its_key_as_a_subprotocol(real: RealSwarm) -> None:
+    """Browsers cannot set headers on a WebSocket: the web UI offers ["bev.bearer", key], and the
+    gateway must pick `bev.bearer` or the browser fails the connection."""
+    investigation_id = await _investigation(real.store, "subprotocol.example.com", EVENTS[:1])
+    url = real.gateway.url.replace("http://", "ws://") + f"/api/v1/investigations/{investigation_id}/events/ws"
+    async with websockets.connect(url, subprotocols=[Subprotocol("bev.bearer"), Subprotocol(real.gateway.admin_key)],
+                                  open_timeout=5) as ws:
+        assert ws.subprotocol == "bev.bearer"
+        await ws.send(json.dumps({"after": 0}))
+        assert json.loads(await asyncio.wait_for(ws.recv(), 5))["kind"] == "phase"
+    for offered in (["bev.bearer", "bev_nobody_0000"], [real.gateway.admin_key, "bev.bearer"]):
+        with pytest.raises(websockets.InvalidStatus) as refused:
+            async with websockets.connect(url, subprotocols=[Subprotocol(p) for p in offered], open_timeout=5):
+                pass
+        assert refused.value.response.status_code == 401, offered
 
 
 class WatchSpy:
