@@ -30,11 +30,13 @@ def events_prefix(service: str) -> str:
 
 
 def nats_permissions(service: str, callees: Iterable[str], *, discovery: bool = False,
-                     events: Iterable[str] = ()) -> dict[str, dict[str, list[str]]]:
+                     events: Iterable[str] = (), listens: Iterable[str] = ()) -> dict[str, dict[str, list[str]]]:
     """NATS publish/subscribe allow-lists for a service's user (server config `permissions`).
 
     `callees`: the services it calls; `discovery`: it may also ask every instance of every service
-    ($SRV.PING/INFO/STATS); `events`: further event subjects it publishes (`bev.events.<name>.>`). `Manifest.nats_permissions` fills both in from the service's entry.
+    ($SRV.PING/INFO/STATS); `events`: further event subjects it publishes (`bev.events.<name>.>`);
+    `listens`: event subjects it subscribes to. `Manifest.nats_permissions` fills them in from the
+    service's entry.
     """
     me = f"bev-{service}"
     # Requests to its callees, a PING to their replicas (a retry goes to one that answers:
@@ -48,6 +50,7 @@ def nats_permissions(service: str, callees: Iterable[str], *, discovery: bool = 
         f"bev.{service}.v1.>",  # its methods, queue group and instance-addressed
         "$SRV.PING", "$SRV.INFO", "$SRV.STATS", f"$SRV.*.{me}", f"$SRV.*.{me}.>",  # micro discovery
         f"{inbox_prefix(me)}.>",  # replies to its own requests, and stream cancellations
+        *(f"{events_prefix(name)}.>" for name in listens),
     ]
     return {"publish": {"allow": publish}, "subscribe": {"allow": subscribe}}
 

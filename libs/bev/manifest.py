@@ -109,6 +109,8 @@ class ServiceSpec(_Spec):
     # Event subjects it publishes besides its own `bev.events.<name>.>`: `investigation` ->
     # `bev.events.investigation.>` (the swarm's investigation events).
     events: list[str] = []
+    # Event subjects it subscribes to (live, core NATS): `investigation` -> `bev.events.investigation.>`.
+    listens: list[str] = []
     health: HealthSpec = HealthSpec()
     replicas: int = Field(default=1, ge=1)  # per node
     grpc_port: int = Field(ge=1, le=65535)
@@ -320,7 +322,7 @@ class Manifest(_Spec):
         """Its NATS user's permissions: its own subjects and those of the services it calls."""
         return nats_permissions(service, self.callees(service),
                                 discovery=self.services[service].calls == ALL_SERVICES,
-                                events=self.services[service].events)
+                                events=self.services[service].events, listens=self.services[service].listens)
 
     def secrets_of(self, service: str) -> list[str]:
         """Every Vault secret `service` may read: its NATS user, its engines' secrets, its own extras."""

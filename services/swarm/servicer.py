@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import uuid
 from collections.abc import AsyncIterator
@@ -29,6 +30,7 @@ from services.swarm.roles import ROLES, AgentRole, Phase, roles_for_phase
 from services.swarm.scope import Scope, ScopeError
 from services.swarm.settings import Settings, SwarmConfig
 from services.swarm.targets import UntypableTarget, infer_target
+from services.swarm.wakeups import Wakeups
 
 _PHASE_BY_PROTO = {
     swarm_pb2.PHASE_INGESTION: Phase.INGESTION,
@@ -47,7 +49,8 @@ STATUSES = {swarm_pb2.STATUS_QUEUED: "queued", swarm_pb2.STATUS_RUNNING: "runnin
             swarm_pb2.STATUS_CANCELLED: "cancelled", swarm_pb2.STATUS_BUDGET_EXHAUSTED: "budget_exhausted"}
 _STATUS_PROTO = {name: proto for proto, name in STATUSES.items()}
 CANCEL_GRACE_S = 3.0  # the workflow stops itself between tool calls; past this it is stopped from outside
-WATCH_POLL_S = 0.25
+WATCH_POLL_S = 0.25  # without the bus; with it, watchers are woken by each event (services/swarm/wakeups.py)
+WATCH_FALLBACK_POLL_S = 1.0
 DONE_GRACE_S = 10.0  # a finished investigation without its `done` event (the writer died between the two)
 # While nothing happens, a watcher gets a `heartbeat` (id = the last id sent) this often, so that it
 # can tell a quiet investigation from a replica that died mid-stream, and reopen.
@@ -145,6 +148,7 @@ class Swarm(SwarmServicer):
         self.swarm_deps = deps
         self.store: store.Store | None = None
         self.engine: workflow.Engine | None = None
+        self.wakeups = Wakeups()
 
     async def start(self) -> None:
         await asyncio.to_thread(store.migrate, self.swarm_deps.dsn)
@@ -153,8 +157,11 @@ class Swarm(SwarmServicer):
         self.engine = workflow.Engine(Deps(self.store, d.collectors, d.embeddings, d.reasoning, self.config, self.info,
                                            d.data_dir, d.nc), d.dsn)
         await self.engine.start()
+        if d.nc is not None:
+            await self.wakeups.start(d.nc)
 
     async def close(self) -> None:
+        await self.wakeups.close()
         if self.engine is not None:
             await self.engine.stop()
         if self.store is not None:
@@ -261,16 +268,23 @@ class Swarm(SwarmServicer):
                                  ctx: CallContext) -> AsyncIterator[swarm_pb2.InvestigationEvent]:
         caller = Caller.of(request.access)
         await self._row(request.id, caller, report_=False)
-        after = request.after_id
+        poll_s = WATCH_FALLBACK_POLL_S if self.wakeups.live else WATCH_POLL_S
+        with self.wakeups.watching(request.id) as published:
+            async for message in self._watch(request.id, caller, request.after_id, published, poll_s):
+                yield message
+
+    async def _watch(self, investigation_id: str, caller: Caller, after: int, published: asyncio.Event,
+                     poll_s: float) -> AsyncIterator[swarm_pb2.InvestigationEvent]:
         loop = asyncio.get_running_loop()
         quiet_since = loop.time()
         while True:
-            events = await self._store().events(request.id, after)
+            published.clear()  # before reading: an event published during the read wakes the next wait
+            events = await self._store().events(investigation_id, after)
             if events:
                 quiet_since = loop.time()
             elif loop.time() - quiet_since >= WATCH_HEARTBEAT_S:
                 quiet_since = loop.time()
-                yield swarm_pb2.InvestigationEvent(id=after, investigation_id=request.id, kind="heartbeat")
+                yield swarm_pb2.InvestigationEvent(id=after, investigation_id=investigation_id, kind="heartbeat")
             for event in events:
                 after = event.id
                 message = swarm_pb2.InvestigationEvent(id=event.id, investigation_id=event.investigation_id,
@@ -282,11 +296,12 @@ class Swarm(SwarmServicer):
             if not events:
                 # The row is closed a moment before its `done` event is written (services/swarm/
                 # workflow.finish): a finished investigation's stream waits DONE_GRACE_S for it.
-                row = await self._row(request.id, caller, report_=False)
+                row = await self._row(investigation_id, caller, report_=False)
                 if row.finished and row.finished_at is not None and \
                         (datetime.now(UTC) - row.finished_at).total_seconds() > DONE_GRACE_S:
                     return
-                await asyncio.sleep(WATCH_POLL_S)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(published.wait(), poll_s)
 
     async def GetEvidence(self, request: swarm_pb2.GetEvidenceRequest, ctx: CallContext) -> swarm_pb2.Evidence:
         caller = Caller.of(request.access)

@@ -340,6 +340,27 @@ async def test_a_websocket_follows_a_live_investigation_until_done(real: RealSwa
         assert ws.close_code == 1000
 
 
+async def test_a_watcher_sees_an_event_as_soon_as_the_swarm_publishes_it(real: RealSwarm) -> None:
+    """Watches are woken by the event on the bus (services/swarm/wakeups.py), not by their poll, which
+    falls back to once a second: each event emitted as the swarm emits one (row, then JetStream)
+    reaches a WebSocket well inside that."""
+    assert real.service.wakeups.live and real.service.engine is not None
+    deps = real.service.engine.deps
+    investigation_id = await _investigation(real.store, "wakeup.example.com", EVENTS[:1])
+    async with real.ws(investigation_id) as ws:
+        await ws.send(json.dumps({"after": 0}))
+        assert json.loads(await asyncio.wait_for(ws.recv(), 5))["kind"] == "phase"
+        await asyncio.sleep(0.3)  # the watch is idle, waiting on the bus
+        delays = []
+        for n in range(5):
+            sent = time.monotonic()
+            await deps.emit(investigation_id, "plan", {"agent": "leader", "tasks": [], "n": n})
+            assert json.loads(await asyncio.wait_for(ws.recv(), 5))["data"]["n"] == n
+            delays.append(time.monotonic() - sent)
+            await asyncio.sleep(0.05)
+    assert max(delays) < 0.5, delays  # the fallback poll alone would average 0.5 s
+
+
 async def test_a_browser_websocket_sends_its_key_as_a_subprotocol(real: RealSwarm) -> None:
     """Browsers cannot set headers on a WebSocket: the web UI offers ["bev.bearer", key], and the
     gateway must pick `bev.bearer` or the browser fails the connection."""

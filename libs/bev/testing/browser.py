@@ -1,0 +1,51 @@
+"""A real browser for the web UI's tests and bench: Debian's chromium (`make setup` installs it),
+driven by Playwright, launched by its path: Playwright's own browser download cannot work offline.
+
+The flags keep chromium off the network it would otherwise try at every start (updates, sync,
+QUIC probes), which this machine's closed network refuses many at a time.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+from playwright.sync_api import Browser, Page, Playwright
+
+REPO = Path(__file__).resolve().parents[3]
+AXE = REPO / "services" / "gateway" / "web" / "node_modules" / "axe-core" / "axe.min.js"
+CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                  "--disable-dev-shm-usage", "--autoplay-policy=no-user-gesture-required"]
+KEY_STORAGE = "bev.key"  # services/gateway/web/src/lib/api.js keeps the key in sessionStorage under it
+
+
+def chromium_path() -> str:
+    path = shutil.which("chromium") or shutil.which("chromium-browser")
+    if path is None:
+        raise RuntimeError("chromium is not installed: `make setup` installs it (apt-get install chromium)")
+    return path
+
+
+def launch(playwright: Playwright) -> Browser:
+    return playwright.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_FLAGS)
+
+
+def signed_in_page(browser: Browser, base_url: str, key: str, **context: Any) -> Page:
+    """A page of a new browser context whose tab already holds `key`, as after signing in."""
+    page = browser.new_context(base_url=base_url, **context).new_page()
+    page.add_init_script(f"sessionStorage.setItem({KEY_STORAGE!r}, {key!r});")
+    return page
+
+
+def axe_violations(page: Page, impacts: frozenset[str] = frozenset({"serious", "critical"})) -> list[dict[str, Any]]:
+    """axe-core's violations of the page as it is now, of the given impacts, each with its rule id,
+    help text and the elements it found (the npm package the UI's build installs)."""
+    if not AXE.is_file():
+        raise RuntimeError(f"{AXE} is missing: `make setup` installs the web UI's packages")
+    page.add_script_tag(path=str(AXE))
+    result: dict[str, Any] = page.evaluate("async () => await axe.run(document, {resultTypes: ['violations']})")
+    return [{"id": v["id"], "impact": v["impact"], "help": v["help"],
+             "nodes": [n["target"] for n in v["nodes"]][:5]}
+            for v in result["violations"] if v["impact"] in impacts]
