@@ -19,10 +19,12 @@ run: ## start the whole fleet on this machine (same as `bev up`); Ctrl-C stops i
 status: ## print every running service instance
 	$(VENV)/bin/bev status
 
-test: ## run the whole test suite against real engines
+test: ## run the whole test suite against real engines (and the web UI's unit tests)
+	cd services/gateway/web && npx vitest run
 	$(PY) -m pytest
 
 test-fast: ## the suite without the slow end-to-end fleet test
+	cd services/gateway/web && npx vitest run
 	$(PY) -m pytest -m "not slow"
 
 lint: ## ruff + mypy --strict over libs and services (CI runs it)

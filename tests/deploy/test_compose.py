@@ -435,6 +435,18 @@ def test_dockerfile_passes_hadolint() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+def test_the_image_carries_the_web_ui_and_speech() -> None:
+    """The gateway serves the UI built in the image's Node stage (by its lockfile), from the directory
+    its settings name; the avatar speaks with the espeak-ng the runtime stage installs."""
+    text = (DEPLOY_DIR / "Dockerfile").read_text()
+    assert "npm ci" in text and "package-lock.json" in text and "npm run build" in text
+    assert "COPY --from=web /web/dist /opt/bev-web" in text and "BEV_GATEWAY__WEB_DIR=/opt/bev-web" in text
+    runtime = text.rsplit("\nFROM ", 1)[1]
+    assert "espeak-ng" in runtime
+    ignored = (DEPLOY_DIR.parent / ".dockerignore").read_text().split()
+    assert "**/node_modules" in ignored and "services/gateway/web/dist" in ignored  # built in the image, not copied
+
+
 def test_grpc_uses_mtls_in_production(manifest: Manifest) -> None:
     for node in manifest.nodes:
         services = compose_doc(manifest, node)["services"]
