@@ -279,11 +279,14 @@ async def _announce(inv: Investigation, rows: Sequence[EvidenceRow], new: Sequen
             continue
         await inv.emit("evidence", evidence=item.id, kind=item.kind, uri=item.uri, collector=item.collector)
         for entity in _entities_of(item.data):
-            await inv.emit("entity", type=entity["type"], value=entity["value"], evidence=item.id)
+            # The graph's id too: a client draws the investigation's graph from these events and
+            # expands a node through /api/v1/graph/neighborhood by it.
+            await inv.emit("entity", id=entity.get("id", ""), type=entity["type"], value=entity["value"],
+                           evidence=item.id)
         for relation in item.data.get("relations", []):
             await inv.emit("relation", source=names.get(relation["source_id"], relation["source_id"]),
                            type=relation["type"], target=names.get(relation["target_id"], relation["target_id"]),
-                           evidence=item.id)
+                           source_id=relation["source_id"], target_id=relation["target_id"], evidence=item.id)
 
 
 def follow_ups(task: Task, observations: Sequence[Mapping[str, Any]], inv: Investigation, max_depth: int) -> list[Task]:
