@@ -1,10 +1,21 @@
 """The price of the gateway's guard (API key, rate limit, audit) on a cheap route, in one run.
 
-Starts nats-server, PostgreSQL and Redis in a temp dir, the avatar servicer in one process (a cheap
-RPC: an in-memory state machine), and in another process two gateways over the same bus:
+Starts nats-server, PostgreSQL and Redis in a temp dir, the avatar and swarm servicers in one
+process, and in another process two gateways over the same bus. The route measured is the cheapest
+audited (not GET) one the fleet has: PUT /api/v1/avatar/{id}/personality on 64 investigations, each
+pass over them switching every one to the other of two personalities (an RPC to an in-memory state
+machine). The avatar asks the swarm whether the caller may see an investigation and trusts the
+answer for access_cache_s, set here past the run: the swarm is asked once per investigation, in
+the warm-up, so what is measured is the route, not the swarm's database.
+`--route speak` measures POST /api/v1/avatar/speak {"text": "ok"} instead, which needs no swarm:
+espeak-ng spends ~0.7 ms of CPU on ~0.5 s of speech and the answer is ~28 KB of base64 WAV, 1 to
+2 ms more per call than the default route (whose open p50 read 3.2 to 5.3 ms on 2 cores shared
+with other work). The guard's price is about the same per call on either, so on speech it is a
+smaller share: its p50_added and throughput_ratio understate the guard's by about a quarter.
+Two gateways:
 - "guarded": the gateway as it ships (services/gateway/api.py create_app): each request's key is
-  verified (cached), its Redis bucket taken, and, the route being a POST, an audit row written to
-  PostgreSQL and an event published on NATS after the answer;
+  verified (cached), its Redis bucket taken, and, the route not being a GET, an audit row written
+  to PostgreSQL and an event published on NATS after the answer;
 - "open": the same app with the guard taken out of its middleware list and the caller set by
   this bench (what the routes need), so the route, its validation and its RPC are the same.
 The client (this process) measures both in interleaved rounds, so drift on a shared machine hits
@@ -12,8 +23,9 @@ both alike: sequential latency (one request in flight, keep-alive) -> p50/p99, a
 with --concurrency clients -> requests/s. It also checks that every guarded call was audited.
 The last stdout line is one JSON object.
 
-    .venv/bin/python bench/bench_gateway.py           # ~60 s on 2 shared cores
-    .venv/bin/python bench/bench_gateway.py --quick   # ~20 s
+    .venv/bin/python bench/bench_gateway.py                 # ~70 s on 2 shared cores
+    .venv/bin/python bench/bench_gateway.py --quick         # ~30 s
+    .venv/bin/python bench/bench_gateway.py --route speak   # speech instead (see above)
 """
 
 from __future__ import annotations
@@ -32,22 +44,38 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-ROUTE = "/api/v1/avatar/state"
+ROUTES = {"personality": "PUT /api/v1/avatar/{investigation_id}/personality", "speak": "POST /api/v1/avatar/speak"}
+TEAM = "bench"  # the bench key's, and the investigations'
+INVESTIGATIONS = 64
+WARM_UP = 64  # requests per gateway before measuring: every investigation once, so the access cache is full
 
 
-def _serve_avatar(nats_url: str, ready: Connection) -> None:
+def _serve_avatar(nats_url: str, dsn: str, data_dir: Path, route: str, ready: Connection) -> None:
+    import nats
+
     from bev.rpc import InstanceInfo
     from bev.testing.serving import serving_on_nats
-    from services.avatar.servicer import Avatar
+    from services.avatar.servicer import assemble
     from services.avatar.settings import AvatarConfig
+    from services.avatar.testing import avatar_beside_swarm
 
-    async def main() -> None:
-        avatar = Avatar(InstanceInfo("avatar", "bench-avatar", "bench"), AvatarConfig())
-        async with serving_on_nats(avatar, nats_url, max_concurrency=256):
-            ready.send("ready")
-            await asyncio.get_running_loop().run_in_executor(None, ready.recv)  # until told to stop
+    async def speak_only() -> None:
+        nc = await nats.connect(nats_url)  # the avatar's own, as its process has
+        try:
+            avatar = await assemble(InstanceInfo("avatar", "bench-avatar", "bench"), AvatarConfig(), nc)
+            async with serving_on_nats(avatar, nats_url, max_concurrency=256):
+                ready.send([])
+                await asyncio.get_running_loop().run_in_executor(None, ready.recv)  # until told to stop
+        finally:
+            await nc.close()
 
-    asyncio.run(main())
+    async def beside_swarm() -> None:
+        # Access trusted past the run: the swarm is asked once per investigation, in the warm-up.
+        async with avatar_beside_swarm(nats_url, dsn, data_dir, AvatarConfig(access_cache_s=86400)) as stack:
+            ready.send([await stack.investigation(team=TEAM) for _ in range(INVESTIGATIONS)])
+            await asyncio.get_running_loop().run_in_executor(None, ready.recv)
+
+    asyncio.run(speak_only() if route == "speak" else beside_swarm())
 
 
 def _serve_gateways(nats_url: str, dsn: str, redis_url: str, ports: tuple[int, int], conn: Connection) -> None:
@@ -66,7 +94,7 @@ def _serve_gateways(nats_url: str, dsn: str, redis_url: str, ports: tuple[int, i
         nc = await nats.connect(nats_url)
         callees = load_manifest().callees("gateway")
         async with open_guard(dsn, redis_url, "bench-pepper-long-enough", nc) as guard:
-            key, whole = await guard.keys.create("bench", ["write", "read"], "bench", max_tlp=Tlp.RED,
+            key, whole = await guard.keys.create("bench", ["write", "read"], TEAM, max_tlp=Tlp.RED,
                                                  requests_per_hour=10_000_000, tokens_per_day=10_000_000)
             guarded = create_app(nc, GatewayConfig(), callees, guard)
             bare = create_app(nc, GatewayConfig(), callees, guard)
@@ -102,20 +130,40 @@ def _serve_gateways(nats_url: str, dsn: str, redis_url: str, ports: tuple[int, i
     asyncio.run(main())
 
 
-async def _latency(client: Any, url: str, n: int, counter: list[int]) -> list[float]:
+def _receive(conn: Connection, process: Any, timeout_s: float = 300.0) -> Any:
+    """The child's next message. A child that died or hangs is an error here, not a bench that waits
+    forever (this process keeps the child's end of the pipe open, so recv() alone would)."""
+    deadline = time.monotonic() + timeout_s
+    while not conn.poll(1.0):
+        if not process.is_alive():
+            raise RuntimeError(f"the {process.name} process exited ({process.exitcode}); its stderr says why")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the {process.name} process sent nothing in {timeout_s:.0f} s")
+    return conn.recv()
+
+
+def _call(client: Any, url: str, route: str, ids: list[str], n: int) -> Any:
+    """The n-th call of the route: each investigation in turn, its personality switched every pass."""
+    if route == "speak":
+        return client.post(f"{url}/api/v1/avatar/speak", json={"text": "ok"})
+    personality = ("mentor", "analyst")[n // len(ids) % 2]
+    return client.put(f"{url}/api/v1/avatar/{ids[n % len(ids)]}/personality", json={"personality": personality})
+
+
+async def _latency(client: Any, url: str, route: str, ids: list[str], n: int, counter: list[int]) -> list[float]:
     times = []
     for _ in range(n):
         counter[0] += 1
-        body = {"session_id": f"s{counter[0] % 64}", "state": "collecting"}
         began = time.perf_counter()
-        answer = await client.post(url + ROUTE, json=body)
+        answer = await _call(client, url, route, ids, counter[0])
         times.append(time.perf_counter() - began)
         if answer.status_code != 200:
             raise RuntimeError(f"{url}: {answer.status_code} {answer.text[:200]}")
     return times
 
 
-async def _throughput(clients: list[Any], url: str, seconds: float, counter: list[int]) -> float:
+async def _throughput(clients: list[Any], url: str, route: str, ids: list[str], seconds: float,
+                      counter: list[int]) -> float:
     done = 0
     stop = time.perf_counter() + seconds
 
@@ -123,7 +171,7 @@ async def _throughput(clients: list[Any], url: str, seconds: float, counter: lis
         nonlocal done
         while time.perf_counter() < stop:
             counter[0] += 1
-            answer = await client.post(url + ROUTE, json={"session_id": f"s{counter[0] % 64}", "state": "collecting"})
+            answer = await _call(client, url, route, ids, counter[0])
             if answer.status_code != 200:
                 raise RuntimeError(f"{url}: {answer.status_code} {answer.text[:200]}")
             done += 1
@@ -138,6 +186,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--rounds", type=int, default=0)
     parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--route", choices=list(ROUTES), default="personality")
     args = parser.parse_args()
     rounds = args.rounds or (3 if args.quick else 6)
     per_round = 100 if args.quick else 300
@@ -151,14 +200,17 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-gateway-") as tmp, NatsServer(Path(tmp) / "nats") as nats_server, \
             Postgres(Path(tmp) / "pg", fsync=False) as postgres, Redis(Path(tmp) / "redis") as redis:
         avatar_conn, avatar_child = ctx.Pipe()
-        avatar = ctx.Process(target=_serve_avatar, args=(nats_server.url, avatar_child))
+        # Daemons: when the bench fails, they are ended rather than joined forever at exit.
+        avatar = ctx.Process(target=_serve_avatar, name="avatar", daemon=True,
+                             args=(nats_server.url, postgres.dsn, Path(tmp) / "swarm", args.route, avatar_child))
         avatar.start()
-        assert avatar_conn.recv() == "ready"
+        ids: list[str] = _receive(avatar_conn, avatar)  # once served
         ports = (free_port(), free_port())
         gw_conn, gw_child = ctx.Pipe()
-        gateways = ctx.Process(target=_serve_gateways, args=(nats_server.url, postgres.dsn, redis.url, ports, gw_child))
+        gateways = ctx.Process(target=_serve_gateways, name="gateways", daemon=True,
+                               args=(nats_server.url, postgres.dsn, redis.url, ports, gw_child))
         gateways.start()
-        api_key = gw_conn.recv()
+        api_key = _receive(gw_conn, gateways)
         targets = {"guarded": f"http://127.0.0.1:{ports[0]}", "open": f"http://127.0.0.1:{ports[1]}"}
         latencies: dict[str, list[float]] = {name: [] for name in targets}
         rates: dict[str, list[float]] = {name: [] for name in targets}
@@ -172,16 +224,18 @@ def main() -> None:
                 pool = [httpx.AsyncClient(headers=headers, timeout=30) for _ in range(args.concurrency)]
                 try:
                     for name, url in targets.items():  # warm-up: connections, caches, the script
-                        await _latency(one, url, 30, counter)
-                        guarded_calls += 30 if name == "guarded" else 0
+                        await _latency(one, url, args.route, ids, WARM_UP, counter)
+                        guarded_calls += WARM_UP if name == "guarded" else 0
                     for r in range(rounds):
                         order = list(targets) if r % 2 == 0 else list(reversed(targets))
                         for name in order:
-                            latencies[name] += await _latency(one, targets[name], per_round, counter)
+                            latencies[name] += await _latency(one, targets[name], args.route, ids, per_round,
+                                                              counter)
                             guarded_calls += per_round if name == "guarded" else 0
                         for name in order:
                             before = counter[0]
-                            rates[name].append(await _throughput(pool, targets[name], seconds, counter))
+                            rates[name].append(await _throughput(pool, targets[name], args.route, ids, seconds,
+                                                                 counter))
                             guarded_calls += counter[0] - before if name == "guarded" else 0
                 finally:
                     for client in pool:
@@ -189,7 +243,7 @@ def main() -> None:
 
         asyncio.run(run())
         gw_conn.send("stop")
-        audited = gw_conn.recv()
+        audited = _receive(gw_conn, gateways)
         gateways.join(30)
         avatar_conn.send("stop")
         avatar.join(30)
@@ -197,7 +251,7 @@ def main() -> None:
     def p(values: list[float], q: float) -> float:
         return sorted(values)[min(len(values) - 1, int(q * len(values)))] * 1e3
 
-    result: dict[str, Any] = {"bench": "gateway", "route": f"POST {ROUTE}", "rounds": rounds,
+    result: dict[str, Any] = {"bench": "gateway", "route": ROUTES[args.route], "rounds": rounds,
                               "concurrency": args.concurrency}
     for name in targets:
         result[f"{name}_p50_ms"] = round(p(latencies[name], 0.5), 3)

@@ -80,7 +80,12 @@ def test_permissions_follow_the_declared_calls() -> None:
         assert called == set(MANIFEST.callees(service)), service
         assert ("$SRV.>" in publish) == (service == "monitoring"), service  # only `calls: all` discovers
     assert set(MANIFEST.callees("monitoring")) == fleet
-    assert MANIFEST.callees("avatar") == () and MANIFEST.callees("collectors") == ("embeddings",)
+    assert MANIFEST.callees("avatar") == ("swarm",) and MANIFEST.callees("collectors") == ("embeddings",)
+    for service in fleet:  # event subjects are heard only where the manifest says `listens`
+        subscribe = MANIFEST.nats_permissions(service)["subscribe"]["allow"]
+        heard = {subject.split(".")[2] for subject in subscribe if subject.startswith("bev.events.")}
+        assert heard == set(MANIFEST.services[service].listens), service
+    assert MANIFEST.services["avatar"].listens == ["investigation"] == MANIFEST.services["swarm"].listens
 
 
 @async_test
@@ -105,6 +110,18 @@ async def test_a_service_cannot_take_another_services_subjects(avatar: Connected
 async def test_a_service_cannot_call_what_it_does_not_need(avatar: Connected) -> None:
     await avatar.nc.publish("bev.reasoning.v1.Generate", b"")
     assert any("bev.reasoning.v1.generate" in v for v in await avatar.violations())
+
+
+@async_test
+async def test_only_listeners_hear_investigation_events(avatar: Connected, gateway: Connected) -> None:
+    await avatar.nc.subscribe("bev.events.investigation.>")
+    await avatar.nc.subscribe("bev.events.audit.>")  # the audit log is not the avatar's to read
+    await gateway.nc.subscribe("bev.events.investigation.>")
+    await avatar.nc.flush()
+    await gateway.nc.flush()
+    assert any("bev.events.audit.>" in v for v in await avatar.violations())
+    assert not any("investigation" in v for v in await avatar.violations())
+    assert any("bev.events.investigation.>" in v for v in await gateway.violations())
 
 
 @async_test

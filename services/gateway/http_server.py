@@ -40,6 +40,7 @@ class SlowClientGuard(H11Protocol):
         super().__init__(*args, **kwargs)
         self._deadline: asyncio.TimerHandle | None = None
         self._waiting_for: object = None  # the h11 state the armed deadline guards
+        self._upgraded = False
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -57,10 +58,17 @@ class SlowClientGuard(H11Protocol):
         self._disarm()
         super().connection_lost(exc)
 
+    def handle_websocket_upgrade(self, event: h11.Request) -> None:
+        # The connection is the WebSocket protocol's from here on (this protocol never hears of it
+        # again): a deadline left armed would write a 408 into the frame stream a minute later.
+        self._upgraded = True
+        self._disarm()
+        super().handle_websocket_upgrade(event)
+
     def _follow_request_state(self) -> None:
         """Arm the deadline for the part of the request the client owes now, if it changed."""
         state = self.conn.their_state
-        if state is self._waiting_for:
+        if state is self._waiting_for or self._upgraded:
             return
         self._disarm()
         if state is h11.IDLE:

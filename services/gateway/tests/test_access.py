@@ -97,7 +97,9 @@ SCOPES = {
     ("DELETE", "/api/v1/workflows/{workflow_id}"): "write",
     ("GET", "/api/v1/evidence/{evidence_id}"): "read",
     ("GET", "/api/v1/agents"): "read",
-    ("POST", "/api/v1/avatar/state"): "write",
+    ("GET", "/api/v1/avatar/{investigation_id}/state"): "read",
+    ("PUT", "/api/v1/avatar/{investigation_id}/personality"): "write",
+    ("POST", "/api/v1/avatar/speak"): "read",
     ("POST", "/api/v1/keys"): "admin",
     ("GET", "/api/v1/keys"): "admin",
     ("GET", "/api/v1/keys/{key_id}"): "admin",
@@ -205,18 +207,19 @@ async def test_a_key_without_the_routes_scope_is_403_before_the_body_is_read(
 async def test_websockets_need_a_key_and_the_read_scope(bare: tuple[Keys, httpx.AsyncClient]) -> None:
     keys, http = bare
     paths = _websocket_paths()
-    assert paths == ["/api/v1/investigations/{investigation_id}/events/ws"]
-    url = str(http.base_url).replace("http://", "ws://") + _filled(paths[0])
-    # uvicorn lets an app answer a handshake with any HTTP status: the same 401 and 403 as over HTTP.
-    for headers, status in (({}, 401), (keys.auth("bev_nobody_0000"), 401), (keys.auth(keys.write), 403)):
-        with pytest.raises(websockets.InvalidStatus) as refused:
-            async with websockets.connect(url, additional_headers=headers, open_timeout=5):
+    assert sorted(paths) == ["/api/v1/avatar/{investigation_id}/ws", "/api/v1/investigations/{investigation_id}/events/ws"]
+    for path in paths:
+        url = str(http.base_url).replace("http://", "ws://") + _filled(path)
+        # uvicorn lets an app answer a handshake with any HTTP status: the same 401 and 403 as over HTTP.
+        for headers, status in (({}, 401), (keys.auth("bev_nobody_0000"), 401), (keys.auth(keys.write), 403)):
+            with pytest.raises(websockets.InvalidStatus) as refused:
+                async with websockets.connect(url, additional_headers=headers, open_timeout=5):
+                    pass
+            assert refused.value.response.status_code == status, (path, headers)
+        with pytest.raises(websockets.InvalidStatus) as unavailable:  # past the checks: no service here
+            async with websockets.connect(url, additional_headers=keys.auth(keys.read), open_timeout=5):
                 pass
-        assert refused.value.response.status_code == status, headers
-    with pytest.raises(websockets.InvalidStatus) as unavailable:  # past the checks: no swarm here
-        async with websockets.connect(url, additional_headers=keys.auth(keys.read), open_timeout=5):
-            pass
-    assert unavailable.value.response.status_code == 503
+        assert unavailable.value.response.status_code == 503, path
 
 
 async def test_every_body_example_in_the_schema_is_one_its_route_takes(bare: tuple[Keys, httpx.AsyncClient]) -> None:
@@ -310,7 +313,7 @@ async def test_every_request_that_carries_access_carries_the_callers(
         "StartInvestigation", "GetInvestigation", "ListInvestigations", "CancelInvestigation", "GetReport",
         "WatchInvestigation", "GetEvidence", "ListAgents", "SubmitWorkflow", "GetWorkflow", "ListWorkflows",
         "CancelWorkflow", "SubmitIngest", "GetIngestJob", "Search", "GetDocument", "DeleteDocument", "GetEntity",
-        "Neighborhood", "GraphQuery", "ExportStix"}
+        "Neighborhood", "GraphQuery", "ExportStix", "GetState", "SetPersonality"}
     [admin] = [access for name, access in carrying if name == "GraphQuery"]  # the admin key's: every team
     assert admin.team == "" and admin.max_tlp == common_pb2.TLP_RED and admin.key_id
     assert all(access == expected for name, access in carrying if name != "GraphQuery"), carrying

@@ -13,13 +13,14 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import httpx
+import nats
 import pytest
 import pytest_asyncio
 
 from bev.engines import FalkorDB, NatsServer, Postgres, Redis
 from bev.rpc import InstanceInfo
 from bev.testing.serving import serving_on_nats
-from services.avatar.servicer import Avatar
+from services.avatar.servicer import assemble as assemble_avatar
 from services.avatar.settings import AvatarConfig
 from services.collectors.servicer import assemble as assemble_collectors
 from services.collectors.settings import CollectorsConfig, FetchConfig, GraphConfig
@@ -37,7 +38,7 @@ pytestmark = pytest.mark.asyncio(loop_scope="session")
 CHAT = {"model": "fast", "messages": [{"role": "user", "content": "Say hi."}], "max_tokens": 4, "temperature": 0}
 # Every route with a JSON body, with a valid body, and what that body gets.
 BODIES: dict[str, tuple[dict[str, Any], int]] = {
-    "/api/v1/avatar/state": ({"session_id": "bad-input", "state": "collecting", "confidence": 0.5}, 200),
+    "/api/v1/avatar/speak": ({"text": "ok", "personality": "mentor"}, 200),
     "/api/v1/indicators/extract": ({"text": "beacon to 203.0.113.9, CVE-2024-3094"}, 200),
     "/api/v1/graph/query": ({"cypher": "RETURN $x AS x", "params": {"x": {"k": [1, 2.5, None]}}, "limit": 1000}, 200),
     "/api/v1/graph/export": ({"entity_ids": ["url--00000000-0000-4000-8000-000000000000"], "depth": 3}, 404),
@@ -114,11 +115,16 @@ async def gateway(
         InstanceInfo(service="embeddings"), config,
         EmbeddingsDeps(fresh_database(), tmp_path_factory.mktemp("bad-input"),
                        ModelRegistry([ModelRegistry.serve(minilm, config)], config.model)))
-    async with serving_on_nats(Avatar(InstanceInfo(service="avatar"), AvatarConfig()), nats_server.url), \
-            serving_on_nats(collectors, nats_server.url), serving_on_nats(embeddings, nats_server.url) as nc, \
-            gateway_on_free_port(nc, fresh_database(), redis_server.url) as gateway, \
-            httpx.AsyncClient(base_url=gateway.url, headers=gateway.auth(), timeout=120, trust_env=False) as http:
-        yield http
+    avatar_nc = await nats.connect(nats_server.url)  # the avatar's own, as its process has
+    avatar = await assemble_avatar(InstanceInfo(service="avatar"), AvatarConfig(), avatar_nc)
+    try:
+        async with serving_on_nats(avatar, nats_server.url), \
+                serving_on_nats(collectors, nats_server.url), serving_on_nats(embeddings, nats_server.url) as nc, \
+                gateway_on_free_port(nc, fresh_database(), redis_server.url) as gateway, \
+                httpx.AsyncClient(base_url=gateway.url, headers=gateway.auth(), timeout=120, trust_env=False) as http:
+            yield http
+    finally:
+        await avatar_nc.close()
     await collectors.collection.graph.delete_graph()  # type: ignore[attr-defined]
 
 
@@ -153,7 +159,7 @@ async def test_nul_in_a_json_string_is_400(gateway: httpx.AsyncClient, path: str
 
 @pytest.mark.parametrize("number", ["NaN", "Infinity", "-Infinity", "1e309", "-1e309"])
 @pytest.mark.parametrize(("path", "template"), [
-    ("/api/v1/avatar/state", '{"session_id": "n", "state": "collecting", "confidence": %s}'),
+    ("/api/v1/avatar/speak", '{"text": %s}'),  # where a string goes: refused as a number, not as a type
     ("/api/v1/reasoning/generate", '{"prompt": "hi", "temperature": %s}'),
     ("/v1/chat/completions", '{"messages": [{"role": "user", "content": "hi"}], "top_p": %s}'),
     ("/api/v1/graph/query", '{"cypher": "RETURN $x", "params": {"x": [%s]}}'),  # free-form JSON too
@@ -378,11 +384,10 @@ async def test_openai_embeddings_are_strict_too(gateway: httpx.AsyncClient) -> N
 
 
 async def test_validation_errors_say_where_in_the_apis_shape(gateway: httpx.AsyncClient) -> None:
-    response = await post(gateway, "/api/v1/avatar/state", {"session_id": "", "state": "idle", "confidence": "0.5",
-                                                             "severity": 2})
-    body = refused(response, 422, "session_id", "confidence: Input should be a valid number", "severity")
-    assert {tuple(d["loc"]) for d in body["detail"]} == {("body", "session_id"), ("body", "confidence"),
-                                                         ("body", "severity")}
+    response = await post(gateway, "/api/v1/avatar/speak", {"text": "", "personality": 5, "mood": "calm"})
+    body = refused(response, 422, "text", "personality: Input should be a valid string", "mood")
+    assert {tuple(d["loc"]) for d in body["detail"]} == {("body", "text"), ("body", "personality"),
+                                                         ("body", "mood")}
     assert all(set(d) == {"loc", "msg", "type"} for d in body["detail"])
     strict = await post(gateway, "/api/v1/indicators/extract", {"text": "x", "scrub_pii": 0})
     refused(strict, 422, "scrub_pii", "valid boolean")
@@ -419,6 +424,6 @@ async def test_the_schema_documents_every_status_and_bound(gateway: httpx.AsyncC
     components = schema["components"]["schemas"]
     assert components["ChatCompletionBody"]["properties"]["max_tokens"]["anyOf"][0]["maximum"] == 4096
     assert components["GraphQueryBody"]["properties"]["limit"]["maximum"] == 1000
-    assert components["AvatarStateBody"]["properties"]["state"]["enum"][0] == "idle"
+    assert components["SpeakBody"]["properties"]["personality"]["enum"] == ["", "analyst", "mentor", "red-teamer"]
     depth = next(p for p in schema["paths"]["/api/v1/graph/neighborhood"]["get"]["parameters"] if p["name"] == "depth")
     assert depth["schema"]["maximum"] == 3

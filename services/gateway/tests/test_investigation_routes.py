@@ -29,10 +29,10 @@ import nats
 import pytest
 import pytest_asyncio
 import websockets
-from websockets.typing import Subprotocol
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from typer.testing import CliRunner
+from websockets.typing import Subprotocol
 
 from bev.cli import app as cli
 from bev.collectors.v1.collectors_rpc import CollectorsClient

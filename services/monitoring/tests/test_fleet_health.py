@@ -15,7 +15,7 @@ from bev.monitoring.v1 import monitoring_pb2
 from bev.monitoring.v1.monitoring_rpc import MonitoringClient
 from bev.rpc import InstanceInfo
 from bev.testing.serving import serving_on_nats
-from services.avatar.servicer import Avatar
+from services.avatar.servicer import assemble
 from services.avatar.settings import AvatarConfig
 from services.monitoring.servicer import Monitoring
 from services.monitoring.settings import Settings
@@ -25,16 +25,21 @@ pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 async def test_fleet_health_lists_instances_and_names_the_missing(tmp_path: Path) -> None:
     fleet = load_manifest().service_names()
-    avatar = Avatar(InstanceInfo(service="avatar", node="starlord"), AvatarConfig())
     # A bus of its own: services other tests serve on the session's would be discovered too.
     with NatsServer(tmp_path / "nats") as nats_server:
-        # Discovery goes out on a connection of the monitoring service's own, as in the fleet.
+        # Discovery goes out on a connection of the monitoring service's own, and the avatar follows
+        # events on its own, as each process has in the fleet.
         discovery = await nats.connect(nats_server.url)
+        avatar_nc = await nats.connect(nats_server.url)
+        avatar = await assemble(InstanceInfo(service="avatar", node="starlord"), AvatarConfig(), avatar_nc)
         monitoring = Monitoring(InstanceInfo(service="monitoring", node="oracle1"), discovery, Settings(), fleet)
-        async with serving_on_nats(avatar, nats_server.url), serving_on_nats(monitoring, nats_server.url) as nc:
-            client = MonitoringClient.over_nats(nc, timeout_s=10)
-            health = await client.FleetHealth(monitoring_pb2.FleetHealthRequest(timeout_s=0.5))
-        await discovery.close()
+        try:
+            async with serving_on_nats(avatar, nats_server.url), serving_on_nats(monitoring, nats_server.url) as nc:
+                client = MonitoringClient.over_nats(nc, timeout_s=10)
+                health = await client.FleetHealth(monitoring_pb2.FleetHealthRequest(timeout_s=0.5))
+        finally:
+            await avatar_nc.close()
+            await discovery.close()
 
     by_service = {i.service: i for i in health.instances}
     assert set(by_service) == {"avatar", "monitoring"}

@@ -23,9 +23,10 @@ _sym_db = _symbol_database.Default()
 
 
 from bev.common.v1 import common_pb2 as bev_dot_common_dot_v1_dot_common__pb2
+from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x62\x65v/avatar/v1/avatar.proto\x12\rbev.avatar.v1\x1a\x1a\x62\x65v/common/v1/common.proto\"\xd7\x01\n\x0fMapStateRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12+\n\x05state\x18\x02 \x01(\x0e\x32\x1c.bev.avatar.v1.ResearchState\x12\x17\n\nconfidence\x18\x03 \x01(\x01H\x00\x88\x01\x01\x12\x15\n\x08severity\x18\x04 \x01(\x01H\x01\x88\x01\x01\x12\x15\n\x08progress\x18\x05 \x01(\x01H\x02\x88\x01\x01\x12\x13\n\x0bpersonality\x18\x06 \x01(\tB\r\n\x0b_confidenceB\x0b\n\t_severityB\x0b\n\t_progress\"\x83\x01\n\nExpression\x12\x0f\n\x07\x65motion\x18\x01 \x01(\t\x12\x11\n\tintensity\x18\x02 \x01(\x01\x12\x11\n\tanimation\x18\x03 \x01(\t\x12\x11\n\tnarration\x18\x04 \x01(\t\x12+\n\x05state\x18\x05 \x01(\x0e\x32\x1c.bev.avatar.v1.ResearchState*\x96\x02\n\rResearchState\x12\x1e\n\x1aRESEARCH_STATE_UNSPECIFIED\x10\x00\x12\x17\n\x13RESEARCH_STATE_IDLE\x10\x01\x12\x1d\n\x19RESEARCH_STATE_COLLECTING\x10\x02\x12\x1c\n\x18RESEARCH_STATE_ANALYZING\x10\x03\x12 \n\x1cRESEARCH_STATE_HYPOTHESIZING\x10\x04\x12\x1b\n\x17RESEARCH_STATE_DEBATING\x10\x05\x12\x1c\n\x18RESEARCH_STATE_REPORTING\x10\x06\x12\x18\n\x14RESEARCH_STATE_ALERT\x10\x07\x12\x18\n\x14RESEARCH_STATE_ERROR\x10\x08\x32\xb6\x01\n\x06\x41vatar\x12V\n\x06Health\x12\x1c.bev.common.v1.HealthRequest\x1a\x1d.bev.common.v1.HealthResponse\"\x0f\xa2\xbb\x18\x0b\t\x00\x00\x00\x00\x00\x00\x08@\x10\x01\x12T\n\x08MapState\x12\x1e.bev.avatar.v1.MapStateRequest\x1a\x19.bev.avatar.v1.Expression\"\r\xa2\xbb\x18\t\t\x00\x00\x00\x00\x00\x00\x14@b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x62\x65v/avatar/v1/avatar.proto\x12\rbev.avatar.v1\x1a\x1a\x62\x65v/common/v1/common.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"R\n\x0fGetStateRequest\x12\x18\n\x10investigation_id\x18\x01 \x01(\t\x12%\n\x06\x61\x63\x63\x65ss\x18\x0f \x01(\x0b\x32\x15.bev.common.v1.Access\"\x89\x01\n\x15SetPersonalityRequest\x12\x18\n\x10investigation_id\x18\x01 \x01(\t\x12/\n\x0bpersonality\x18\x02 \x01(\x0e\x32\x1a.bev.avatar.v1.Personality\x12%\n\x06\x61\x63\x63\x65ss\x18\x0f \x01(\x0b\x32\x15.bev.common.v1.Access\"&\n\x07\x45motion\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01\"\x1c\n\x04Gaze\x12\t\n\x01x\x18\x01 \x01(\x01\x12\t\n\x01y\x18\x02 \x01(\x01\"\'\n\x05\x43\x61use\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x10\n\x08\x65vent_id\x18\x02 \x01(\t\"\xfd\x02\n\x0b\x41vatarState\x12\x18\n\x10investigation_id\x18\x01 \x01(\t\x12+\n\x05state\x18\x02 \x01(\x0e\x32\x1c.bev.avatar.v1.ResearchState\x12(\n\x08\x65motions\x18\x03 \x03(\x0b\x32\x16.bev.avatar.v1.Emotion\x12\x12\n\nexpression\x18\x04 \x01(\t\x12\x11\n\tintensity\x18\x05 \x01(\x01\x12!\n\x04gaze\x18\x06 \x01(\x0b\x32\x13.bev.avatar.v1.Gaze\x12\r\n\x05\x63olor\x18\x07 \x01(\t\x12\x11\n\tnarration\x18\x08 \x01(\t\x12#\n\x05\x63\x61use\x18\t \x01(\x0b\x32\x14.bev.avatar.v1.Cause\x12/\n\x0bpersonality\x18\n \x01(\x0e\x32\x1a.bev.avatar.v1.Personality\x12\x0b\n\x03seq\x18\x0b \x01(\x04\x12.\n\nupdated_at\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"M\n\x0cSpeakRequest\x12\x0c\n\x04text\x18\x01 \x01(\t\x12/\n\x0bpersonality\x18\x02 \x01(\x0e\x32\x1a.bev.avatar.v1.Personality\":\n\x06Viseme\x12\x0e\n\x06viseme\x18\x01 \x01(\t\x12\x10\n\x08start_ms\x18\x02 \x01(\r\x12\x0e\n\x06\x65nd_ms\x18\x03 \x01(\r\",\n\x07Phoneme\x12\x0f\n\x07phoneme\x18\x01 \x01(\t\x12\x10\n\x08start_ms\x18\x02 \x01(\r\"\x91\x01\n\x06Speech\x12\x0b\n\x03wav\x18\x01 \x01(\x0c\x12\x13\n\x0bsample_rate\x18\x02 \x01(\r\x12\x13\n\x0b\x64uration_ms\x18\x03 \x01(\r\x12&\n\x07visemes\x18\x04 \x03(\x0b\x32\x15.bev.avatar.v1.Viseme\x12(\n\x08phonemes\x18\x05 \x03(\x0b\x32\x16.bev.avatar.v1.Phoneme*\xc9\x02\n\rResearchState\x12\x1e\n\x1aRESEARCH_STATE_UNSPECIFIED\x10\x00\x12\x17\n\x13RESEARCH_STATE_IDLE\x10\x01\x12\x1b\n\x17RESEARCH_STATE_SCANNING\x10\x02\x12#\n\x1fRESEARCH_STATE_FOCUSED_ANALYSIS\x10\x03\x12\"\n\x1eRESEARCH_STATE_ALERT_DISCOVERY\x10\x04\x12&\n\"RESEARCH_STATE_CELEBRATION_SUCCESS\x10\x05\x12\x1b\n\x17RESEARCH_STATE_THINKING\x10\x06\x12\x1c\n\x18RESEARCH_STATE_UNCERTAIN\x10\x07\x12\x1c\n\x18RESEARCH_STATE_CONCERNED\x10\x08\x12\x18\n\x14RESEARCH_STATE_ERROR\x10\t*w\n\x0bPersonality\x12\x1b\n\x17PERSONALITY_UNSPECIFIED\x10\x00\x12\x17\n\x13PERSONALITY_ANALYST\x10\x01\x12\x16\n\x12PERSONALITY_MENTOR\x10\x02\x12\x1a\n\x16PERSONALITY_RED_TEAMER\x10\x03\x32\xc8\x03\n\x06\x41vatar\x12V\n\x06Health\x12\x1c.bev.common.v1.HealthRequest\x1a\x1d.bev.common.v1.HealthResponse\"\x0f\xa2\xbb\x18\x0b\t\x00\x00\x00\x00\x00\x00\x08@\x10\x01\x12W\n\x08GetState\x12\x1e.bev.avatar.v1.GetStateRequest\x1a\x1a.bev.avatar.v1.AvatarState\"\x0f\xa2\xbb\x18\x0b\t\x00\x00\x00\x00\x00\x00\x14@\x10\x01\x12Z\n\x0bStreamState\x12\x1e.bev.avatar.v1.GetStateRequest\x1a\x1a.bev.avatar.v1.AvatarState\"\r\xa2\xbb\x18\t\t\x00\x00\x00\x00\x00\xc0\x82@0\x01\x12\x63\n\x0eSetPersonality\x12$.bev.avatar.v1.SetPersonalityRequest\x1a\x1a.bev.avatar.v1.AvatarState\"\x0f\xa2\xbb\x18\x0b\t\x00\x00\x00\x00\x00\x00\x14@\x10\x01\x12L\n\x05Speak\x12\x1b.bev.avatar.v1.SpeakRequest\x1a\x15.bev.avatar.v1.Speech\"\x0f\xa2\xbb\x18\x0b\t\x00\x00\x00\x00\x00\x00>@\x10\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,14 +35,38 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_AVATAR'].methods_by_name['Health']._loaded_options = None
   _globals['_AVATAR'].methods_by_name['Health']._serialized_options = b'\242\273\030\013\t\000\000\000\000\000\000\010@\020\001'
-  _globals['_AVATAR'].methods_by_name['MapState']._loaded_options = None
-  _globals['_AVATAR'].methods_by_name['MapState']._serialized_options = b'\242\273\030\t\t\000\000\000\000\000\000\024@'
-  _globals['_RESEARCHSTATE']._serialized_start=426
-  _globals['_RESEARCHSTATE']._serialized_end=704
-  _globals['_MAPSTATEREQUEST']._serialized_start=74
-  _globals['_MAPSTATEREQUEST']._serialized_end=289
-  _globals['_EXPRESSION']._serialized_start=292
-  _globals['_EXPRESSION']._serialized_end=423
-  _globals['_AVATAR']._serialized_start=707
-  _globals['_AVATAR']._serialized_end=889
+  _globals['_AVATAR'].methods_by_name['GetState']._loaded_options = None
+  _globals['_AVATAR'].methods_by_name['GetState']._serialized_options = b'\242\273\030\013\t\000\000\000\000\000\000\024@\020\001'
+  _globals['_AVATAR'].methods_by_name['StreamState']._loaded_options = None
+  _globals['_AVATAR'].methods_by_name['StreamState']._serialized_options = b'\242\273\030\t\t\000\000\000\000\000\300\202@'
+  _globals['_AVATAR'].methods_by_name['SetPersonality']._loaded_options = None
+  _globals['_AVATAR'].methods_by_name['SetPersonality']._serialized_options = b'\242\273\030\013\t\000\000\000\000\000\000\024@\020\001'
+  _globals['_AVATAR'].methods_by_name['Speak']._loaded_options = None
+  _globals['_AVATAR'].methods_by_name['Speak']._serialized_options = b'\242\273\030\013\t\000\000\000\000\000\000>@\020\001'
+  _globals['_RESEARCHSTATE']._serialized_start=1159
+  _globals['_RESEARCHSTATE']._serialized_end=1488
+  _globals['_PERSONALITY']._serialized_start=1490
+  _globals['_PERSONALITY']._serialized_end=1609
+  _globals['_GETSTATEREQUEST']._serialized_start=106
+  _globals['_GETSTATEREQUEST']._serialized_end=188
+  _globals['_SETPERSONALITYREQUEST']._serialized_start=191
+  _globals['_SETPERSONALITYREQUEST']._serialized_end=328
+  _globals['_EMOTION']._serialized_start=330
+  _globals['_EMOTION']._serialized_end=368
+  _globals['_GAZE']._serialized_start=370
+  _globals['_GAZE']._serialized_end=398
+  _globals['_CAUSE']._serialized_start=400
+  _globals['_CAUSE']._serialized_end=439
+  _globals['_AVATARSTATE']._serialized_start=442
+  _globals['_AVATARSTATE']._serialized_end=823
+  _globals['_SPEAKREQUEST']._serialized_start=825
+  _globals['_SPEAKREQUEST']._serialized_end=902
+  _globals['_VISEME']._serialized_start=904
+  _globals['_VISEME']._serialized_end=962
+  _globals['_PHONEME']._serialized_start=964
+  _globals['_PHONEME']._serialized_end=1008
+  _globals['_SPEECH']._serialized_start=1011
+  _globals['_SPEECH']._serialized_end=1156
+  _globals['_AVATAR']._serialized_start=1612
+  _globals['_AVATAR']._serialized_end=2068
 # @@protoc_insertion_point(module_scope)

@@ -17,8 +17,18 @@ class AvatarServicer(Servicer):
 
     SERVICE = service_def(avatar_pb2.DESCRIPTOR.services_by_name["Avatar"])
 
-    async def MapState(self, request: avatar_pb2.MapStateRequest, ctx: CallContext) -> avatar_pb2.Expression:
-        raise RpcError(StatusCode.UNIMPLEMENTED, "Avatar.MapState is not implemented")
+    async def GetState(self, request: avatar_pb2.GetStateRequest, ctx: CallContext) -> avatar_pb2.AvatarState:
+        raise RpcError(StatusCode.UNIMPLEMENTED, "Avatar.GetState is not implemented")
+
+    async def StreamState(self, request: avatar_pb2.GetStateRequest, ctx: CallContext) -> AsyncIterator[avatar_pb2.AvatarState]:
+        raise RpcError(StatusCode.UNIMPLEMENTED, "Avatar.StreamState is not implemented")
+        yield  # an async generator, like the overrides
+
+    async def SetPersonality(self, request: avatar_pb2.SetPersonalityRequest, ctx: CallContext) -> avatar_pb2.AvatarState:
+        raise RpcError(StatusCode.UNIMPLEMENTED, "Avatar.SetPersonality is not implemented")
+
+    async def Speak(self, request: avatar_pb2.SpeakRequest, ctx: CallContext) -> avatar_pb2.Speech:
+        raise RpcError(StatusCode.UNIMPLEMENTED, "Avatar.Speak is not implemented")
 
 
 class AvatarClient(Client):
@@ -29,5 +39,14 @@ class AvatarClient(Client):
     async def Health(self, request: common_pb2.HealthRequest, *, timeout_s: float | None = None, metadata: Mapping[str, str] | None = None) -> common_pb2.HealthResponse:
         return await self._call("Health", request, common_pb2.HealthResponse, timeout_s, metadata)
 
-    async def MapState(self, request: avatar_pb2.MapStateRequest, *, timeout_s: float | None = None, metadata: Mapping[str, str] | None = None) -> avatar_pb2.Expression:
-        return await self._call("MapState", request, avatar_pb2.Expression, timeout_s, metadata)
+    async def GetState(self, request: avatar_pb2.GetStateRequest, *, timeout_s: float | None = None, metadata: Mapping[str, str] | None = None) -> avatar_pb2.AvatarState:
+        return await self._call("GetState", request, avatar_pb2.AvatarState, timeout_s, metadata)
+
+    def StreamState(self, request: avatar_pb2.GetStateRequest, *, timeout_s: float | None = None, metadata: Mapping[str, str] | None = None) -> AsyncIterator[avatar_pb2.AvatarState]:
+        return self._stream("StreamState", request, avatar_pb2.AvatarState, timeout_s, metadata)
+
+    async def SetPersonality(self, request: avatar_pb2.SetPersonalityRequest, *, timeout_s: float | None = None, metadata: Mapping[str, str] | None = None) -> avatar_pb2.AvatarState:
+        return await self._call("SetPersonality", request, avatar_pb2.AvatarState, timeout_s, metadata)
+
+    async def Speak(self, request: avatar_pb2.SpeakRequest, *, timeout_s: float | None = None, metadata: Mapping[str, str] | None = None) -> avatar_pb2.Speech:
+        return await self._call("Speak", request, avatar_pb2.Speech, timeout_s, metadata)
