@@ -1,8 +1,8 @@
 """The web UI's live view: how long an investigation event takes from the swarm publishing it to
 the analyst's browser showing it, and the first load of the investigation page, in one run.
 
-Starts nats-server, PostgreSQL and Redis in a temp dir, the real swarm service on the bus, the real
-gateway in front of it (serving the built UI, services/gateway/web/dist: `make setup` builds it),
+Starts nats-server, PostgreSQL and Redis in a temp dir, the real swarm and avatar services on the
+bus (the page's avatar panel follows the same events), the real gateway in front of them (serving the built UI, services/gateway/web/dist: `make setup` builds it),
 and Debian's chromium through Playwright. An investigation is written as the swarm writes one;
 the bench then emits events through the swarm's own emit path (the event row, then JetStream), one
 at a time:
@@ -45,6 +45,8 @@ from bev.reasoning.v1.reasoning_rpc import ReasoningClient
 from bev.rpc import InstanceInfo
 from bev.testing.browser import key_script, launch_options
 from bev.testing.serving import serving_on_nats
+from services.avatar.servicer import assemble as assemble_avatar
+from services.avatar.settings import AvatarConfig
 from services.gateway.testing import gateway_on_free_port
 from services.gateway.web_ui import DEFAULT_DIR
 from services.swarm.scope import Scope
@@ -127,8 +129,10 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
         swarm = Swarm(InstanceInfo(service="swarm"), SwarmConfig(queue_poll_s=3600), SwarmDeps(
             postgres.dsn, CollectorsClient.over_nats(clients_nc), EmbeddingsClient.over_nats(clients_nc),
             ReasoningClient.over_nats(clients_nc), Path(tmp) / "swarm", clients_nc))
+        avatar_nc = await nats.connect(bus_server.url)  # the avatar's own, as its process has
+        avatar = await assemble_avatar(InstanceInfo(service="avatar"), AvatarConfig(), avatar_nc)
         try:
-            async with serving_on_nats(swarm, bus_server.url) as bus, \
+            async with serving_on_nats(swarm, bus_server.url) as bus, serving_on_nats(avatar, bus_server.url), \
                     gateway_on_free_port(bus, postgres.dsn, redis.url) as gateway, \
                     httpx.AsyncClient(base_url=gateway.url, headers=gateway.auth(), timeout=60) as http, \
                     async_playwright() as playwright:
@@ -137,6 +141,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
                 await context.add_init_script(key_script(gateway.admin_key))
                 return await measure(args, swarm, http, context)
         finally:
+            await avatar_nc.close()
             await clients_nc.close()
 
 
