@@ -162,19 +162,20 @@ def test_every_service_through_the_gateway(fleet: Fleet) -> None:
         assert roles.status_code == 200, roles.text
         assert roles.json()["roles"]
 
-        expression = http.post("/api/v1/avatar/state", json={"session_id": "e2e", "state": "collecting", "progress": 0.2})
-        assert expression.status_code == 200, expression.text
-        assert expression.json()["emotion"]
+        speech = http.post("/api/v1/avatar/speak", json={"text": "Found it.", "personality": "mentor"})
+        assert speech.status_code == 200, speech.text
+        assert speech.json()["audio_wav_base64"] and speech.json()["visemes"][-1]["end_ms"] == speech.json()["duration_ms"]
 
 
 def test_gateway_rejects_bad_input_with_4xx(fleet: Fleet) -> None:
     with httpx.Client(base_url=fleet.gateway, headers=fleet.auth, timeout=30) as http:
         assert http.post("/api/v1/reasoning/generate", json={"prompt": ""}).status_code == 422
         assert http.post("/api/v1/embeddings/embed", json={"texts": "not a list"}).status_code == 422
-        bad_state = http.post("/api/v1/avatar/state", json={"session_id": "x", "state": "sleeping"})
-        assert bad_state.status_code == 400 and "sleeping" in bad_state.json()["error"]
-        forbidden = http.post("/api/v1/avatar/state", json={"session_id": "fsm", "state": "reporting"})
-        assert forbidden.status_code == 409, forbidden.text  # idle -> reporting is not a transition
+        grumpy = http.put("/api/v1/avatar/x/personality", json={"personality": "grumpy"})
+        assert grumpy.status_code == 400 and "grumpy" in grumpy.json()["error"]
+        assert http.post("/api/v1/avatar/speak", json={"text": "a" * 401}).status_code == 422
+        unknown = http.get("/api/v1/avatar/no-such-investigation/state")  # the swarm knows no such investigation
+        assert unknown.status_code == 404, unknown.text
         assert http.get("/api/v1/swarm/roles", params={"phase": "lunch"}).status_code == 400
         too_big = http.post("/api/v1/indicators/extract", content=b'{"text": "' + b"a" * (2 * 1024 * 1024) + b'"}',
                             headers={"content-type": "application/json"})
@@ -287,7 +288,7 @@ async def test_every_service_over_grpc(bus: NatsClient) -> None:
         "embeddings": ("Embed", embeddings_pb2.EmbedRequest(texts=["hello"])),
         "collectors": ("Extract", collectors_pb2.ExtractRequest(text="CVE-2021-44228 on 192.0.2.7")),
         "swarm": ("ListRoles", swarm_pb2.ListRolesRequest()),
-        "avatar": ("MapState", avatar_pb2.MapStateRequest(session_id="grpc", state=avatar_pb2.RESEARCH_STATE_COLLECTING)),
+        "avatar": ("Speak", avatar_pb2.SpeakRequest(text="Hi.")),
         "monitoring": ("FleetHealth", monitoring_pb2.FleetHealthRequest(timeout_s=1.0)),
         "gateway": ("Health", common_pb2.HealthRequest()),
     }
