@@ -440,8 +440,13 @@ class Supervisor:
         }
         path = self.plan.data_dir / FLEET_FILE
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        path.touch(mode=0o600)
-        path.write_text(json.dumps(state, indent=2))
+        # Written beside it, then renamed over it: a reader (`bev status`, a test) never sees the
+        # file truncated mid-write, as it could while an engine restart rewrote it in place.
+        staged = path.with_name(f".{path.name}.tmp")
+        staged.unlink(missing_ok=True)
+        staged.touch(mode=0o600)
+        staged.write_text(json.dumps(state, indent=2))
+        staged.replace(path)
 
     async def shutdown(self) -> None:
         if self.stopping:

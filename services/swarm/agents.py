@@ -75,19 +75,23 @@ class Deps:
     nc: NatsClient | None = None
     _outbox: asyncio.Queue[tuple[str, bytes]] = field(default_factory=lambda: asyncio.Queue(maxsize=EVENT_QUEUE))
     _publisher: asyncio.Task[None] | None = None
+    _emitting: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     async def emit(self, investigation_id: str, kind: str, data: Mapping[str, Any]) -> None:
         """The event row is the truth (SSE replays it); JetStream carries it to live listeners, in
         order, from one background task, so no step waits on the bus."""
-        row = await self.store.add_event(investigation_id, kind, data)
-        if self.nc is None:
-            return
-        payload = json.dumps({"id": row.id, "investigation_id": investigation_id, "kind": kind,
-                              "at": row.at.isoformat(), "data": dict(data)}).encode()
-        try:
-            self._outbox.put_nowait((f"{EVENT_SUBJECT}.{investigation_id}.{kind}", payload))
-        except asyncio.QueueFull:
-            log.warning("investigation event not published: the bus is behind", investigation=investigation_id)
+        # One at a time: concurrent agents' inserts could finish out of id order, and the bus must
+        # carry the events in the order of their ids (a JetStream replay equals the SSE replay).
+        async with self._emitting:
+            row = await self.store.add_event(investigation_id, kind, data)
+            if self.nc is None:
+                return
+            payload = json.dumps({"id": row.id, "investigation_id": investigation_id, "kind": kind,
+                                  "at": row.at.isoformat(), "data": dict(data)}).encode()
+            try:
+                self._outbox.put_nowait((f"{EVENT_SUBJECT}.{investigation_id}.{kind}", payload))
+            except asyncio.QueueFull:
+                log.warning("investigation event not published: the bus is behind", investigation=investigation_id)
         if self._publisher is None or self._publisher.done():
             self._publisher = asyncio.create_task(self._publish(), name="investigation-events")
 

@@ -100,5 +100,5 @@ async def test_without_a_build_the_page_says_how_to_make_one(bus: NatsServer, fr
         assert (await client.get("/api/v1/services")).status_code == 401
 
 
-def test_the_default_build_is_the_one_make_setup_makes() -> None:
+async def test_the_default_build_is_the_one_make_setup_makes() -> None:
     assert DEFAULT_DIR == Path(__file__).parents[1] / "web" / "dist"
