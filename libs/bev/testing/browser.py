@@ -11,8 +11,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from playwright.async_api import Page as AsyncPage
-from playwright.sync_api import Browser, Page, Playwright
+from playwright.async_api import Page
 
 REPO = Path(__file__).resolve().parents[3]
 AXE = REPO / "services" / "gateway" / "web" / "node_modules" / "axe-core" / "axe.min.js"
@@ -34,23 +33,12 @@ def launch_options() -> dict[str, Any]:
     return {"executable_path": chromium_path(), "args": CHROMIUM_FLAGS}
 
 
-def launch(playwright: Playwright) -> Browser:
-    return playwright.chromium.launch(**launch_options())
-
-
 def key_script(key: str) -> str:
     """An init script that puts `key` in the tab's sessionStorage, as signing in does."""
     return f"sessionStorage.setItem({KEY_STORAGE!r}, {key!r});"
 
 
-def signed_in_page(browser: Browser, base_url: str, key: str, **context: Any) -> Page:
-    """A page of a new browser context whose tab already holds `key`, as after signing in."""
-    page = browser.new_context(base_url=base_url, **context).new_page()
-    page.add_init_script(key_script(key))
-    return page
-
-
-async def axe_violations(page: AsyncPage,
+async def axe_violations(page: Page,
                          impacts: frozenset[str] = frozenset({"serious", "critical"})) -> list[dict[str, Any]]:
     """axe-core's violations of the page as it is now, of the given impacts, each with its rule id,
     help text and the elements it found (axe-core: the npm package the UI's build installs). Loaded
