@@ -15,18 +15,24 @@ items above the caller's TLP, so the rule holds for every client of the service,
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+from collections.abc import Awaitable
 from typing import Annotated, Any
 
 from fastapi import Depends, HTTPException, Request, WebSocket
 from starlette.requests import HTTPConnection
+from starlette.websockets import WebSocketDisconnect, WebSocketState
 
+from bev.telemetry import get_logger
 from services.gateway.caller import Caller, Scope
 from services.gateway.clients import Clients
 from services.gateway.guard import WS_BEARER_PROTOCOL, Guard
 from services.gateway.routes.common import error_response
 
 __all__ = ["ADMIN", "READ", "WRITE", "Caller", "CallerDep", "ClientsDep", "LlmBudgetDep", "Scope", "accept_websocket",
-           "needs", "refuse_websocket"]
+           "needs", "refuse_websocket", "refused_without_read", "serve_websocket"]
+log = get_logger(__name__)
 SCOPE_HEADER = "x-bev-scope"  # the OpenAPI extension each route's required scope is written to
 
 
@@ -107,3 +113,38 @@ async def refuse_websocket(websocket: WebSocket, status: int, message: str, code
         await accept_websocket(websocket)
         await websocket.send_text(bytes(denial.body).decode("ascii"))
         await websocket.close(1008 if status in (403, 404) else 1011)
+
+
+async def refused_without_read(websocket: WebSocket, caller: Caller) -> bool:
+    """A WebSocket route's scope check, answered as an HTTP 403 to the handshake (a dependency's
+    exception could not be): True when it refused."""
+    if caller.has("read"):
+        return False
+    await refuse_websocket(websocket, 403, f"this route needs an API key with the 'read' scope; key {caller.key.id} "
+                                           f"has {', '.join(sorted(caller.key.scopes)) or 'none'}", "PERMISSION_DENIED")
+    return True
+
+
+async def serve_websocket(websocket: WebSocket, send: Awaitable[None], **context: str) -> None:
+    """Run `send` (what the route streams) until it ends or the client goes; later messages from
+    the client are ignored. Both tasks are stopped either way, and the socket closed (1000) if
+    `send` left it open; a failure of `send` is logged with `context`."""
+
+    async def until_disconnect() -> None:
+        while (await websocket.receive())["type"] != "websocket.disconnect":
+            pass
+
+    sender, listener = asyncio.ensure_future(send), asyncio.create_task(until_disconnect())
+    try:
+        await asyncio.wait({sender, listener}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (sender, listener):
+            task.cancel()
+        for task in (sender, listener):
+            with contextlib.suppress(asyncio.CancelledError, WebSocketDisconnect, RuntimeError):
+                await task
+        if sender.done() and not sender.cancelled() and sender.exception() is not None:
+            log.warning("WebSocket stream failed", path=websocket.url.path, error=repr(sender.exception()), **context)
+        if websocket.application_state is WebSocketState.CONNECTED:
+            with contextlib.suppress(RuntimeError, WebSocketDisconnect):
+                await websocket.close(1000)

@@ -14,20 +14,27 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import json
 import time
 from typing import Any
 
 from fastapi import APIRouter, HTTPException, WebSocket
 from pydantic import ConfigDict, Field
-from starlette.websockets import WebSocketDisconnect, WebSocketState
 
 from bev.avatar.v1 import avatar_pb2
 from bev.rpc import RpcError, StatusCode
 from bev.telemetry import get_logger
 from services.gateway.clients import Clients
-from services.gateway.deps import READ, WRITE, CallerDep, ClientsDep, accept_websocket, refuse_websocket
+from services.gateway.deps import (
+    READ,
+    WRITE,
+    CallerDep,
+    ClientsDep,
+    accept_websocket,
+    refuse_websocket,
+    refused_without_read,
+    serve_websocket,
+)
 from services.gateway.routes.common import HTTP_STATUS, Body, labels
 
 log = get_logger(__name__)
@@ -188,10 +195,7 @@ async def state_ws(websocket: WebSocket, investigation_id: str, clients: Clients
     """Every AvatarState of the investigation as a JSON text message: the current one first, then
     each change. A broken stream sends {"error", "code"} and closes with 1011 (1013 when the avatar
     is unavailable). Needs the read scope; messages from the client are ignored."""
-    # Checked here, not with READ: a refusal must reach the client as an HTTP answer to its handshake.
-    if not caller.has("read"):
-        await refuse_websocket(websocket, 403, f"this route needs an API key with the 'read' scope; key {caller.key.id} "
-                                      f"has {', '.join(sorted(caller.key.scopes)) or 'none'}", "PERMISSION_DENIED")
+    if await refused_without_read(websocket, caller):
         return
     request = avatar_pb2.GetStateRequest(investigation_id=investigation_id, access=caller.access())
     try:  # an unknown id or an absent avatar is a status (404, 503), not a socket that closes at once
@@ -200,24 +204,5 @@ async def state_ws(websocket: WebSocket, investigation_id: str, clients: Clients
         await refuse_websocket(websocket, HTTP_STATUS.get(exc.code, 502), exc.message, exc.code.name)
         return
     await accept_websocket(websocket)
-
-    async def until_disconnect() -> None:
-        while (await websocket.receive())["type"] != "websocket.disconnect":
-            pass
-
-    sender = asyncio.create_task(_send_states(websocket, clients, request))
-    listener = asyncio.create_task(until_disconnect())
-    try:
-        await asyncio.wait({sender, listener}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for task in (sender, listener):
-            task.cancel()
-        for task in (sender, listener):
-            with contextlib.suppress(asyncio.CancelledError, WebSocketDisconnect, RuntimeError):
-                await task
-        if sender.done() and not sender.cancelled() and sender.exception() is not None:
-            log.warning("avatar WebSocket failed", investigation=investigation_id, error=repr(sender.exception()))
-        if websocket.application_state is WebSocketState.CONNECTED:
-            with contextlib.suppress(RuntimeError, WebSocketDisconnect):
-                await websocket.close(1000)
+    await serve_websocket(websocket, _send_states(websocket, clients, request), investigation=investigation_id)
 

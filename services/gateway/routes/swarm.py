@@ -18,7 +18,6 @@ pump-and-queue shape is the one the OpenAI chat stream uses (services/gateway/ro
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
@@ -29,7 +28,6 @@ from fastapi import APIRouter, Header, HTTPException, Query, WebSocket
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from google.protobuf.message import Message
 from pydantic import ConfigDict, Discriminator, Field, Tag
-from starlette.websockets import WebSocketDisconnect, WebSocketState
 
 from bev.common.v1 import common_pb2
 from bev.rpc import RpcError, StatusCode
@@ -45,6 +43,8 @@ from services.gateway.deps import (
     ClientsDep,
     accept_websocket,
     refuse_websocket,
+    refused_without_read,
+    serve_websocket,
 )
 from services.gateway.routes.common import (
     HTTP_STATUS,
@@ -656,11 +656,7 @@ async def events_ws(websocket: WebSocket, investigation_id: str, clients: Client
     """The same events as JSON text messages; send {"after": N} within WS_RESUME_WAIT_S of
     connecting to resume after event N. Closed (1000) after `done`; a broken stream sends
     {"error", "code"} and closes with 1011 (1013 when the swarm is unavailable). Needs the read scope."""
-    # The scope is checked here, not with READ: a refusal must reach the client as an HTTP answer
-    # to its handshake (refuse_websocket), which a dependency's exception would not give.
-    if not caller.has("read"):
-        await refuse_websocket(websocket, 403, f"this route needs an API key with the 'read' scope; key {caller.key.id} "
-                                      f"has {', '.join(sorted(caller.key.scopes)) or 'none'}", "PERMISSION_DENIED")
+    if await refused_without_read(websocket, caller):
         return
     access = caller.access()
     try:
@@ -698,25 +694,7 @@ async def events_ws(websocket: WebSocket, investigation_id: str, clients: Client
         finally:
             await stream.aclose()
 
-    async def until_disconnect() -> None:
-        while (await websocket.receive())["type"] != "websocket.disconnect":
-            pass  # later messages are ignored
-
-    sender, listener = asyncio.create_task(send_events()), asyncio.create_task(until_disconnect())
-    try:
-        await asyncio.wait({sender, listener}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for task in (sender, listener):
-            task.cancel()
-        for task in (sender, listener):
-            with contextlib.suppress(asyncio.CancelledError, WebSocketDisconnect, RuntimeError):
-                await task
-        if sender.done() and not sender.cancelled() and sender.exception() is not None:
-            log.warning("investigation WebSocket failed", investigation=investigation_id,
-                        error=repr(sender.exception()))
-        if websocket.application_state is WebSocketState.CONNECTED:
-            with contextlib.suppress(RuntimeError, WebSocketDisconnect):
-                await websocket.close(1000)
+    await serve_websocket(websocket, send_events(), investigation=investigation_id)
 
 
 @router.post("/api/v1/workflows", status_code=202, dependencies=[WRITE], responses={
