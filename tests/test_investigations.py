@@ -21,6 +21,7 @@ import subprocess
 import time
 from collections import Counter
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -63,16 +64,22 @@ class DemoFleet:
         self.process, self.state = start_fleet(self.data_dir, env=self.world.collectors_env())
 
 
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DemoFleet]:
+@contextmanager
+def demo_fleet(data_dir: Path) -> Iterator[DemoFleet]:
+    """The demo world served, and `bev up` on `data_dir` pointed at it; stopped afterwards."""
     with DemoWorld() as world:
-        data_dir = tmp_path_factory.mktemp("demo-fleet")
         process, state = start_fleet(data_dir, env=world.collectors_env())
         fleet = DemoFleet(world, data_dir, process, state)
         yield fleet
         if fleet.process.poll() is None:
             fleet.process.send_signal(signal.SIGINT)
             fleet.process.wait(90)
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DemoFleet]:
+    with demo_fleet(tmp_path_factory.mktemp("demo-fleet")) as fleet:
+        yield fleet
 
 
 def request_for(world: DemoWorld, mode: str, **budget: Any) -> dict[str, Any]:

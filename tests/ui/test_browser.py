@@ -13,7 +13,6 @@ import asyncio
 import json
 import os
 import re
-import signal
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
@@ -25,9 +24,7 @@ from playwright.async_api import Browser, Page, async_playwright, expect
 
 from bev.testing.browser import axe_violations, key_script, launch_options
 from services.swarm.demo.investigate import scope_of
-from services.swarm.demo.server import DemoWorld
-from tests.test_fleet import start_fleet
-from tests.test_investigations import DemoFleet
+from tests.test_investigations import DemoFleet, demo_fleet
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900), pytest.mark.asyncio(loop_scope="module")]
 SHOTS = Path(os.environ["BEV_SCREENSHOTS"]) if os.environ.get("BEV_SCREENSHOTS") else None
@@ -50,14 +47,8 @@ AVATAR_STATES = """() => {
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DemoFleet]:
-    with DemoWorld() as world:
-        data_dir = tmp_path_factory.mktemp("ui-fleet")
-        process, state = start_fleet(data_dir, env=world.collectors_env())
-        fleet = DemoFleet(world, data_dir, process, state)
+    with demo_fleet(tmp_path_factory.mktemp("ui-fleet")) as fleet:
         yield fleet
-        if fleet.process.poll() is None:
-            fleet.process.send_signal(signal.SIGINT)
-            fleet.process.wait(90)
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
