@@ -324,6 +324,8 @@ class CollectorInfo(_message.Message):
     NEEDS_NETWORK_FIELD_NUMBER: _builtins.int
     NEEDS_TOR_FIELD_NUMBER: _builtins.int
     API_KEY_SECRET_FIELD_NUMBER: _builtins.int
+    PAUSED_UNTIL_FIELD_NUMBER: _builtins.int
+    PAUSED_REASON_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     description: _builtins.str
     rate_limit_per_s: _builtins.float
@@ -331,6 +333,9 @@ class CollectorInfo(_message.Message):
     needs_tor: _builtins.bool
     api_key_secret: _builtins.str
     """Vault secret holding its API key; empty = none"""
+    paused_until: _builtins.float
+    """unix time; 0 = not paused"""
+    paused_reason: _builtins.str
     @_builtins.property
     def consumes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
@@ -346,14 +351,67 @@ class CollectorInfo(_message.Message):
         needs_network: _builtins.bool = ...,
         needs_tor: _builtins.bool = ...,
         api_key_secret: _builtins.str = ...,
+        paused_until: _builtins.float = ...,
+        paused_reason: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["api_key_secret", b"api_key_secret", "consumes", b"consumes", "description", b"description", "name", b"name", "needs_network", b"needs_network", "needs_tor", b"needs_tor", "produces", b"produces", "rate_limit_per_s", b"rate_limit_per_s"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["api_key_secret", b"api_key_secret", "consumes", b"consumes", "description", b"description", "name", b"name", "needs_network", b"needs_network", "needs_tor", b"needs_tor", "paused_reason", b"paused_reason", "paused_until", b"paused_until", "produces", b"produces", "rate_limit_per_s", b"rate_limit_per_s"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CollectorInfo: _TypeAlias = CollectorInfo  # noqa: Y015
+
+@_typing.final
+class PauseCollectorRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COLLECTOR_FIELD_NUMBER: _builtins.int
+    SECONDS_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    BY_FIELD_NUMBER: _builtins.int
+    collector: _builtins.str
+    seconds: _builtins.float
+    """how long; 0 = resume now"""
+    reason: _builtins.str
+    """shown to whoever calls the paused collector"""
+    by: _builtins.str
+    """who paused it (monitoring, an operator)"""
+    def __init__(
+        self,
+        *,
+        collector: _builtins.str = ...,
+        seconds: _builtins.float = ...,
+        reason: _builtins.str = ...,
+        by: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["by", b"by", "collector", b"collector", "reason", b"reason", "seconds", b"seconds"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PauseCollectorRequest: _TypeAlias = PauseCollectorRequest  # noqa: Y015
+
+@_typing.final
+class PauseCollectorResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COLLECTOR_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def collector(self) -> Global___CollectorInfo: ...
+    def __init__(
+        self,
+        *,
+        collector: Global___CollectorInfo | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["collector", b"collector"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["collector", b"collector"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PauseCollectorResponse: _TypeAlias = PauseCollectorResponse  # noqa: Y015
 
 @_typing.final
 class ListCollectorsResponse(_message.Message):

@@ -25,23 +25,53 @@ _sym_db = _symbol_database.Default()
 from bev.common.v1 import common_pb2 as bev_dot_common_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"bev/monitoring/v1/monitoring.proto\x12\x11\x62\x65v.monitoring.v1\x1a\x1a\x62\x65v/common/v1/common.proto\"\'\n\x12\x46leetHealthRequest\x12\x11\n\ttimeout_s\x18\x01 \x01(\x01\"\xa7\x02\n\x0eInstanceHealth\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x10\n\x08instance\x18\x02 \x01(\t\x12\x0c\n\x04node\x18\x03 \x01(\t\x12\x34\n\x06status\x18\x04 \x01(\x0e\x32$.bev.common.v1.HealthResponse.Status\x12\x10\n\x08uptime_s\x18\x05 \x01(\x01\x12\x10\n\x08requests\x18\x06 \x01(\x03\x12\x0e\n\x06\x65rrors\x18\x07 \x01(\x03\x12\x10\n\x08rpc_rate\x18\x08 \x01(\x01\x12\x14\n\x0cgrpc_address\x18\t \x01(\t\x12\x17\n\x0fmetrics_address\x18\n \x01(\t\x12*\n\x06\x63hecks\x18\x0b \x03(\x0b\x32\x1a.bev.common.v1.HealthCheck\x12\r\n\x05\x65rror\x18\x0c \x01(\t\"\x92\x01\n\x13\x46leetHealthResponse\x12\x34\n\x06status\x18\x01 \x01(\x0e\x32$.bev.common.v1.HealthResponse.Status\x12\x34\n\tinstances\x18\x02 \x03(\x0b\x32!.bev.monitoring.v1.InstanceHealth\x12\x0f\n\x07missing\x18\x03 \x03(\t2\xd3\x01\n\nMonitoring\x12V\n\x06Health\x12\x1c.bev.common.v1.HealthRequest\x1a\x1d.bev.common.v1.HealthResponse\"\x0f\xa2\xbb\x18\x0b\t\x00\x00\x00\x00\x00\x00\x08@\x10\x01\x12m\n\x0b\x46leetHealth\x12%.bev.monitoring.v1.FleetHealthRequest\x1a&.bev.monitoring.v1.FleetHealthResponse\"\x0f\xa2\xbb\x18\x0b\t\x00\x00\x00\x00\x00\x00$@\x10\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"bev/monitoring/v1/monitoring.proto\x12\x11\x62\x65v.monitoring.v1\x1a\x1a\x62\x65v/common/v1/common.proto\"\'\n\x12\x46leetHealthRequest\x12\x11\n\ttimeout_s\x18\x01 \x01(\x01\"\xa7\x02\n\x0eInstanceHealth\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x10\n\x08instance\x18\x02 \x01(\t\x12\x0c\n\x04node\x18\x03 \x01(\t\x12\x34\n\x06status\x18\x04 \x01(\x0e\x32$.bev.common.v1.HealthResponse.Status\x12\x10\n\x08uptime_s\x18\x05 \x01(\x01\x12\x10\n\x08requests\x18\x06 \x01(\x03\x12\x0e\n\x06\x65rrors\x18\x07 \x01(\x03\x12\x10\n\x08rpc_rate\x18\x08 \x01(\x01\x12\x14\n\x0cgrpc_address\x18\t \x01(\t\x12\x17\n\x0fmetrics_address\x18\n \x01(\t\x12*\n\x06\x63hecks\x18\x0b \x03(\x0b\x32\x1a.bev.common.v1.HealthCheck\x12\r\n\x05\x65rror\x18\x0c \x01(\t\"\x92\x01\n\x13\x46leetHealthResponse\x12\x34\n\x06status\x18\x01 \x01(\x0e\x32$.bev.common.v1.HealthResponse.Status\x12\x34\n\tinstances\x18\x02 \x03(\x0b\x32!.bev.monitoring.v1.InstanceHealth\x12\x0f\n\x07missing\x18\x03 \x03(\t\"\x96\x02\n\x05\x41lert\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06source\x18\x02 \x01(\t\x12\x0f\n\x07service\x18\x03 \x01(\t\x12\x0c\n\x04node\x18\x04 \x01(\t\x12\x10\n\x08instance\x18\x05 \x01(\t\x12\x10\n\x08severity\x18\x06 \x01(\t\x12\x0f\n\x07summary\x18\x07 \x01(\t\x12\x12\n\nstarted_at\x18\x08 \x01(\x01\x12\r\n\x05value\x18\t \x01(\x01\x12\x34\n\x06labels\x18\n \x03(\x0b\x32$.bev.monitoring.v1.Alert.LabelsEntry\x12\x13\n\x0bresolved_at\x18\x0b \x01(\x01\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x8c\x01\n\rHealingAction\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x0e\n\x06target\x18\x02 \x01(\t\x12\x0c\n\x04node\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x0f\n\x07outcome\x18\x05 \x01(\t\x12\r\n\x05\x65rror\x18\x06 \x01(\t\x12\n\n\x02\x61t\x18\x07 \x01(\x01\x12\x13\n\x0bincident_id\x18\x08 \x01(\t\"\x90\x02\n\x08Incident\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06status\x18\x02 \x01(\t\x12\x0c\n\x04root\x18\x03 \x01(\t\x12\x0c\n\x04node\x18\x04 \x01(\t\x12\x10\n\x08severity\x18\x05 \x01(\t\x12\x0f\n\x07summary\x18\x06 \x01(\t\x12\x11\n\topened_at\x18\x07 \x01(\x01\x12\x12\n\nupdated_at\x18\x08 \x01(\x01\x12\x13\n\x0bresolved_at\x18\t \x01(\x01\x12(\n\x06\x61lerts\x18\n \x03(\x0b\x32\x18.bev.monitoring.v1.Alert\x12\x10\n\x08\x61\x66\x66\x65\x63ted\x18\x0b \x03(\t\x12\x31\n\x07\x61\x63tions\x18\x0c \x03(\x0b\x32 .bev.monitoring.v1.HealingAction\"5\n\x14ListIncidentsRequest\x12\x0e\n\x06status\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\x05\"\x93\x01\n\x15ListIncidentsResponse\x12.\n\tincidents\x18\x01 \x03(\x0b\x32\x1b.bev.monitoring.v1.Incident\x12\x31\n\x07\x61\x63tions\x18\x02 \x03(\x0b\x32 .bev.monitoring.v1.HealingAction\x12\x17\n\x0fhealing_dry_run\x18\x03 \x01(\x08\"\x1e\n\nAskRequest\x12\x10\n\x08question\x18\x01 \x01(\t\"\xa6\x01\n\x06\x46igure\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05query\x18\x02 \x01(\t\x12\x35\n\x06labels\x18\x03 \x03(\x0b\x32%.bev.monitoring.v1.Figure.LabelsEntry\x12\r\n\x05value\x18\x04 \x01(\x01\x12\x0c\n\x04text\x18\x05 \x01(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"G\n\x08QueryRun\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06promql\x18\x02 \x01(\t\x12\r\n\x05\x65rror\x18\x03 \x01(\t\x12\x0e\n\x06series\x18\x04 \x01(\x05\"\xdc\x01\n\x0b\x41skResponse\x12\x0e\n\x06\x61nswer\x18\x01 \x01(\t\x12,\n\x07queries\x18\x02 \x03(\x0b\x32\x1b.bev.monitoring.v1.QueryRun\x12*\n\x07\x66igures\x18\x03 \x03(\x0b\x32\x19.bev.monitoring.v1.Figure\x12\x13\n\x0bunsupported\x18\x04 \x03(\t\x12.\n\tincidents\x18\x05 \x03(\x0b\x32\x1b.bev.monitoring.v1.Incident\x12\r\n\x05model\x18\x06 \x01(\t\x12\x0f\n\x07subject\x18\x07 \x01(\t2\x9f\x03\n\nMonitoring\x12V\n\x06Health\x12\x1c.bev.common.v1.HealthRequest\x1a\x1d.bev.common.v1.HealthResponse\"\x0f\xa2\xbb\x18\x0b\t\x00\x00\x00\x00\x00\x00\x08@\x10\x01\x12m\n\x0b\x46leetHealth\x12%.bev.monitoring.v1.FleetHealthRequest\x1a&.bev.monitoring.v1.FleetHealthResponse\"\x0f\xa2\xbb\x18\x0b\t\x00\x00\x00\x00\x00\x00$@\x10\x01\x12s\n\rListIncidents\x12\'.bev.monitoring.v1.ListIncidentsRequest\x1a(.bev.monitoring.v1.ListIncidentsResponse\"\x0f\xa2\xbb\x18\x0b\t\x00\x00\x00\x00\x00\x00\x14@\x10\x01\x12U\n\x03\x41sk\x12\x1d.bev.monitoring.v1.AskRequest\x1a\x1e.bev.monitoring.v1.AskResponse\"\x0f\xa2\xbb\x18\x0b\t\x00\x00\x00\x00\x00\x80V@\x10\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'bev.monitoring.v1.monitoring_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_ALERT_LABELSENTRY']._loaded_options = None
+  _globals['_ALERT_LABELSENTRY']._serialized_options = b'8\001'
+  _globals['_FIGURE_LABELSENTRY']._loaded_options = None
+  _globals['_FIGURE_LABELSENTRY']._serialized_options = b'8\001'
   _globals['_MONITORING'].methods_by_name['Health']._loaded_options = None
   _globals['_MONITORING'].methods_by_name['Health']._serialized_options = b'\242\273\030\013\t\000\000\000\000\000\000\010@\020\001'
   _globals['_MONITORING'].methods_by_name['FleetHealth']._loaded_options = None
   _globals['_MONITORING'].methods_by_name['FleetHealth']._serialized_options = b'\242\273\030\013\t\000\000\000\000\000\000$@\020\001'
+  _globals['_MONITORING'].methods_by_name['ListIncidents']._loaded_options = None
+  _globals['_MONITORING'].methods_by_name['ListIncidents']._serialized_options = b'\242\273\030\013\t\000\000\000\000\000\000\024@\020\001'
+  _globals['_MONITORING'].methods_by_name['Ask']._loaded_options = None
+  _globals['_MONITORING'].methods_by_name['Ask']._serialized_options = b'\242\273\030\013\t\000\000\000\000\000\200V@\020\001'
   _globals['_FLEETHEALTHREQUEST']._serialized_start=85
   _globals['_FLEETHEALTHREQUEST']._serialized_end=124
   _globals['_INSTANCEHEALTH']._serialized_start=127
   _globals['_INSTANCEHEALTH']._serialized_end=422
   _globals['_FLEETHEALTHRESPONSE']._serialized_start=425
   _globals['_FLEETHEALTHRESPONSE']._serialized_end=571
-  _globals['_MONITORING']._serialized_start=574
-  _globals['_MONITORING']._serialized_end=785
+  _globals['_ALERT']._serialized_start=574
+  _globals['_ALERT']._serialized_end=852
+  _globals['_ALERT_LABELSENTRY']._serialized_start=807
+  _globals['_ALERT_LABELSENTRY']._serialized_end=852
+  _globals['_HEALINGACTION']._serialized_start=855
+  _globals['_HEALINGACTION']._serialized_end=995
+  _globals['_INCIDENT']._serialized_start=998
+  _globals['_INCIDENT']._serialized_end=1270
+  _globals['_LISTINCIDENTSREQUEST']._serialized_start=1272
+  _globals['_LISTINCIDENTSREQUEST']._serialized_end=1325
+  _globals['_LISTINCIDENTSRESPONSE']._serialized_start=1328
+  _globals['_LISTINCIDENTSRESPONSE']._serialized_end=1475
+  _globals['_ASKREQUEST']._serialized_start=1477
+  _globals['_ASKREQUEST']._serialized_end=1507
+  _globals['_FIGURE']._serialized_start=1510
+  _globals['_FIGURE']._serialized_end=1676
+  _globals['_FIGURE_LABELSENTRY']._serialized_start=807
+  _globals['_FIGURE_LABELSENTRY']._serialized_end=852
+  _globals['_QUERYRUN']._serialized_start=1678
+  _globals['_QUERYRUN']._serialized_end=1749
+  _globals['_ASKRESPONSE']._serialized_start=1752
+  _globals['_ASKRESPONSE']._serialized_end=1972
+  _globals['_MONITORING']._serialized_start=1975
+  _globals['_MONITORING']._serialized_end=2390
 # @@protoc_insertion_point(module_scope)

@@ -20,6 +20,12 @@ class MonitoringServicer(Servicer):
     async def FleetHealth(self, request: monitoring_pb2.FleetHealthRequest, ctx: CallContext) -> monitoring_pb2.FleetHealthResponse:
         raise RpcError(StatusCode.UNIMPLEMENTED, "Monitoring.FleetHealth is not implemented")
 
+    async def ListIncidents(self, request: monitoring_pb2.ListIncidentsRequest, ctx: CallContext) -> monitoring_pb2.ListIncidentsResponse:
+        raise RpcError(StatusCode.UNIMPLEMENTED, "Monitoring.ListIncidents is not implemented")
+
+    async def Ask(self, request: monitoring_pb2.AskRequest, ctx: CallContext) -> monitoring_pb2.AskResponse:
+        raise RpcError(StatusCode.UNIMPLEMENTED, "Monitoring.Ask is not implemented")
+
 
 class MonitoringClient(Client):
     """Typed caller of bev.monitoring.v1.Monitoring: over NATS by default, gRPC when given an address."""
@@ -31,3 +37,9 @@ class MonitoringClient(Client):
 
     async def FleetHealth(self, request: monitoring_pb2.FleetHealthRequest, *, timeout_s: float | None = None, metadata: Mapping[str, str] | None = None) -> monitoring_pb2.FleetHealthResponse:
         return await self._call("FleetHealth", request, monitoring_pb2.FleetHealthResponse, timeout_s, metadata)
+
+    async def ListIncidents(self, request: monitoring_pb2.ListIncidentsRequest, *, timeout_s: float | None = None, metadata: Mapping[str, str] | None = None) -> monitoring_pb2.ListIncidentsResponse:
+        return await self._call("ListIncidents", request, monitoring_pb2.ListIncidentsResponse, timeout_s, metadata)
+
+    async def Ask(self, request: monitoring_pb2.AskRequest, *, timeout_s: float | None = None, metadata: Mapping[str, str] | None = None) -> monitoring_pb2.AskResponse:
+        return await self._call("Ask", request, monitoring_pb2.AskResponse, timeout_s, metadata)

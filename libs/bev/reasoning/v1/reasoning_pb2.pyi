@@ -46,6 +46,53 @@ PHASE_SYNTHESIS: Phase.ValueType  # 5
 Global___Phase: _TypeAlias = Phase  # noqa: Y015
 
 @_typing.final
+class DrainBackendRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BACKEND_FIELD_NUMBER: _builtins.int
+    SECONDS_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    backend: _builtins.str
+    """BackendStatus.name"""
+    seconds: _builtins.float
+    """how long; 0 = undrain now"""
+    reason: _builtins.str
+    def __init__(
+        self,
+        *,
+        backend: _builtins.str = ...,
+        seconds: _builtins.float = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["backend", b"backend", "reason", b"reason", "seconds", b"seconds"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DrainBackendRequest: _TypeAlias = DrainBackendRequest  # noqa: Y015
+
+@_typing.final
+class DrainBackendResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BACKEND_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def backend(self) -> Global___BackendStatus: ...
+    def __init__(
+        self,
+        *,
+        backend: Global___BackendStatus | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["backend", b"backend"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["backend", b"backend"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DrainBackendResponse: _TypeAlias = DrainBackendResponse  # noqa: Y015
+
+@_typing.final
 class ChatMessage(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -735,6 +782,8 @@ class BackendStatus(_message.Message):
     REJECTED_FIELD_NUMBER: _builtins.int
     CONTEXT_LENGTH_FIELD_NUMBER: _builtins.int
     KIND_FIELD_NUMBER: _builtins.int
+    DRAINED_UNTIL_FIELD_NUMBER: _builtins.int
+    DRAINED_REASON_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     tier: _common_pb2.Tier.ValueType
     node: _builtins.str
@@ -758,6 +807,9 @@ class BackendStatus(_message.Message):
     context_length: _builtins.int
     kind: _builtins.str
     """vllm, llamacpp, openai"""
+    drained_until: _builtins.float
+    """unix time; 0 = in routing"""
+    drained_reason: _builtins.str
     def __init__(
         self,
         *,
@@ -779,10 +831,12 @@ class BackendStatus(_message.Message):
         rejected: _builtins.int = ...,
         context_length: _builtins.int = ...,
         kind: _builtins.str = ...,
+        drained_until: _builtins.float = ...,
+        drained_reason: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["context_length", b"context_length", "engine_waiting", b"engine_waiting", "failures", b"failures", "healthy", b"healthy", "in_flight", b"in_flight", "kind", b"kind", "kv_cache_usage", b"kv_cache_usage", "last_error", b"last_error", "max_in_flight", b"max_in_flight", "max_queued", b"max_queued", "model", b"model", "name", b"name", "node", b"node", "queued", b"queued", "rejected", b"rejected", "requests", b"requests", "tier", b"tier", "url", b"url"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["context_length", b"context_length", "drained_reason", b"drained_reason", "drained_until", b"drained_until", "engine_waiting", b"engine_waiting", "failures", b"failures", "healthy", b"healthy", "in_flight", b"in_flight", "kind", b"kind", "kv_cache_usage", b"kv_cache_usage", "last_error", b"last_error", "max_in_flight", b"max_in_flight", "max_queued", b"max_queued", "model", b"model", "name", b"name", "node", b"node", "queued", b"queued", "rejected", b"rejected", "requests", b"requests", "tier", b"tier", "url", b"url"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

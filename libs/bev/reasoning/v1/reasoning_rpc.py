@@ -40,6 +40,9 @@ class ReasoningServicer(Servicer):
     async def RouterStatus(self, request: reasoning_pb2.RouterStatusRequest, ctx: CallContext) -> reasoning_pb2.RouterStatusResponse:
         raise RpcError(StatusCode.UNIMPLEMENTED, "Reasoning.RouterStatus is not implemented")
 
+    async def DrainBackend(self, request: reasoning_pb2.DrainBackendRequest, ctx: CallContext) -> reasoning_pb2.DrainBackendResponse:
+        raise RpcError(StatusCode.UNIMPLEMENTED, "Reasoning.DrainBackend is not implemented")
+
 
 class ReasoningClient(Client):
     """Typed caller of bev.reasoning.v1.Reasoning: over NATS by default, gRPC when given an address."""
@@ -69,3 +72,6 @@ class ReasoningClient(Client):
 
     async def RouterStatus(self, request: reasoning_pb2.RouterStatusRequest, *, timeout_s: float | None = None, metadata: Mapping[str, str] | None = None) -> reasoning_pb2.RouterStatusResponse:
         return await self._call("RouterStatus", request, reasoning_pb2.RouterStatusResponse, timeout_s, metadata)
+
+    async def DrainBackend(self, request: reasoning_pb2.DrainBackendRequest, *, timeout_s: float | None = None, metadata: Mapping[str, str] | None = None) -> reasoning_pb2.DrainBackendResponse:
+        return await self._call("DrainBackend", request, reasoning_pb2.DrainBackendResponse, timeout_s, metadata)
