@@ -45,12 +45,16 @@ def nats_permissions(service: str, callees: Iterable[str], *, discovery: bool = 
                *(f"$SRV.PING.bev-{callee}" for callee in callees), f"{events_prefix(service)}.>",
                *(f"{events_prefix(name)}.>" for name in events)]
     if discovery:
-        publish.append("$SRV.>")
+        # The fleet's watcher (monitoring): every instance's discovery, each node supervisor's
+        # restart subject (self-healing), and JetStream's read-only info API (consumer lag).
+        publish += ["$SRV.>", "bev.supervisor.>", "$JS.API.STREAM.NAMES", "$JS.API.STREAM.LIST",
+                    "$JS.API.STREAM.INFO.>", "$JS.API.CONSUMER.LIST.>", "$JS.API.CONSUMER.INFO.>"]
     subscribe = [
         f"bev.{service}.v1.>",  # its methods, queue group and instance-addressed
         "$SRV.PING", "$SRV.INFO", "$SRV.STATS", f"$SRV.*.{me}", f"$SRV.*.{me}.>",  # micro discovery
         f"{inbox_prefix(me)}.>",  # replies to its own requests, and stream cancellations
         *(f"{events_prefix(name)}.>" for name in listens),
+        *([f"{events_prefix('fleet')}.>"] if discovery else []),  # supervisors' service/engine exits
     ]
     return {"publish": {"allow": publish}, "subscribe": {"allow": subscribe}}
 

@@ -84,6 +84,8 @@ class WorkerSpec(_Spec):
 
     name: str
     nodes: list[str] = []  # empty = every node the service runs on
+    # Where its /metrics listens (Prometheus scrapes workers as well as services); None = no metrics.
+    metrics_port: int | None = Field(default=None, ge=1, le=65535)
 
     def module(self, service: str) -> str:
         return f"services.{service}.{self.name}"
@@ -288,6 +290,9 @@ class Manifest(_Spec):
                 for role, port in service.replica_ports(replica).items():
                     suffix = f", replica {replica + 1}" if replica else ""
                     claim(port, f"service '{service.name}' ({role} port{suffix})")
+            for worker in service.workers:
+                if worker.metrics_port is not None:
+                    claim(worker.metrics_port, f"worker '{service.name}-{worker.name}' (metrics port)")
         for port, owner in owners.items():
             if port > 65535:
                 problems.append(f"port {port} of {owner} is above 65535")

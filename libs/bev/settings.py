@@ -76,6 +76,13 @@ class TelemetrySettings(BaseModel):
     otlp_endpoint: str = "http://127.0.0.1:4318/v1/traces"
 
 
+class PrometheusSettings(BaseModel):
+    """The one-machine fleet's Prometheus (`bev up` starts it); ORACLE1's is configured in deploy/."""
+
+    scrape_interval_s: float = Field(default=5.0, gt=0)
+    evaluation_interval_s: float = Field(default=5.0, gt=0)
+
+
 class BevSettings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="BEV_", env_nested_delimiter="__", extra="ignore", validate_default=True
@@ -88,6 +95,7 @@ class BevSettings(BaseSettings):
     vault: VaultSettings = VaultSettings()
     rpc: RpcSettings = RpcSettings()
     telemetry: TelemetrySettings = TelemetrySettings()
+    prometheus: PrometheusSettings = PrometheusSettings()
 
     @model_validator(mode="after")
     def _refuse_placeholders_in_prod(self) -> BevSettings:

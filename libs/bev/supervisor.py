@@ -11,6 +11,7 @@ The manifest (deploy/manifest.yaml) says which services and engines run and on w
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import secrets
@@ -24,6 +25,7 @@ from typing import Any
 
 import nats.errors
 from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
 
 from bev.bus import connect_nats
 from bev.engines import (
@@ -39,7 +41,8 @@ from bev.engines import (
     new_secret_id,
     seed_fleet,
 )
-from bev.engines._base import open_private_log
+from bev.engines._base import client_host, open_private_log
+from bev.engines.prometheus import Alertmanager, Prometheus
 from bev.fleet import discover
 from bev.manifest import Manifest, ServiceSpec, WorkerSpec
 from bev.secrets import SecretsUnavailable
@@ -48,7 +51,7 @@ from bev.telemetry import get_logger
 
 log = get_logger("bev.supervisor")
 
-ENGINE_ORDER = ("vault", "nats", "postgres", "redis", "falkordb")
+ENGINE_ORDER = ("vault", "nats", "postgres", "redis", "falkordb", "alertmanager", "prometheus")
 MAX_BACKOFF_S = 30.0
 STABLE_AFTER_S = 60.0  # a child that ran this long gets its backoff reset
 RESPAWN_RETRY_MAX_S = 5.0  # a blocked restart (Vault down) is retried at least this often
@@ -57,6 +60,7 @@ ENGINE_FIRST_BACKOFF_S = 0.5  # first restart attempt after this, doubling up to
 ENGINE_MAX_ATTEMPTS = 10  # consecutive failed starts before the supervisor gives up on an engine
 EVENT_PUBLISH_TIMEOUT_S = 2.0
 FLEET_FILE = "run/fleet.json"
+RESTART_SUBJECT = "bev.supervisor.{node}.restart"  # monitoring's self-healing asks here
 
 
 class FleetStartError(Exception):
@@ -76,6 +80,7 @@ class FleetPlan:
     nats_monitor_port: int = 0
     # Non-RPC processes of the planned services (Celery worker and beat), as (service, worker).
     workers: list[tuple[ServiceSpec, WorkerSpec]] = field(default_factory=list)
+    worker_metrics_ports: dict[str, int] = field(default_factory=dict)  # "<service>-<worker>" -> port
 
     @classmethod
     def from_manifest(
@@ -93,8 +98,13 @@ class FleetPlan:
             s.name: {role: (free_port() if free_ports else port) for role, port in s.ports().items()} for s in services
         }
         workers = [(s, w) for s in services for w in s.workers_on(node)]
+        worker_metrics_ports = {
+            f"{s.name}-{w.name}": (free_port() if free_ports else w.metrics_port)
+            for s, w in workers if w.metrics_port is not None
+        }
         return cls(manifest, data_dir.absolute(), node or "local", engine_ports, services, service_ports,
-                   nats_monitor_port=free_port() if free_ports else 8222, workers=workers)
+                   nats_monitor_port=free_port() if free_ports else 8222, workers=workers,
+                   worker_metrics_ports=worker_metrics_ports)
 
 
 @dataclass
@@ -143,6 +153,15 @@ class Supervisor:
                 return Redis(d / "redis", port, password=self._stable_secret("redis"))
             case "falkordb":
                 return FalkorDB(d / "falkordb", port, password=self._stable_secret("falkordb"))
+            case "alertmanager":
+                return Alertmanager(d / "alertmanager", port, config_file=self._monitoring_config("alertmanager.yml"))
+            case "prometheus":
+                am = self.engines.get("alertmanager")
+                metrics = self.settings.prometheus
+                return Prometheus(d / "prometheus", port, rule_files=[self._monitoring_config("rules", "*.yml")],
+                                  alertmanager=am.address if isinstance(am, Alertmanager) else "",
+                                  scrape_interval_s=metrics.scrape_interval_s,
+                                  evaluation_interval_s=metrics.evaluation_interval_s)
         raise FleetStartError(f"no embedded engine for {name!r}")
 
     def _service_nats_users(self) -> list[NatsUser]:
@@ -164,6 +183,12 @@ class Supervisor:
         engine = self.engines["nats"]
         assert isinstance(engine, NatsServer)
         return engine
+
+    def _monitoring_config(self, *parts: str) -> Path:
+        """A file of the monitoring node's deploy folder (deploy/oracle1/): the same alert rules and
+        Alertmanager config ORACLE1 mounts."""
+        node = self.plan.manifest.engines["prometheus"].nodes[0]
+        return _repo_root() / "deploy" / node / Path(*parts)
 
     def _stable_secret(self, name: str) -> str:
         """A password that survives restarts of the same data dir (the data it guards does too)."""
@@ -211,11 +236,72 @@ class Supervisor:
             raise FleetStartError(
                 f"the manifest places no {' or '.join(missing)} on node {self.plan.node!r}; the one-machine "
                 "supervisor needs both locally (run the whole fleet, or that node's compose file)")
-        self.engines = {name: self._make_engine(name, port) for name, port in self.plan.engine_ports.items()}
+        self.engines = {}
+        for name, port in self.plan.engine_ports.items():  # in order: Prometheus needs Alertmanager's address
+            self.engines[name] = self._make_engine(name, port)
+        prometheus = self.engines.get("prometheus")
+        if isinstance(prometheus, Prometheus):  # before it starts: its first discovery sees them
+            prometheus.write_targets("fleet", self.scrape_targets())
         for name, engine in self.engines.items():
             began = time.monotonic()
             await asyncio.to_thread(engine.start, 60)
             log.info("engine up", engine=name, port=engine.port, seconds=round(time.monotonic() - began, 2))
+
+    def scrape_targets(self) -> list[dict[str, Any]]:
+        """Every planned process with a /metrics (services, workers, Prometheus, Alertmanager), labelled
+        as on ORACLE1: job = the service, node, and for BEV processes process = the supervised child's
+        name (deploy/oracle1/rules/ tell services from engines by it). A process that
+        is down stays listed: its failed scrapes (`up == 0`) are how monitoring sees it is down."""
+        node = self.plan.node
+        host = client_host(self.settings.telemetry.metrics_host)
+        groups: list[dict[str, Any]] = [
+            {"targets": [f"{host}:{self.plan.service_ports[s.name]['metrics']}"],
+             "labels": {"job": s.name, "node": node, "process": s.name}}
+            for s in self.plan.services
+        ]
+        for spec, worker in self.plan.workers:
+            name = f"{spec.name}-{worker.name}"
+            if name in self.plan.worker_metrics_ports:
+                groups.append({"targets": [f"{host}:{self.plan.worker_metrics_ports[name]}"],
+                               "labels": {"job": spec.name, "node": node, "process": name}})
+        for name, engine in self.engines.items():
+            if isinstance(engine, (Prometheus, Alertmanager)):
+                # No `process` label: the rules tell engines (EngineDown) from services (ServiceDown) by it.
+                groups.append({"targets": [f"{client_host(engine.host)}:{engine.port}"],
+                               "labels": {"job": name, "node": node}})
+        return groups
+
+    # --- restarts monitoring asks for ----------------------------------------------------------
+
+    async def _serve_restarts(self) -> None:
+        assert self.nc is not None
+        await self.nc.subscribe(RESTART_SUBJECT.format(node=self.plan.node), cb=self._on_restart_request)
+
+    async def _on_restart_request(self, msg: Msg) -> None:
+        """{"process": "<service>" or "<service>-<worker>", "reason": ..., "by": ...}: SIGKILL that child's
+        process group (a frozen process too: SIGKILL needs no cooperation); the supervision loop then
+        starts it again as after any exit. Answers {"ok", "pid" (the killed one), "error"}."""
+        try:
+            request = json.loads(msg.data)
+            name, reason, by = str(request["process"]), str(request.get("reason", "")), str(request.get("by", ""))
+        except (ValueError, KeyError, TypeError):
+            await msg.respond(json.dumps({"ok": False, "error": 'expected JSON {"process": ..., "reason": ...}'}).encode())
+            return
+        child = self.children.get(name) or self.workers.get(name)
+        if child is None:
+            known = ", ".join(sorted([*self.children, *self.workers]))
+            await msg.respond(json.dumps({"ok": False, "error": f"no process {name!r} on node "
+                                                                f"{self.plan.node!r} (known: {known})"}).encode())
+            return
+        process = child.process
+        pid = process.pid if process is not None and process.returncode is None else None
+        if pid is not None:
+            with contextlib.suppress(ProcessLookupError):  # it exited on its own meanwhile
+                os.killpg(pid, signal.SIGKILL)
+        log.warning("restart requested", process=name, pid=pid, reason=reason, by=by)
+        await self._event("fleet.service_restart_requested", {"service": child.spec.name, "process": name,
+                                                              "pid": pid, "reason": reason, "by": by})
+        await msg.respond(json.dumps({"ok": True, "pid": pid, "error": ""}).encode())
 
     # --- services ------------------------------------------------------------------------------
 
@@ -236,6 +322,10 @@ class Supervisor:
         }
         if "http" in ports:
             env[f"BEV_{spec.name.upper()}__PORT"] = str(ports["http"])
+        for name in spec.engines:  # monitoring: where Prometheus and Alertmanager answer
+            engine = self.engines.get(name)
+            if isinstance(engine, (Prometheus, Alertmanager)):
+                env[f"BEV_{spec.name.upper()}__{name.upper()}_URL"] = engine.url
         env.pop("BEV_VAULT__TOKEN", None)  # services log in with their AppRole only
         return env
 
@@ -269,8 +359,9 @@ class Supervisor:
             name = f"{spec.name}-{worker.name}"
             secret_id = await asyncio.to_thread(new_secret_id, self.vault.addr, self.vault.root_token, spec.name)
             role_id = creds[spec.name][0]
-            child = Child(spec, self._service_env(spec, role_id, secret_id), self.log_dir / f"{name}.log",
-                          module=worker.module(spec.name))
+            env = self._service_env(spec, role_id, secret_id)
+            env["BEV_TELEMETRY__METRICS_PORT"] = str(self.plan.worker_metrics_ports.get(name, 0))
+            child = Child(spec, env, self.log_dir / f"{name}.log", module=worker.module(spec.name))
             self.workers[name] = child
             await self._start_child(child)
 
@@ -403,6 +494,7 @@ class Supervisor:
             self.nc = await connect_nats(
                 NatsSettings(url=self.nats.url), "bev-supervisor", self._nats_user, self._nats_password)
             await self.nc.jetstream().add_stream(name="BEV_EVENTS", subjects=["bev.events.>"])
+            await self._serve_restarts()
             self._engine_watchers = [_logged_task(self._supervise_engine(name), f"supervising engine {name}")
                                      for name in self.engines]
             await self.start_services()

@@ -7,6 +7,12 @@ collection again adds nothing (a rerun refreshes `last_seen`, nothing else). The
 the request's TLP label (services.collectors.graph keeps the least restrictive one seen).
 
 `store_all` writes many findings (an imported STIX bundle) the same way, in batches.
+
+A paused collector (services.collectors.pauses) does not run: `run` raises CollectorPaused. Each
+run is counted in bev_collector_runs_total by outcome: ok, error (the collector, the fetch or a
+store failed) or paused. A run the request itself made fail (an invalid target, a target policy
+refuses) is not counted: it says nothing about the source, and monitoring pauses collectors whose
+runs keep failing.
 """
 
 from __future__ import annotations
@@ -14,14 +20,27 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
+from prometheus_client import Counter
+
 from bev.vocab import Tlp, UnknownTlp
-from services.collectors.contract import CollectContext, Collector, Document, Finding, InvalidTarget
+from services.collectors.contract import (
+    CollectContext,
+    Collector,
+    Document,
+    Finding,
+    InvalidTarget,
+    TargetRefused,
+)
 from services.collectors.fetch import Fetcher
 from services.collectors.graph import EntityRow, GraphStore, RelationRow
 from services.collectors.observables import Observable
 from services.collectors.observations import ObservationRow, ObservationStore, now, observation_id
+from services.collectors.pauses import CollectorPaused, Pauses
 from services.collectors.pii import scrub_pii
 from services.collectors.ratelimit import SlotLimiter
+
+RUNS = Counter("bev_collector_runs_total", "Collector runs by outcome: ok, error or paused",
+               ["collector", "outcome"])
 
 
 @dataclass(frozen=True)
@@ -81,12 +100,16 @@ class Collection:
     # Where documents go (the embeddings corpus, over RPC); returns the corpus document id, which
     # is kept on the entity. None = documents are not handed on.
     document_sink: DocumentSink | None = None
+    # Where pauses are read before each run (Redis, shared by every process); None = no pauses.
+    pauses: Pauses | None = None
     _limiters: dict[str, SlotLimiter] = field(default_factory=dict)
 
     async def close(self) -> None:
         await self.fetcher.close()
         await self.graph.close()
         await self.observations.close()
+        if self.pauses is not None:
+            await self.pauses.close()
 
     def collector(self, name: str) -> Collector:
         collector = self.collectors.get(name)
@@ -95,21 +118,34 @@ class Collection:
         return collector
 
     async def run(self, request: CollectionRequest) -> AsyncIterator[StoredFinding]:
+        """Run the request's collector and store each finding; CollectorPaused when it is paused."""
         collector = self.collector(request.collector)
         if request.target.type not in collector.consumes:
             raise InvalidTarget(f"collector {collector.name!r} consumes {', '.join(sorted(collector.consumes))}, "
                                 f"not {request.target.type}")
-        secrets = self.read_secret(collector.api_key_secret) if collector.api_key_secret else {}
-        limiter = self._limiters.setdefault(collector.name, SlotLimiter(collector.rate_limit_per_s))
-        await limiter.wait(collector.name)  # over quota: queue, do not fail
-        context = CollectContext(self.fetcher, request.investigation_id, request.opsec, secrets)
-        async for finding in collector.collect(request.target, context):
-            if self.scrub_pii:
-                scrubbed = _scrubbed(finding)
-                if scrubbed is None:
-                    continue
-                finding = scrubbed
-            yield await self.store(collector, request, finding)
+        pause = await self.pauses.check(collector.name) if self.pauses is not None else None
+        if pause is not None:
+            RUNS.labels(collector=collector.name, outcome="paused").inc()
+            raise CollectorPaused(pause)
+        try:
+            secrets = self.read_secret(collector.api_key_secret) if collector.api_key_secret else {}
+            limiter = self._limiters.setdefault(collector.name, SlotLimiter(collector.rate_limit_per_s))
+            await limiter.wait(collector.name)  # over quota: queue, do not fail
+            context = CollectContext(self.fetcher, request.investigation_id, request.opsec, secrets)
+            async for finding in collector.collect(request.target, context):
+                if self.scrub_pii:
+                    scrubbed = _scrubbed(finding)
+                    if scrubbed is None:
+                        continue
+                    finding = scrubbed
+                yield await self.store(collector, request, finding)
+        except (InvalidTarget, TargetRefused):
+            raise  # the request's own fault: not counted (see the module's docstring)
+        except Exception:
+            RUNS.labels(collector=collector.name, outcome="error").inc()
+            raise
+        # A caller that stops reading early (GeneratorExit, cancellation) ends the run uncounted.
+        RUNS.labels(collector=collector.name, outcome="ok").inc()
 
     async def store(self, collector: Collector, request: CollectionRequest, finding: Finding) -> StoredFinding:
         stored, entities = await self._rows(collector, request, finding)

@@ -4,12 +4,16 @@ and import.
 Graph answers respect the caller's `access.max_tlp` (unset: every label): an entity or relation
 labelled above it is left out, and one asked for by id reads as absent. A raw Cypher query cannot
 be filtered by label, so it needs a caller cleared for TLP:RED.
+
+PauseCollector pauses a collector for every replica and Celery worker at once: the pause is kept
+in Redis (services.collectors.pauses), which each run reads first.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import math
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from typing import TypeVar
@@ -21,10 +25,12 @@ from bev.embeddings.v1 import embeddings_pb2
 from bev.embeddings.v1.embeddings_rpc import EmbeddingsClient
 from bev.rpc import CallContext, InstanceInfo, RpcError, StatusCode
 from bev.runtime import ServiceRuntime, StartupError
+from bev.telemetry import get_logger
 from bev.vocab import Tlp, UnknownTlp
 from services.collectors.builtin.taxii import TaxiiCollector, normalise_counted
 from services.collectors.collection import Collection, CollectionRequest, DocumentSink, StoredFinding
 from services.collectors.contract import (
+    Collector,
     CollectorError,
     Document,
     InvalidTarget,
@@ -55,8 +61,11 @@ from services.collectors.observables import (
     to_stix_relationship,
 )
 from services.collectors.observations import ObservationStore, ObservationStoreUnavailable, migrate
+from services.collectors.pauses import Pause, Pauses, PauseStoreUnavailable, redis_url, track
 from services.collectors.pii import scrub_pii
 from services.collectors.settings import CollectorsConfig, GraphConfig, Settings
+
+log = get_logger(__name__)
 
 T = TypeVar("T")
 SecretReader = Callable[[str], dict[str, str]]
@@ -112,6 +121,7 @@ class Collectors(CollectorsServicer):
         super().__init__(info)
         self.config = config
         self.collection = collection
+        track(collection.collectors)  # every collector's paused gauge reads 0 until a pause is seen
 
     async def health_checks(self) -> list[common_pb2.HealthCheck]:
         checks = []
@@ -154,12 +164,45 @@ class Collectors(CollectorsServicer):
 
     async def ListCollectors(self, request: collectors_pb2.ListCollectorsRequest,
                              ctx: CallContext) -> collectors_pb2.ListCollectorsResponse:
+        paused: dict[str, Pause] = {}
+        if self.collection.pauses is not None:
+            try:
+                paused = await self.collection.pauses.all(self.collection.collectors)
+            except PauseStoreUnavailable as exc:  # as a run's check does: fail open, Redis is not needed to list
+                log.warning("pauses unreadable; listing collectors as not paused", error=str(exc))
         return collectors_pb2.ListCollectorsResponse(collectors=[
-            collectors_pb2.CollectorInfo(
-                name=c.name, description=c.description, consumes=sorted(c.consumes), produces=sorted(c.produces),
-                rate_limit_per_s=c.rate_limit_per_s, needs_network=c.needs_network, needs_tor=c.needs_tor,
-                api_key_secret=c.api_key_secret)
+            collector_info(c, paused.get(c.name))
             for c in sorted(self.collection.collectors.values(), key=lambda c: c.name)])
+
+    async def PauseCollector(self, request: collectors_pb2.PauseCollectorRequest,
+                             ctx: CallContext) -> collectors_pb2.PauseCollectorResponse:
+        """Pause a collector (seconds > 0) or resume it (seconds = 0) for every replica and worker."""
+        collector = self.collection.collectors.get(request.collector)
+        if collector is None:
+            raise RpcError(StatusCode.NOT_FOUND, f"no collector named {request.collector!r}; "
+                                                 f"known: {', '.join(sorted(self.collection.collectors))}")
+        if not math.isfinite(request.seconds) or request.seconds < 0:
+            raise RpcError(StatusCode.INVALID_ARGUMENT,
+                           f"seconds must be 0 (resume) or more, not {request.seconds}")
+        pauses = self.collection.pauses
+        if pauses is None:
+            raise RpcError(StatusCode.FAILED_PRECONDITION,
+                           "this replica has no pause store: pauses are kept in Redis, which it was not given")
+        pause: Pause | None = None
+        try:
+            if request.seconds > 0:
+                pause = await pauses.pause(collector.name, request.seconds, request.reason or "no reason given",
+                                           request.by or "unknown")
+            else:
+                await pauses.resume(collector.name)
+        except PauseStoreUnavailable as exc:
+            raise RpcError(StatusCode.UNAVAILABLE, str(exc)) from None
+        if pause is not None:
+            log.warning("collector paused", collector=collector.name, seconds=request.seconds, reason=pause.reason,
+                        by=pause.by)
+        else:
+            log.info("collector resumed", collector=collector.name, by=request.by)
+        return collectors_pb2.PauseCollectorResponse(collector=collector_info(collector, pause))
 
     async def GetEntity(self, request: collectors_pb2.GetEntityRequest, ctx: CallContext) -> collectors_pb2.Entity:
         if "--" not in request.id:
@@ -263,6 +306,14 @@ class Collectors(CollectorsServicer):
         await self.collection.close()
 
 
+def collector_info(c: Collector, pause: Pause | None) -> collectors_pb2.CollectorInfo:
+    return collectors_pb2.CollectorInfo(
+        name=c.name, description=c.description, consumes=sorted(c.consumes), produces=sorted(c.produces),
+        rate_limit_per_s=c.rate_limit_per_s, needs_network=c.needs_network, needs_tor=c.needs_tor,
+        api_key_secret=c.api_key_secret, paused_until=pause.until if pause else 0.0,
+        paused_reason=pause.reason if pause else "")
+
+
 def graph_store(config: GraphConfig, read_secret: SecretReader) -> GraphStore:
     if config.backend == "neo4j":
         creds = read_secret("neo4j")
@@ -289,8 +340,9 @@ def corpus_sink(client: EmbeddingsClient) -> DocumentSink:
 
 
 async def open_collection(config: CollectorsConfig, read_secret: SecretReader,
-                          document_sink: DocumentSink | None = None) -> Collection:
-    """Connect the graph and PostgreSQL (schema migrated) and load the collectors; StartupError on failure."""
+                          document_sink: DocumentSink | None = None, pauses: Pauses | None = None) -> Collection:
+    """Connect the graph and PostgreSQL (schema migrated) and load the collectors; StartupError on
+    failure. `pauses`: where runs read their collector's pause (closed with the collection)."""
     try:
         dsn = read_secret("postgres")["dsn"]
         graph = graph_store(config.graph, read_secret)
@@ -307,19 +359,25 @@ async def open_collection(config: CollectorsConfig, read_secret: SecretReader,
         await graph.close()
         raise StartupError(str(exc)) from None
     return Collection(load_collectors(config), Fetcher(config.fetch), graph, observations, read_secret=read_secret,
-                      scrub_pii=config.scrub_pii, document_sink=document_sink)
+                      scrub_pii=config.scrub_pii, document_sink=document_sink, pauses=pauses)
 
 
 async def assemble(info: InstanceInfo, config: CollectorsConfig, read_secret: SecretReader,
-                   document_sink: DocumentSink | None = None) -> Collectors:
+                   document_sink: DocumentSink | None = None, pauses: Pauses | None = None) -> Collectors:
     """The service from its config and dependencies: `read_secret` gives the stores' credentials (and
-    collectors' API keys as they run), `document_sink` takes fetched documents to the corpus. The
-    service and its tests start it this way; any failure is a StartupError with one line."""
-    return Collectors(info, config, await open_collection(config, read_secret, document_sink))
+    collectors' API keys as they run), `document_sink` takes fetched documents to the corpus,
+    `pauses` keeps collectors' pauses (Redis, shared with the workers). The service and its tests
+    start it this way; any failure is a StartupError with one line."""
+    return Collectors(info, config, await open_collection(config, read_secret, document_sink, pauses))
 
 
 async def build(runtime: ServiceRuntime[Settings]) -> Collectors:
-    """Wire the service to Vault (its secrets) and to the embeddings service (the corpus), then assemble it."""
+    """Wire the service to Vault (its secrets), to the embeddings service (the corpus) and to Redis
+    (pauses, shared with the Celery workers), then assemble it."""
     config = runtime.settings.collectors
     sink = corpus_sink(EmbeddingsClient.over_nats(runtime.nc)) if config.send_documents else None
-    return await assemble(runtime.info, config, runtime.secrets.read, sink)
+    try:
+        url = redis_url(config, runtime.secrets.read)
+    except KeyError:
+        raise StartupError("collectors: the Vault secret 'redis' has no url (pauses are kept in Redis)") from None
+    return await assemble(runtime.info, config, runtime.secrets.read, sink, Pauses.from_url(url))

@@ -9,6 +9,8 @@ Delivery is at-least-once and completion exactly-once:
   derived from its arguments, in `collectors.task_runs` (first writer wins).
 * Per-collector rate limits make a task wait for its slot (services.collectors.ratelimit), so a
   burst of work queues up rather than failing.
+* A paused collector's task (PauseCollector; the pause is kept in the broker's Redis) is skipped
+  with a log line and not recorded as done: a later poll runs it once the pause is over.
 """
 
 from __future__ import annotations
@@ -23,10 +25,14 @@ from typing import Any
 
 from celery import Celery
 
+from bev.telemetry import get_logger
 from bev.vocab import Tlp
 from services.collectors.collection import CollectionRequest
 from services.collectors.observables import Observable
+from services.collectors.pauses import CollectorPaused, Pauses, redis_url
 from services.collectors.settings import CollectorsConfig, Settings
+
+log = get_logger(__name__)
 
 COLLECT_TASK = "bev.collectors.collect"
 POLL_TASK = "bev.collectors.poll_sources"
@@ -53,7 +59,7 @@ class CollectJob:
 
 
 def broker_url(config: CollectorsConfig, read_secret: Callable[[str], Mapping[str, str]]) -> str:
-    return config.celery.broker_url or read_secret("redis")["url"]
+    return redis_url(config, read_secret)  # the Redis that also keeps collectors' pauses
 
 
 def create_app(settings: Settings, read_secret: Callable[[str], Mapping[str, str]]) -> Celery:
@@ -111,11 +117,16 @@ def create_app(settings: Settings, read_secret: Callable[[str], Mapping[str, str
 
 async def run_collect(config: CollectorsConfig, read_secret: Callable[[str], Mapping[str, str]],
                       job: CollectJob) -> dict[str, Any]:
-    """Run one job unless it already completed; record its completion once."""
+    """Run one job unless it already completed or its collector is paused; record its completion once."""
     # Imported here: the servicer module pulls in the RPC stack, which beat never needs.
     from services.collectors.servicer import open_collection
 
-    collection = await open_collection(config, lambda name: dict(read_secret(name)))
+    pauses = Pauses.from_url(broker_url(config, read_secret))
+    try:
+        collection = await open_collection(config, lambda name: dict(read_secret(name)), pauses=pauses)
+    except BaseException:
+        await pauses.close()  # the collection closes it from here on
+        raise
     try:
         done = await collection.observations.finished_task(job.key)
         if done is not None:
@@ -123,8 +134,13 @@ async def run_collect(config: CollectorsConfig, read_secret: Callable[[str], Map
         request = CollectionRequest(job.collector, Observable(job.target_type, job.target), job.investigation_id,
                                     job.opsec, job.tlp, job.confidence)
         count = 0
-        async for _ in collection.run(request):
-            count += 1
+        try:
+            async for _ in collection.run(request):
+                count += 1
+        except CollectorPaused as paused:
+            log.warning("collection task skipped: its collector is paused", task_key=job.key,
+                        collector=job.collector, target=job.target, paused=str(paused))
+            return {"key": job.key, "observations": 0, "already_done": False, "skipped": str(paused)}
         first = await collection.observations.record_finished_task(job.key, COLLECT_TASK, count)
         return {"key": job.key, "observations": count, "already_done": not first}
     finally:

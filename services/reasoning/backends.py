@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -118,6 +120,10 @@ class Backend:
         self._in_flight_gauge = metrics.IN_FLIGHT.labels(**labels)
         self._healthy_gauge = metrics.HEALTHY.labels(**labels)
         self._healthy_gauge.set(0)
+        self._drained_until = 0.0  # unix time; a drain ends by itself when it passes
+        self._drained_reason = ""
+        # Read at scrape time, so a drain that expired reads 0 without anyone undraining it.
+        metrics.DRAINED.labels(**labels).set_function(lambda: 1.0 if self.drained() else 0.0)
 
     @property
     def name(self) -> str:
@@ -131,6 +137,34 @@ class Backend:
         """Work per slot, ours and the engine's own queue, plus KV-cache pressure (vLLM)."""
         waiting = self.in_flight + self.queued + self.engine_waiting
         return waiting / self.config.max_in_flight + self.kv_cache_usage
+
+    def drained(self) -> bool:
+        return self._drained_until > time.time()
+
+    @property
+    def drained_until(self) -> float:
+        """When the drain ends (unix time); 0 when the backend is in routing."""
+        return self._drained_until if self.drained() else 0.0
+
+    @property
+    def drained_reason(self) -> str:
+        return self._drained_reason if self.drained() else ""
+
+    def drain(self, seconds: float, reason: str) -> None:
+        """Keep new requests away for `seconds` (0 = back in routing now); those in flight finish."""
+        self._drained_until = time.time() + seconds if seconds > 0 else 0.0
+        self._drained_reason = reason if seconds > 0 else ""
+
+    def routable(self) -> bool:
+        """May take a new request: healthy and not drained."""
+        return self.healthy and not self.drained()
+
+    def drain_text(self) -> str:
+        """'drained until <UTC time>: <reason>' while drained, else ''."""
+        if not self.drained():
+            return ""
+        until = datetime.fromtimestamp(self._drained_until, UTC).isoformat(timespec="seconds")
+        return f"drained until {until}: {self._drained_reason or 'no reason given'}"
 
     def has_room(self) -> bool:
         return self.in_flight < self.config.max_in_flight or self.queued < self.config.max_queued

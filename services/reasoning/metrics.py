@@ -23,6 +23,10 @@ REJECTED = Counter(
 QUEUE_DEPTH = Gauge("bev_reasoning_queue_depth", "Requests waiting for a slot on a backend", _TIER_BACKEND)
 IN_FLIGHT = Gauge("bev_reasoning_in_flight", "Requests a backend is working on now", _TIER_BACKEND)
 HEALTHY = Gauge("bev_reasoning_backend_healthy", "1 when the backend answers, else 0", _TIER_BACKEND)
+DRAINED = Gauge(
+    "bev_reasoning_backend_drained", "1 while the backend is drained from this replica's routing, else 0",
+    _TIER_BACKEND,
+)
 COMPLETION_TOKENS = Counter(
     "bev_reasoning_completion_tokens_total", "Tokens generated (rate() gives tokens/s)", _TIER_BACKEND
 )

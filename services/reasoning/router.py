@@ -6,6 +6,10 @@ is down, the next lower tier's, and so on. A connect error, 5xx or timeout marks
 (the health probe brings it back) and moves the request on, counted as a failover. A streamed
 answer fails over only before its first token: after that the caller has text it cannot take back.
 
+A drained backend (DrainBackend: monitoring takes it out of this replica's routing for a while)
+counts as down for new requests, so its tier falls back as when it is down; those in flight finish.
+The drain ends by itself at its time.
+
 Backpressure: each backend has `max_in_flight` slots and a queue of `max_queued`; when every
 backend of the serving tier is full the request ends with RESOURCE_EXHAUSTED at once. A full tier
 does not spill into a lower one (that would answer a "powerful" request with a tiny model).
@@ -14,6 +18,7 @@ does not spill into a lower one (that would answer a "powerful" request with a t
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Iterable
@@ -71,13 +76,13 @@ class Router:
         return [b for b in self.backends if b.tier == tier and (not model or model in (b.config.model, b.name))]
 
     def candidates(self, tier: Tier | str, session_id: str = "", model: str = "") -> list[list[Backend]]:
-        """Healthy backends per tier, best first: the asked tier, then lower ones."""
+        """Healthy, undrained backends per tier, best first: the asked tier, then lower ones."""
         pinned = self._affinity.get(session_id) if session_id else None
         plan: list[list[Backend]] = []
         for each in self.tier(tier).and_lower():
-            healthy = [b for b in self._serving(each, model) if b.healthy]
-            healthy.sort(key=lambda b: (b.name != pinned, b.load(), b.requests))
-            plan.append(healthy)
+            ready = [b for b in self._serving(each, model) if b.routable()]
+            ready.sort(key=lambda b: (b.name != pinned, b.load(), b.requests))
+            plan.append(ready)
         return plan
 
     def _remember(self, session_id: str, backend: Backend) -> None:
@@ -106,7 +111,8 @@ class Router:
         if not configured:
             return RpcError(StatusCode.UNAVAILABLE, f"no backend is configured for {what}")
         errors = dict((b.name, reason) for b, reason in tried)
-        causes = "; ".join(f"{b.name}: {errors.get(b.name) or b.last_error or 'down'}" for b in configured)
+        causes = "; ".join(f"{b.name}: {errors.get(b.name) or b.drain_text() or b.last_error or 'down'}"
+                           for b in configured)
         return RpcError(StatusCode.UNAVAILABLE, f"nothing can serve {what}: {causes}")
 
     def _exhausted(self, tier: Tier, full: list[Backend]) -> RpcError:
@@ -126,6 +132,23 @@ class Router:
             metrics.TIER_FALLBACKS.labels(from_tier=asked, to_tier=backend.tier).inc()
         return Routed(backend, fell_back)
 
+    # -- draining -------------------------------------------------------------------------------------
+
+    def drain(self, name: str, seconds: float, reason: str) -> Backend:
+        """Take backend `name` out of routing for `seconds` (0 = put it back now)."""
+        backend = next((b for b in self.backends if b.name == name), None)
+        if backend is None:
+            known = ", ".join(b.name for b in self.backends) or "none"
+            raise RpcError(StatusCode.NOT_FOUND, f"no backend named {name!r}; known: {known}")
+        if not math.isfinite(seconds) or seconds < 0:
+            raise RpcError(StatusCode.INVALID_ARGUMENT, f"seconds must be 0 (undrain) or more, not {seconds}")
+        backend.drain(seconds, reason)
+        if seconds:
+            log.warning("backend drained", backend=name, tier=backend.tier, seconds=seconds, reason=reason)
+        else:
+            log.info("backend undrained", backend=name, tier=backend.tier)
+        return backend
+
     # -- serving ----------------------------------------------------------------------------------
 
     async def complete(self, params: ChatParams, tier: Tier | str = "", session_id: str = "",
@@ -136,7 +159,7 @@ class Router:
         for each_tier, backends in self._plan(asked, session_id, model):
             full: list[Backend] = []
             for backend in backends:
-                if not backend.healthy:  # went down while an earlier candidate was tried
+                if not backend.routable():  # went down or was drained while an earlier candidate was tried
                     continue
                 try:
                     async with backend.slot():
@@ -162,7 +185,7 @@ class Router:
         for each_tier, backends in self._plan(asked, session_id, model):
             full: list[Backend] = []
             for backend in backends:
-                if not backend.healthy:
+                if not backend.routable():
                     continue
                 routed: Routed | None = None
                 started = time.perf_counter()

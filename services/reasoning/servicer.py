@@ -2,6 +2,12 @@
 
 Every engine is an HTTP backend (services/reasoning/backends.py), the embedded llama.cpp too: the
 service starts llama.cpp's OpenAI server as its child (decision 0005) and adds it to the tier table.
+
+Draining is per replica: each reasoning process routes with its own Router, so DrainBackend takes a
+backend out of the routing of the replica that answers it only. Monitoring drains a backend fleet-wide
+by calling every replica by its instance (a client over `NatsTransport(nc, instance=...)`, the
+instances from discovery), and RouterStatus likewise reports one replica. A drain is not persisted:
+a restarted replica routes to every backend again.
 """
 
 from __future__ import annotations
@@ -101,7 +107,8 @@ class Reasoning(ReasoningServicer):
         return [
             common_pb2.HealthCheck(
                 name=f"backend:{b.name}", ok=b.healthy,
-                detail=f"{b.tier} {b.config.model} at {b.config.url}" if b.healthy else b.last_error,
+                detail="; ".join(filter(None, (
+                    f"{b.tier} {b.config.model} at {b.config.url}" if b.healthy else b.last_error, b.drain_text()))),
             )
             for b in self.router.backends
         ]
@@ -217,19 +224,27 @@ class Reasoning(ReasoningServicer):
                            ctx: CallContext) -> reasoning_pb2.RouterStatusResponse:
         return router_status(self.router)
 
+    async def DrainBackend(self, request: reasoning_pb2.DrainBackendRequest,
+                           ctx: CallContext) -> reasoning_pb2.DrainBackendResponse:
+        """Drain (seconds > 0) or undrain (seconds = 0) a backend in this replica's router only."""
+        backend = self.router.drain(request.backend, request.seconds, request.reason)
+        return reasoning_pb2.DrainBackendResponse(backend=backend_status(backend))
+
+
+def backend_status(b: Backend) -> reasoning_pb2.BackendStatus:
+    return reasoning_pb2.BackendStatus(
+        name=b.name, tier=b.tier.to_proto(), node=b.config.node, url=b.config.url,
+        model=b.config.model, healthy=b.healthy, last_error=b.last_error, in_flight=b.in_flight,
+        queued=b.queued, max_in_flight=b.config.max_in_flight, max_queued=b.config.max_queued,
+        engine_waiting=b.engine_waiting, kv_cache_usage=b.kv_cache_usage, requests=b.requests,
+        failures=b.failures, rejected=b.rejected, context_length=b.context_length, kind=b.config.kind,
+        drained_until=b.drained_until, drained_reason=b.drained_reason,
+    )
+
 
 def router_status(router: Router) -> reasoning_pb2.RouterStatusResponse:
     return reasoning_pb2.RouterStatusResponse(
-        backends=[
-            reasoning_pb2.BackendStatus(
-                name=b.name, tier=b.tier.to_proto(), node=b.config.node, url=b.config.url,
-                model=b.config.model, healthy=b.healthy, last_error=b.last_error, in_flight=b.in_flight,
-                queued=b.queued, max_in_flight=b.config.max_in_flight, max_queued=b.config.max_queued,
-                engine_waiting=b.engine_waiting, kv_cache_usage=b.kv_cache_usage, requests=b.requests,
-                failures=b.failures, rejected=b.rejected, context_length=b.context_length, kind=b.config.kind,
-            )
-            for b in router.backends
-        ],
+        backends=[backend_status(b) for b in router.backends],
         default_tier=router.default_tier.to_proto(),
         failovers=router.failovers,
         tier_fallbacks=router.tier_fallbacks,

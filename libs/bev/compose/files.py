@@ -1,5 +1,6 @@
-"""The generated files: each node's docker-compose.yml and, where Prometheus runs, prometheus.yml;
-writing them, finding stale ones, and the `bev deploy render` command line."""
+"""The generated files: each node's docker-compose.yml; where Prometheus runs, prometheus.yml and the
+latency thresholds among its rules; where Grafana runs, its dashboards and their provider; writing
+them, finding stale ones, and the `bev deploy render` command line."""
 
 from __future__ import annotations
 
@@ -8,9 +9,11 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from bev.compose.engines import render_engine
+from bev.compose.dashboards import PROVIDER_FILE, render_dashboard_provider, render_dashboards
+from bev.compose.engines import GRAFANA_DIR, RULES_DIR, render_engine
 from bev.compose.node_file import SECRETS_DIR, TLS_DIR, NodeFile
 from bev.compose.prometheus import render_prometheus
+from bev.compose.rules import LATENCY_THRESHOLDS_FILE, render_latency_thresholds
 from bev.compose.services import render_service
 from bev.compose.yaml_out import GENERATED, dump_yaml
 from bev.manifest import REPO_ROOT, Manifest, ManifestError, default_manifest_path, load_manifest
@@ -45,13 +48,23 @@ def rendered_files(manifest: Manifest, deploy_dir: Path) -> dict[Path, str]:
     files = {deploy_dir / node / "docker-compose.yml": render_node(manifest, node) for node in manifest.nodes}
     if "prometheus" in manifest.engines:
         prometheus = render_prometheus(manifest)
+        thresholds = render_latency_thresholds(manifest)
         for node in manifest.engines["prometheus"].nodes:
             files[deploy_dir / node / "prometheus.yml"] = prometheus
+            files[deploy_dir / node / RULES_DIR / LATENCY_THRESHOLDS_FILE] = thresholds
+    if "grafana" in manifest.engines:
+        provider = render_dashboard_provider()
+        dashboards = render_dashboards()
+        for node in manifest.engines["grafana"].nodes:
+            grafana = deploy_dir / node / GRAFANA_DIR
+            files[grafana / "provisioning" / "dashboards" / PROVIDER_FILE] = provider
+            for name, text in dashboards.items():
+                files[grafana / "dashboards" / name] = text
     return files
 
 
 def write_all(manifest: Manifest, deploy_dir: Path) -> list[Path]:
-    """Write deploy/<node>/docker-compose.yml for every node and prometheus.yml where it runs."""
+    """Write every generated file (rendered_files), creating its folders."""
     written = []
     for path, text in rendered_files(manifest, deploy_dir).items():
         path.parent.mkdir(parents=True, exist_ok=True)

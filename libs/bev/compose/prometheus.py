@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from bev.compose.engines import NATS_EXPORTER_PORT, SCRAPED_ENGINES
+from bev.compose.engines import NATS_EXPORTER_PORT, RULES_DIR, SCRAPED_ENGINES
 from bev.compose.yaml_out import GENERATED, dump_yaml
 from bev.manifest import Manifest
 
 
 def render_prometheus(manifest: Manifest) -> str:
     """prometheus.yml for the monitoring node: every service's metrics port on each of its nodes,
-    the NATS exporters and the engines with a native /metrics endpoint."""
+    the NATS exporters and the engines with a native /metrics endpoint, and the rule files."""
     scrape_configs: list[dict[str, Any]] = []
 
     def job(name: str, targets: list[tuple[str, list[int], dict[str, str]]], path: str | None = None) -> None:
@@ -41,7 +41,14 @@ def render_prometheus(manifest: Manifest) -> str:
             )
     for service in manifest.services.values():
         ports = [service.replica_ports(k)["metrics"] for k in range(service.replicas)]
-        job(service.name, [(n, ports, {}) for n in service.nodes])
+        # job = the service for its replicas and its workers; `process` tells them apart (and tells
+        # BEV processes from engines, which have none: the alert rules rely on it).
+        targets = [(n, ports, {"process": service.name}) for n in service.nodes]
+        for worker in service.workers:
+            if worker.metrics_port is not None:
+                process = f"{service.name}-{worker.name}"
+                targets += [(n, [worker.metrics_port], {"process": process}) for n in worker.nodes or service.nodes]
+        job(service.name, targets)
 
     config: dict[str, Any] = {
         "global": {
@@ -62,5 +69,8 @@ def render_prometheus(manifest: Manifest) -> str:
                 }
             ]
         }
+    # Relative to this file: /etc/prometheus/rules/ in the container (bev.compose.engines), and
+    # deploy/<node>/rules/ beside it, so `promtool check config` checks the rules too.
+    config["rule_files"] = [f"{RULES_DIR}/*.yml"]
     config["scrape_configs"] = scrape_configs
     return dump_yaml(GENERATED, config)

@@ -67,6 +67,9 @@ def service_env(f: NodeFile, service: ServiceSpec) -> dict[str, str]:
         env[f"BEV_{_env_name(service.name)}__{_env_name(engine)}_ENDPOINTS"] = json.dumps(
             endpoints, sort_keys=True
         )
+    for engine in ("prometheus", "alertmanager"):  # monitoring queries one and sends incidents to the other
+        if engine in service.engines:
+            env[f"BEV_{_env_name(service.name)}__{_env_name(engine)}_URL"] = engine_url(manifest, node, engine)
     env.update(service.env)
     return env
 
@@ -119,7 +122,7 @@ def render_service(f: NodeFile, service: ServiceSpec) -> None:
         spec["logging"] = LOGGING
         f.services[name] = spec
     for worker in service.workers_on(f.node.name):
-        # Same image, env and AppRole as the service; no ports. Health: the worker touches
+        # Same image, env and AppRole as the service; no RPC ports. Health: the worker touches
         # /data/run/<service>-<worker>.alive while its loop runs and its broker is connected.
         worker_spec: dict[str, Any] = {
             "image": image_tag(service),
@@ -135,6 +138,10 @@ def render_service(f: NodeFile, service: ServiceSpec) -> None:
                 read_only_bind(f"./{TLS_DIR}/ca.crt", CA_CERT_IN_CONTAINER),
             ],
         }
+        if worker.metrics_port is not None:
+            # Its own /metrics (Prometheus scrapes it as process=<service>-<worker>).
+            worker_spec["environment"]["BEV_TELEMETRY__METRICS_PORT"] = str(worker.metrics_port)
+            worker_spec["ports"] = [f.publish(worker.metrics_port, worker.metrics_port)]
         if local_engines:
             worker_spec["depends_on"] = {e: {"condition": "service_healthy"} for e in local_engines}
         alive = f"/data/run/{service.name}-{worker.name}.alive"
