@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from nats.aio.client import Client as NatsClient
 
     from bev.embeddings.v1 import embeddings_pb2
+    from bev.monitoring.v1.monitoring_rpc import MonitoringClient
     from bev.swarm.v1 import swarm_pb2
     from bev.swarm.v1.swarm_rpc import SwarmClient
     from bev.vocab import Tlp
@@ -44,6 +45,8 @@ keys_app = typer.Typer(help="API keys for the gateway: create (shown once), list
 app.add_typer(keys_app, name="keys")
 import_app = typer.Typer(help="Import reference data into the knowledge graph.", no_args_is_help=True)
 app.add_typer(import_app, name="import")
+ops_app = typer.Typer(help="Operations: ask the fleet's assistant, answered from live figures.", no_args_is_help=True)
+app.add_typer(ops_app, name="ops")
 
 DataDir = Annotated[Path | None, typer.Option("--data-dir", help="State directory (default: $BEV_DATA_DIR or .bev)")]
 
@@ -654,6 +657,97 @@ def _on_swarm(data_dir: Path | None, work: Callable[[SwarmClient], Awaitable[T]]
         return asyncio.run(run())
     except (FileNotFoundError, BusUnavailable, RpcError) as exc:
         raise _fail(_one_line(exc)) from None
+
+
+def _on_monitoring(data_dir: Path | None, work: Callable[[MonitoringClient], Awaitable[T]]) -> T:
+    """As _on_swarm, with a Monitoring client."""
+    from bev.bus import BusUnavailable
+    from bev.monitoring.v1.monitoring_rpc import MonitoringClient
+    from bev.rpc import RpcError
+
+    async def run() -> T:
+        nc = await _connect(_settings(data_dir).data_dir)
+        try:
+            return await work(MonitoringClient.over_nats(nc, timeout_s=90))
+        finally:
+            await nc.close()
+
+    try:
+        return asyncio.run(run())
+    except (FileNotFoundError, BusUnavailable, RpcError) as exc:
+        raise _fail(_one_line(exc)) from None
+
+
+@ops_app.command("ask")
+def ops_ask(
+    question: Annotated[str, typer.Argument(help='e.g. "why is reasoning slow?"')],
+    data_dir: DataDir = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the whole answer as JSON")] = False,
+) -> None:
+    """Ask the operations assistant. It runs allowlisted PromQL queries, reads incidents and fleet
+    health, and answers quoting only figures those queries returned; the queries are listed."""
+    from google.protobuf.json_format import MessageToDict
+
+    from bev.monitoring.v1 import monitoring_pb2
+
+    async def work(client: MonitoringClient) -> monitoring_pb2.AskResponse:
+        return await client.Ask(monitoring_pb2.AskRequest(question=question))
+
+    answer = _on_monitoring(data_dir, work)
+    if as_json:
+        print(json.dumps(MessageToDict(answer, preserving_proto_field_name=True), indent=2))
+        return
+    console = Console()
+    console.print(answer.answer, highlight=False, markup=False, soft_wrap=True)
+    if answer.unsupported:
+        console.print("\nLeft out (a figure in them is not one the queries returned):", highlight=False, markup=False)
+        for sentence in answer.unsupported:
+            console.print(f"  - {sentence}", highlight=False, markup=False, soft_wrap=True)
+    table = Table(title="figures")
+    for column in ("id", "value", "query", "labels"):
+        table.add_column(column, overflow="fold")
+    for figure in answer.figures:
+        table.add_row(figure.id, figure.text, figure.query, ", ".join(f"{k}={v}" for k, v in sorted(figure.labels.items())))
+    console.print(table)
+    console.print("queries:", highlight=False, markup=False)
+    for query in answer.queries:
+        console.print(f"  {query.name}: {query.promql}" + (f"  [error: {query.error}]" if query.error else ""),
+                      highlight=False, markup=False, soft_wrap=True)
+
+
+@app.command()
+def alerts(
+    data_dir: DataDir = None,
+    status_label: Annotated[str, typer.Option("--status", help="open or resolved (default: both)")] = "",
+    limit: Annotated[int, typer.Option(min=1, max=500, help="How many, newest first")] = 50,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table")] = False,
+) -> None:
+    """Incidents: alerts and anomalies grouped by dependency, node and time, with self-healing actions."""
+    from google.protobuf.json_format import MessageToDict
+
+    from bev.monitoring.v1 import monitoring_pb2
+
+    status_value = _choice(status_label, ("open", "resolved"), "--status") if status_label.strip() else ""
+
+    async def work(client: MonitoringClient) -> monitoring_pb2.ListIncidentsResponse:
+        return await client.ListIncidents(monitoring_pb2.ListIncidentsRequest(status=status_value, limit=limit))
+
+    page = _on_monitoring(data_dir, work)
+    if as_json:
+        print(json.dumps(MessageToDict(page, preserving_proto_field_name=True), indent=2))
+        return
+    table = Table(title=f"{len(page.incidents)} incidents" + (" (self-healing in dry-run mode)" if page.healing_dry_run else ""))
+    for column in ("id", "status", "severity", "root", "node", "opened", "summary", "actions"):
+        table.add_column(column, overflow="fold")
+    for incident in page.incidents:
+        opened = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(incident.opened_at))
+        actions = "; ".join(f"{a.kind} {a.target}: {a.outcome}" for a in incident.actions)
+        table.add_row(incident.id, incident.status, incident.severity, incident.root, incident.node, opened,
+                      incident.summary, actions)
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=200)
+    console.print(table)
 
 
 @app.command()
