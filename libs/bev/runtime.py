@@ -1,8 +1,9 @@
 """The thin entry point every service process runs (`python -m services.<name>`).
 
 Order: settings -> logging/tracing -> Vault login -> NATS -> build the servicer -> serve it on
-NATS and gRPC plus /metrics -> wait for SIGTERM/SIGINT -> stop taking work, finish in-flight
-calls, close. A missing dependency at start ends the process with one line and exit code 1.
+NATS and gRPC plus /metrics (RPC metrics, process CPU and memory, data-dir disk space, GPUs) ->
+wait for SIGTERM/SIGINT -> stop taking work, finish in-flight calls, close. A missing dependency
+at start ends the process with one line and exit code 1.
 """
 
 from __future__ import annotations
@@ -24,7 +25,13 @@ from bev.rpc.nats_transport import NatsRpcServer
 from bev.rpc.servicer import InstanceInfo, Servicer
 from bev.secrets import SecretsUnavailable, VaultSecrets
 from bev.settings import BevSettings
-from bev.telemetry import configure_logging, configure_tracing, get_logger, start_metrics_server
+from bev.telemetry import (
+    configure_logging,
+    configure_tracing,
+    get_logger,
+    register_process_collectors,
+    start_metrics_server,
+)
 
 S = TypeVar("S", bound=BevSettings)
 log = get_logger(__name__)
@@ -92,6 +99,7 @@ async def _serve(name: str, settings: S, build: Build[S]) -> None:
         grpc_port = await grpc_server.start()
     except OSError as exc:  # unreadable certificate files
         raise StartupError(f"gRPC TLS files: {exc}") from None
+    register_process_collectors(settings.data_dir)  # its disk space; its GPUs, where NVML finds any
     metrics_port = start_metrics_server(settings.telemetry.metrics_host, settings.telemetry.metrics_port)
     nats_server = NatsRpcServer(
         nc,

@@ -23,6 +23,7 @@ from typing import Any
 import hvac
 import hvac.exceptions
 import requests
+from prometheus_client import Counter
 
 from bev.settings import VaultSettings
 from bev.telemetry import get_logger
@@ -38,6 +39,9 @@ SECRET_PREFIX = "bev"
 MIN_RENEW_INTERVAL_S = 1.0
 # After a failed renewal, retry at most this long later (sooner when the token expires sooner).
 MAX_RETRY_INTERVAL_S = 30.0
+
+TOKEN_RENEWALS = Counter("bev_vault_token_renewals_total", "Vault token renewals, by outcome (ok or failed)",
+                         ["service", "outcome"])
 
 
 class SecretsUnavailable(Exception):
@@ -204,12 +208,15 @@ class VaultSecrets:
         if not self._logged_in:
             raise RuntimeError("VaultSecrets.renew_forever() needs login() first")
         delay = self._renew_delay()
+        # Both series from 0, so the first failure is an increase an alert rule sees.
+        renewed, failed = (TOKEN_RENEWALS.labels(self.service, outcome) for outcome in ("ok", "failed"))
         while delay is not None:
             if await _stopped_within(stop, delay):
                 return
             try:
                 await asyncio.to_thread(self.renew)
             except SecretsUnavailable as exc:
+                failed.inc()
                 remaining = self._remaining()
                 if remaining <= 0:
                     log.error("vault token expired; restart the service to log in again",
@@ -219,6 +226,7 @@ class VaultSecrets:
                 log.warning("vault token renewal failed; retrying", service=self.service, error=str(exc),
                             retry_in_s=round(delay))
             else:
+                renewed.inc()
                 log.debug("vault token renewed", service=self.service, ttl_s=round(self._ttl))
                 delay = self._renew_delay()
         log.info("vault token does not expire or is not renewable; not renewing", service=self.service)

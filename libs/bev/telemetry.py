@@ -2,7 +2,10 @@
 
 - Logs: structlog, one JSON object per line, with service, trace_id and span_id.
 - Metrics: Prometheus, one /metrics endpoint per process; the RPC layer records
-  per-method counts, latency, in-flight and errors.
+  per-method counts, latency, in-flight and errors. Every process also exports its CPU and
+  memory (prometheus_client's process collector), the free space of its data directory and,
+  where NVML finds an NVIDIA GPU, each GPU's utilisation and memory (`register_process_collectors`).
+  Caches count their hits and misses through `cache_stats`.
 - Traces: OpenTelemetry. Spans are always created so trace ids reach logs and
   NATS headers/gRPC metadata; exporting them is opt-in (console or OTLP/HTTP).
 """
@@ -10,7 +13,12 @@
 from __future__ import annotations
 
 import logging
+import shutil
 import sys
+import threading
+import weakref
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 
@@ -24,7 +32,18 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExport
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased, Sampler, TraceIdRatioBased
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
-from prometheus_client import Counter, Gauge, Histogram, start_http_server
+from prometheus_client import (
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    start_http_server,
+)
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
 
 from bev.settings import TelemetrySettings
 
@@ -34,11 +53,14 @@ RPC_REQUESTS = Counter(
 RPC_ERRORS = Counter(
     "bev_rpc_errors_total", "RPCs that ended with a non-OK status", ["service", "method", "transport", "code"]
 )
+# Request latency buckets, RPC and HTTP alike: sub-millisecond bus hops to minute-long streams.
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
 RPC_LATENCY = Histogram(
     "bev_rpc_latency_seconds",
     "Time from request received to response sent (streams: to the last message)",
     ["service", "method", "transport"],
-    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+    buckets=LATENCY_BUCKETS,
 )
 RPC_IN_FLIGHT = Gauge("bev_rpc_in_flight", "RPCs being handled now", ["service", "method", "transport"])
 RPC_CLIENT_RETRIES = Counter(
@@ -84,6 +106,9 @@ def configure_logging(service: str, settings: TelemetrySettings) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(settings.log_level.upper())
+    # httpx logs every request at INFO: monitoring's queries to Prometheus alone would be a line per
+    # query every few seconds. Its warnings still show.
+    logging.getLogger("httpx").setLevel(max(logging.WARNING, root.level))
     structlog.contextvars.bind_contextvars(service=service)
 
 
@@ -166,11 +191,226 @@ class active_span:
             span.end()
 
 
-def start_metrics_server(host: str, port: int) -> int:
+def start_metrics_server(host: str, port: int, registry: CollectorRegistry = REGISTRY) -> int:
     """Serve /metrics on a background thread; returns the bound port (port 0 = pick one)."""
-    server, _thread = start_http_server(port, addr=host)
+    server, _thread = start_http_server(port, addr=host, registry=registry)
     bound: int = server.server_port
     return bound
+
+
+def multiprocess_registry() -> CollectorRegistry:
+    """The registry for a process whose forked children record metrics too (the Celery worker's
+    prefork pool): every process's counts, read from PROMETHEUS_MULTIPROC_DIR, which must have been
+    set before prometheus_client was first imported, plus this process's CPU and memory (the
+    children's are not included)."""
+    from prometheus_client import multiprocess
+
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    ProcessCollector(registry=registry)
+    return registry
+
+
+# --- caches ---------------------------------------------------------------------------------------
+
+class CacheStats:
+    """One cache's hits and misses over the process's lifetime (see `cache_stats`)."""
+
+    __slots__ = ("_lock", "hits", "misses", "name")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.hits = 0
+        self.misses = 0
+        self._lock = threading.Lock()  # a scrape reads from the metrics server's thread
+
+    def hit(self) -> None:
+        with self._lock:
+            self.hits += 1
+
+    def miss(self) -> None:
+        with self._lock:
+            self.misses += 1
+
+    def counts(self) -> tuple[int, int]:
+        with self._lock:
+            return self.hits, self.misses
+
+
+class _CacheCollector(Collector):
+    """bev_cache_requests_total{cache,result} and bev_cache_hit_rate{cache}, read at scrape time."""
+
+    def __init__(self) -> None:
+        self._caches: dict[str, CacheStats] = {}
+        self._lock = threading.Lock()
+
+    def stats(self, name: str) -> CacheStats:
+        with self._lock:
+            return self._caches.setdefault(name, CacheStats(name))
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(self._families())
+
+    def collect(self) -> Iterator[Metric]:
+        requests, rate = self._families()
+        with self._lock:
+            caches = list(self._caches.values())
+        for cache in caches:
+            hits, misses = cache.counts()
+            requests.add_metric([cache.name, "hit"], hits)
+            requests.add_metric([cache.name, "miss"], misses)
+            if hits + misses:  # no requests yet: no rate (not 0, which would read as a cold cache)
+                rate.add_metric([cache.name], hits / (hits + misses))
+        yield requests
+        yield rate
+
+    @staticmethod
+    def _families() -> tuple[CounterMetricFamily, GaugeMetricFamily]:
+        return (CounterMetricFamily("bev_cache_requests", "Cache lookups, by result (hit or miss)",
+                                    labels=["cache", "result"]),
+                GaugeMetricFamily("bev_cache_hit_rate",
+                                  "Share of cache lookups that hit, over the process's lifetime (0..1)",
+                                  labels=["cache"]))
+
+
+_CACHES = _CacheCollector()
+REGISTRY.register(_CACHES)
+
+
+def cache_stats(name: str) -> CacheStats:
+    """The hit and miss counters of the cache called `name` (one object per name and process:
+    instances of one cache add up), exported as bev_cache_requests_total{cache,result} and
+    bev_cache_hit_rate{cache}. A lookup calls `.hit()` or `.miss()`."""
+    return _CACHES.stats(name)
+
+
+# --- per-process collectors: disk, GPU ------------------------------------------------------------
+
+class DiskCollector(Collector):
+    """bev_disk_free_bytes{path} and bev_disk_total_bytes{path} of each path, at scrape time. A path
+    that cannot be read (removed, unmounted) is left out of that scrape."""
+
+    def __init__(self, paths: Iterable[Path] = ()) -> None:
+        self._paths: list[Path] = []
+        for path in paths:
+            self.add(path)
+
+    def add(self, path: Path) -> None:
+        resolved = path.resolve()
+        if resolved not in self._paths:
+            self._paths = [*self._paths, resolved]  # replaced, never mutated: a scrape may be iterating
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(self._families())
+
+    def collect(self) -> Iterator[Metric]:
+        free, total = self._families()
+        for path in self._paths:
+            try:
+                usage = shutil.disk_usage(path)
+            except OSError:
+                continue
+            free.add_metric([str(path)], usage.free)
+            total.add_metric([str(path)], usage.total)
+        yield free
+        yield total
+
+    @staticmethod
+    def _families() -> tuple[GaugeMetricFamily, GaugeMetricFamily]:
+        return (GaugeMetricFamily("bev_disk_free_bytes", "Bytes free to this process on the file system of a path",
+                                  labels=["path"]),
+                GaugeMetricFamily("bev_disk_total_bytes", "Size in bytes of the file system of a path",
+                                  labels=["path"]))
+
+
+class GpuCollector(Collector):
+    """bev_gpu_utilization_ratio, bev_gpu_memory_used_bytes and bev_gpu_memory_total_bytes, each
+    {gpu (NVML index), name}, read from NVML at scrape time.
+
+    Registered only where NVML loads and finds at least one device (`register_gpu_collector`): on a
+    machine without an NVIDIA GPU and driver (ORACLE1; the development machine and CI) these metrics
+    are absent, not zero. A device NVML cannot read at a scrape is left out of it."""
+
+    def __init__(self, devices: int) -> None:
+        self._devices = devices
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(self._families())
+
+    def collect(self) -> Iterator[Metric]:
+        import pynvml
+
+        utilization, used, total = self._families()
+        for index in range(self._devices):
+            handle = _nvml(pynvml.nvmlDeviceGetHandleByIndex, index)
+            raw_name = None if handle is None else _nvml(pynvml.nvmlDeviceGetName, handle)
+            if raw_name is None:
+                continue
+            labels = [str(index), raw_name.decode() if isinstance(raw_name, bytes) else str(raw_name)]
+            # Each reading on its own: a MIG-partitioned GPU reports memory but no utilisation.
+            memory = _nvml(pynvml.nvmlDeviceGetMemoryInfo, handle)
+            if memory is not None:
+                used.add_metric(labels, memory.used)
+                total.add_metric(labels, memory.total)
+            rates = _nvml(pynvml.nvmlDeviceGetUtilizationRates, handle)
+            if rates is not None:
+                utilization.add_metric(labels, rates.gpu / 100)
+        yield utilization
+        yield used
+        yield total
+
+    @staticmethod
+    def _families() -> tuple[GaugeMetricFamily, GaugeMetricFamily, GaugeMetricFamily]:
+        labels = ["gpu", "name"]
+        return (GaugeMetricFamily("bev_gpu_utilization_ratio",
+                                  "Share of the last sample period the GPU was busy running kernels (0..1)", labels=labels),
+                GaugeMetricFamily("bev_gpu_memory_used_bytes", "GPU memory in use", labels=labels),
+                GaugeMetricFamily("bev_gpu_memory_total_bytes", "GPU memory installed", labels=labels))
+
+
+def _nvml(read: Callable[..., Any], *args: Any) -> Any:
+    """`read(*args)`, an NVML reading, or None where the device cannot give it now."""
+    import pynvml
+
+    try:
+        return read(*args)
+    except pynvml.NVMLError:
+        return None
+
+
+def register_gpu_collector(registry: CollectorRegistry = REGISTRY) -> bool:
+    """Register a GpuCollector when NVML initialises and counts at least one device; False (and
+    nothing registered) otherwise: no driver, no library, no device."""
+    import pynvml  # here, not at the top: 20 ms that processes and the CLI need not pay at import
+
+    try:
+        pynvml.nvmlInit()
+        devices = int(pynvml.nvmlDeviceGetCount())
+    except pynvml.NVMLError:
+        return False
+    if devices < 1:
+        pynvml.nvmlShutdown()
+        return False
+    registry.register(GpuCollector(devices))
+    return True
+
+
+_DISKS: weakref.WeakKeyDictionary[CollectorRegistry, DiskCollector] = weakref.WeakKeyDictionary()
+_REGISTRATION = threading.Lock()
+
+
+def register_process_collectors(data_dir: Path, registry: CollectorRegistry = REGISTRY) -> None:
+    """What every process exports besides its own metrics: the free space of `data_dir` and, when
+    NVML finds a GPU, its utilisation and memory (GpuCollector). Process CPU and memory come from
+    prometheus_client's ProcessCollector, registered in the default registry by prometheus_client
+    itself (and in `multiprocess_registry`'s). Once per registry; another data directory adds a path."""
+    with _REGISTRATION:
+        disk = _DISKS.get(registry)
+        if disk is None:
+            disk = _DISKS[registry] = DiskCollector()
+            registry.register(disk)
+            register_gpu_collector(registry)
+        disk.add(data_dir)
 
 
 def get_logger(name: str) -> Any:

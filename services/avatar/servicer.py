@@ -27,7 +27,7 @@ from bev.rpc import CallContext, InstanceInfo, RpcError, StatusCode
 from bev.runtime import ServiceRuntime
 from bev.swarm.v1 import swarm_pb2
 from bev.swarm.v1.swarm_rpc import SwarmClient
-from bev.telemetry import get_logger
+from bev.telemetry import cache_stats, get_logger
 from services.avatar import speech
 from services.avatar.narration import Personality
 from services.avatar.settings import AvatarConfig, Settings
@@ -41,6 +41,7 @@ ACCESS_CACHE_MAX = 10_000
 VISIBLE_CHANGE = 0.02  # a faded emotion is sent again once it moved this much since the last state sent
 
 EVENTS_SEEN = Counter("bev_avatar_events_total", "Investigation events the avatar read", ["outcome"])
+ACCESS_CACHE = cache_stats("avatar_access")  # bev_cache_requests_total{cache="avatar_access"}
 
 STATE_PROTO = {state: avatar_pb2.ResearchState.Value(f"RESEARCH_STATE_{state.name}") for state in ResearchState}
 PERSONALITY_PROTO = {
@@ -159,7 +160,9 @@ class Avatar(AvatarServicer):
         now = time.monotonic()
         expiry = self._allowed.get(key)
         if expiry is not None and expiry > now:
+            ACCESS_CACHE.hit()
             return
+        ACCESS_CACHE.miss()
         await self.swarm.GetInvestigation(swarm_pb2.GetInvestigationRequest(id=investigation_id, access=access))
         self._allowed[key] = now + self.config.access_cache_s
         self._allowed.move_to_end(key)

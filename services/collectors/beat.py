@@ -3,6 +3,8 @@ and TAXII source at its interval. Run exactly one per fleet (the manifest places
 
 Health: each scheduler tick touches `<data_dir>/run/collectors-beat.alive` (ticks come at least
 every beat_max_loop_interval); the container healthcheck reads its age.
+
+Metrics: /metrics on BEV_TELEMETRY__METRICS_PORT: process CPU and memory, data-dir disk space.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from typing import Any
 
 from celery.beat import PersistentScheduler
 
-from services.collectors.celery_process import celery_app
+from services.collectors.celery_process import celery_app, serve_metrics
 
 MAX_LOOP_S = 15
 
@@ -38,6 +40,7 @@ class AliveScheduler(PersistentScheduler):
 
 def main() -> None:
     settings, app = celery_app("collectors-beat")
+    serve_metrics(settings, "collectors-beat")
     run_dir = settings.data_dir / "run"
     run_dir.mkdir(parents=True, exist_ok=True)
     AliveScheduler.alive_path = run_dir / "collectors-beat.alive"

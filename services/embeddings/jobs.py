@@ -42,6 +42,7 @@ from bev.telemetry import get_logger
 from bev.vocab import Tlp, UnknownTlp
 from services.embeddings.corpus import Access, Corpus, DocumentTooLarge, IngestResult, NewDocument
 from services.embeddings.documents import UnreadableDocument
+from services.embeddings.metrics import INGEST_DEPTH_EVERY_S, QUEUE_DEPTH
 from services.embeddings.settings import EmbeddingsConfig
 
 if TYPE_CHECKING:
@@ -180,6 +181,13 @@ class JobStore:
                                uri=uri, source=source, collected_at=collected_at, tlp=Tlp(job.tlp),
                                investigation_id=investigation_id, team=job.team)
         return Claim(job, document, token)
+
+    async def queued(self) -> int:
+        """How many jobs wait for a worker (not counting those being worked on)."""
+        async with self.pool.connection() as conn:
+            row = await (await conn.execute(
+                "select count(*) from corpus.ingest_jobs where status = 'queued'")).fetchone()
+        return int(row[0]) if row else 0
 
     async def renew(self, claim: Claim) -> bool:
         """Extend the lease; False when the job is no longer this claim's."""
@@ -331,6 +339,8 @@ class IngestWorkers:
     def start(self) -> None:
         for n in range(self.config.ingest_workers):
             self._loops.append(asyncio.create_task(self._loop(f"{self.instance}-{n}"), name=f"ingest-worker-{n}"))
+        if self.config.ingest_workers:  # an instance that works the queue reports its depth
+            self._loops.append(asyncio.create_task(self._watch_depth(), name="ingest-queue-depth"))
 
     def wake(self) -> None:
         """A job was submitted here: idle workers look at once instead of at their next poll."""
@@ -381,6 +391,19 @@ class IngestWorkers:
                 except TimeoutError:
                     pass
                 self._wake.clear()
+
+    async def _watch_depth(self) -> None:
+        """Keep bev_embeddings_queue_depth{queue="ingest"} current (absent while PostgreSQL cannot say)."""
+        try:
+            while True:
+                try:
+                    QUEUE_DEPTH.set_ingest(await self.store.queued())
+                except Exception as exc:  # PostgreSQL unreachable: no figure rather than a stale one
+                    QUEUE_DEPTH.set_ingest(None)
+                    log.debug("ingest queue depth unknown", error=_one_line(exc))
+                await asyncio.sleep(INGEST_DEPTH_EVERY_S)
+        finally:
+            QUEUE_DEPTH.set_ingest(None)
 
     async def _process(self, claim: Claim) -> IngestJob | None:
         job = claim.job

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from services.embeddings.batching import MicroBatcher, Vectors
+from services.embeddings.metrics import QUEUE_DEPTH
 from services.embeddings.model import SentenceEmbedder
 from services.embeddings.settings import EmbeddingsConfig, ModelConfig
 
@@ -61,6 +62,7 @@ class ModelRegistry:
         batcher = MicroBatcher(
             encode, max_batch=config.batch_size, max_wait_s=config.max_wait_ms / 1000, max_queue=config.max_queue
         )
+        QUEUE_DEPTH.watch(embedder.name, batcher)  # bev_embeddings_queue_depth{queue="batcher:<model>"}
         return ServedModel(embedder, batcher)
 
     @property

@@ -28,10 +28,21 @@ from bev.telemetry import get_logger
 from services.gateway.clients import Clients
 from services.gateway.deps import SCOPE_HEADER
 from services.gateway.guard import OPEN_PATHS, Guard
+from services.gateway.http_metrics import HttpMetrics
 from services.gateway.inputs import json_problem, parameters_problem
 from services.gateway.limits import RateLimited
 from services.gateway.mcp_tools import MCP_PATH, mcp_endpoint
-from services.gateway.routes import access, avatar, collectors, embeddings, fleet, openai, reasoning, swarm
+from services.gateway.routes import (
+    access,
+    avatar,
+    collectors,
+    embeddings,
+    fleet,
+    monitoring,
+    openai,
+    reasoning,
+    swarm,
+)
 from services.gateway.routes.common import (
     COMMON_ERRORS,
     ERROR_SCHEMA,
@@ -67,7 +78,7 @@ def create_app(nc: NatsClient, config: GatewayConfig, callees: Iterable[str], gu
     app.state.clients = clients
     app.state.guard = guard
     routes: list[APIRoute] = []
-    for module in (fleet, reasoning, openai, embeddings, collectors, swarm, avatar, access):
+    for module in (fleet, reasoning, openai, embeddings, collectors, swarm, avatar, monitoring, access):
         own = [route for route in module.router.routes if isinstance(route, APIRoute)]
         _document_scopes(own)
         _document_errors(own)  # before include_router, which reads each route's responses
@@ -146,8 +157,10 @@ def create_app(nc: NatsClient, config: GatewayConfig, callees: Iterable[str], gu
         return error_response(request.url.path, 500, f"internal error ({type(exc).__name__})", code="INTERNAL")
 
     app.openapi = lambda: _openapi_with_security(app)  # type: ignore[method-assign]
-    # Added last, so it runs first: no key, no answer (only /healthz is open).
+    # Added late, so it runs early: no key, no answer (only /healthz is open).
     app.add_middleware(_GuardMiddleware, guard=guard)
+    # Added last, so it runs first: every answer is counted, the guard's refusals too.
+    app.add_middleware(HttpMetrics, routes=[*routes, *(r for r in app.router.routes if hasattr(r, "path"))])
     return app
 
 

@@ -49,13 +49,14 @@ from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from bev.access import ApiKey, AuditEntry, AuditLog, KeyStore
-from bev.telemetry import active_span, get_logger
+from bev.telemetry import active_span, cache_stats, get_logger
 from services.gateway.caller import Caller
 from services.gateway.limits import Limits
 from services.gateway.routes.common import error_response
 from services.gateway.web_ui import is_ui_path
 
 log = get_logger(__name__)
+KEY_CACHE = cache_stats("gateway_api_keys")  # bev_cache_hit_rate{cache="gateway_api_keys"}
 tracer = trace.get_tracer("bev.gateway")
 
 OPEN_PATHS = frozenset({"/healthz"})
@@ -122,8 +123,10 @@ class Guard:
         now = time.monotonic()
         cached = self._cache.get(digest)
         if cached is not None and cached.until > now:
+            KEY_CACHE.hit()
             key = cached.key
         else:
+            KEY_CACHE.miss()
             try:
                 found = await self.keys.verify(presented)
             except (psycopg.Error, PoolTimeout) as exc:
