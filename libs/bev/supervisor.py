@@ -454,7 +454,7 @@ class Supervisor:
         if not self.nc.is_connected:  # nats-py would buffer it and wait for a reconnection
             log.warning("fleet event not published (NATS unavailable)", kind=kind)
             return
-        payload = json.dumps({"kind": kind, "time": time.time(), **data}).encode()
+        payload = json.dumps({"kind": kind, "time": time.time(), "node": self.plan.node, **data}).encode()
         try:
             await asyncio.wait_for(self.nc.jetstream().publish(f"bev.events.{kind}", payload),
                                    EVENT_PUBLISH_TIMEOUT_S)

@@ -49,6 +49,7 @@ class Action:
     node: str
     reason: str
     incident_id: str
+    instance: str = ""  # the scrape target of a restarted process (host:port)
     outcome: str = ""  # done, failed, dry_run, over_limit
     error: str = ""
     at: float = 0.0
@@ -70,7 +71,7 @@ def _action_for(alert: Signal, incident_id: str) -> Action | None:
         process = alert.labels["process"]
         if process in ("prometheus", "alertmanager"):
             return None  # engines: their supervisor restarts them when they exit
-        return Action("restart", process, alert.node, reason, incident_id)
+        return Action("restart", process, alert.node, reason, incident_id, instance=alert.instance)
     if alert.name in DRAIN_ON and alert.subject.startswith(BACKEND_PREFIX):
         return Action("drain", alert.subject.removeprefix(BACKEND_PREFIX), alert.node, reason, incident_id)
     if alert.name in PAUSE_ON and alert.labels.get("collector"):
@@ -79,16 +80,20 @@ def _action_for(alert: Signal, incident_id: str) -> Action | None:
 
 
 class Healer:
-    def __init__(self, nc: NatsClient, config: HealingConfig) -> None:
+    def __init__(self, nc: NatsClient, config: HealingConfig, restart_cooldown_s: dict[str, float] | None = None) -> None:
         self.nc = nc
         self.config = config
+        self.restart_cooldown_s = restart_cooldown_s or {}  # service -> at least this between restarts
         self._taken: deque[float] = deque()  # when each action of the current window was taken
         self._last: dict[tuple[str, str, str], float] = {}  # (kind, target, node) -> when last acted on
         self.history: deque[Action] = deque(maxlen=200)
 
     def _cooling(self, action: Action, now: float) -> bool:
         last = self._last.get((action.kind, action.target, action.node))
-        return last is not None and now - last < self.config.cooldown_s
+        cooldown = self.config.cooldown_s
+        if action.kind == "restart":  # "<service>" or "<service>-<worker>"
+            cooldown = max(cooldown, self.restart_cooldown_s.get(action.target.split("-")[0], 0.0))
+        return last is not None and now - last < cooldown
 
     async def heal(self, incident: Incident) -> list[Action]:
         """Take what the incident calls for, within the limits; returns the actions taken or refused

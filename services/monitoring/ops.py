@@ -630,8 +630,9 @@ def check_sentences(text: str, figures: Sequence[monitoring_pb2.Figure], allowed
     A number followed by a figure id ("2.31 s (F3)") must be that figure. A cited id that is no
     figure fails the sentence. Digits inside words and ids ("p99", "oracle1", "F3") are not numbers;
     `allowed` are literals that are not figures but may appear (the window "5m", incident ids,
-    label values the queries returned). A sentence also goes if it has fewer than two words, or
-    if most of its words are the `question`'s (a model repeating what it was asked)."""
+    label values the queries returned). A sentence also goes if it quotes no figure at all (a claim
+    with nothing under it), has fewer than two words, or if most of its words are the `question`'s
+    (a model repeating what it was asked)."""
     allowed = list(allowed)
     asked = set(_words(question))
     by_id = {f.id: f for f in figures}
@@ -639,11 +640,16 @@ def check_sentences(text: str, figures: Sequence[monitoring_pb2.Figure], allowed
     unsupported: list[tuple[str, str]] = []
     for sentence in split_sentences(text):
         words = _words(sentence)
-        why = _number_problem(_mask(sentence, allowed), figures, by_id)
+        masked = _mask(sentence, allowed)
+        why = _number_problem(masked, figures, by_id)
         if not why and len(words) < MIN_WORDS:
             why = "not a sentence"
         if not why and asked and sum(w in asked for w in words) >= ECHO_SHARE * len(words):
             why = "repeats the question"
+        if not why and not _NUMBER.search(masked) and not _CITATION.search(masked):
+            # As a report's claim needs a citation: a sentence quoting no figure rests on nothing
+            # the queries returned ("caused by inefficient memory allocation").
+            why = "quotes no figure a query returned"
         if why:
             unsupported.append((sentence, why))
         else:

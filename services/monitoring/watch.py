@@ -51,6 +51,9 @@ JS_ACK_PENDING = Gauge("bev_jetstream_consumer_ack_pending", "Messages delivered
 JS_MESSAGES = Gauge("bev_jetstream_stream_messages", "Messages stored in a JetStream stream", ["stream"])
 
 ENGINE_EXIT_HOLD_S = 120.0  # an engine exit with no "restarted" event stops counting after this
+# An engine crash is an incident even when its supervisor has it back within a second: its alert
+# fires at least this long, enough to settle and be published (then it resolves).
+ENGINE_EXIT_MIN_S = 10.0
 CHECK_SUBJECTS = {"graph": ("falkordb", "neo4j")}  # a Health check's name -> the engine it probes
 
 
@@ -64,11 +67,18 @@ class Watch:
         self.alertmanager = AlertmanagerApi(config.alertmanager_url) if config.alertmanager_url else None
         self.correlator = Correlator(Dependencies.from_manifest(manifest), settle_s=config.settle_s,
                                      resolve_after_s=config.resolve_after_s)
-        self.healer = Healer(nc, config.healing)
+        # A restarted process is not restarted again before its start period is over.
+        self.healer = Healer(nc, config.healing, restart_cooldown_s={
+            name: float(spec.health.start_period_s) * 1.5 for name, spec in manifest.services.items()})
         self.detectors = {name: Detector(signal) for name, signal in SIGNALS.items()}
         self.actions: dict[str, list[Action]] = {}  # incident id -> its healing actions
         self._failed_scrapes: dict[str, int] = {}
-        self._engine_exits: dict[str, tuple[float, Signal]] = {}
+        # Targets never up since monitoring first saw them (a fleet starting): target -> when first
+        # seen. A process loading its model is not down until its start period (the manifest's
+        # health.start_period_s) is over; restarting it then would only start it again.
+        self._starting: dict[str, float] = {}
+        self._seen: set[str] = set()
+        self._engine_exits: dict[str, tuple[float, Signal]] = {}  # engine -> (fires until, alert)
         self._anomalies: dict[str, Signal] = {}
         self._alertmanager_sent = 0.0
         self._anomaly_observed_at = 0.0
@@ -142,16 +152,29 @@ class Watch:
         signals = []
         for sample in samples:
             target = sample.labels.get("instance", "")
+            job = sample.labels.get("job", "")
+            if target not in self._seen:
+                self._seen.add(target)
+                self._starting[target] = now
+            if sample.value == 1.0:
+                self._starting.pop(target, None)
             failed = 0 if sample.value == 1.0 else self._failed_scrapes.get(target, 0) + 1
             self._failed_scrapes[target] = failed
+            started = self._starting.get(target)
+            if started is not None and now - started < self._start_period(job):
+                continue
             if failed >= self.config.down_after:
-                job, node = sample.labels.get("job", ""), sample.labels.get("node", self.node)
+                node = sample.labels.get("node", self.node)
                 process = sample.labels.get("process", job)
                 signals.append(Signal(
                     f"probe/InstanceDown/{target}", "InstanceDown", "probe", job, node, "critical",
                     f"{process} on {node} ({target}) failed its last {failed} scrapes: down or frozen",
                     now, instance=target, value=0.0, labels=dict(sample.labels)))
         return signals
+
+    def _start_period(self, job: str) -> float:
+        service = self.manifest.services.get(job)
+        return float(service.health.start_period_s) if service is not None else 0.0
 
     async def _rule_signals(self) -> list[Signal]:
         signals = []
@@ -210,17 +233,19 @@ class Watch:
             if msg.subject.endswith("engine_restart_failed"):
                 summary = f"engine {engine} failed to restart: {event.get('error', '')}"[:300]
             kept = self._engine_exits.get(engine)
-            self._engine_exits[engine] = (when, Signal(
-                f"supervisor/EngineDown/{engine}", "EngineDown", "supervisor", engine, self.node, "critical",
+            self._engine_exits[engine] = (when + ENGINE_EXIT_HOLD_S, Signal(
+                f"supervisor/EngineDown/{engine}", "EngineDown", "supervisor", engine,
+                str(event.get("node") or self.node), "critical",
                 summary, kept[1].started_at if kept else when, labels={"engine": engine}))
-        elif msg.subject.endswith("engine_restarted"):
-            self._engine_exits.pop(engine, None)
+        elif msg.subject.endswith("engine_restarted") and engine in self._engine_exits:
+            _, alert = self._engine_exits[engine]
+            self._engine_exits[engine] = (alert.started_at + ENGINE_EXIT_MIN_S, alert)
 
     def _supervisor_signals(self, now: float) -> list[Signal]:
-        for engine, (when, _) in list(self._engine_exits.items()):
-            if now - when > ENGINE_EXIT_HOLD_S:
+        for engine, (until, _) in list(self._engine_exits.items()):
+            if now >= until:
                 del self._engine_exits[engine]
-        return [signal for _, signal in self._engine_exits.values()]
+        return [alert for _, alert in self._engine_exits.values()]
 
     async def _anomaly_signals(self, now: float) -> list[Signal]:
         """Each live signal's latest value through the detector; an open anomaly is a firing alert."""
