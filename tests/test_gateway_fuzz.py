@@ -110,6 +110,11 @@ checks.positive_data_acceptance.expected-statuses = ["2xx", "400", "401", "403",
 include-path = "/v1/embeddings"
 checks.positive_data_acceptance.expected-statuses = ["2xx", "400", "401", "403", "404", "409", "429"]
 
+# The operations assistant: a question of spaces only is 400 (the schema cannot say "not blank").
+[[operations]]
+include-path = "/api/v1/ops/ask"
+checks.positive_data_acceptance.expected-statuses = ["2xx", "400", "401", "403", "404", "409", "429"]
+
 # API keys: a name of spaces only, or an expiry in the past, is 400 with the reason; the schema
 # cannot say either.
 [[operations]]

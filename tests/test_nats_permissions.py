@@ -73,18 +73,24 @@ def test_permissions_follow_the_declared_calls() -> None:
     assert fleet == {"gateway", "reasoning", "embeddings", "swarm", "collectors", "avatar", "monitoring"}
     for service in fleet:
         publish = MANIFEST.nats_permissions(service)["publish"]["allow"]
-        called = {subject.split(".")[1] for subject in publish if subject.startswith("bev.") and "events" not in subject}
+        called = {subject.split(".")[1] for subject in publish
+                  if subject.startswith("bev.") and "events" not in subject and subject != "bev.supervisor.>"}
         pinged = {subject.removeprefix("$SRV.PING.bev-") for subject in publish if subject.startswith("$SRV.PING.")}
         assert pinged == called, service  # a retry may ask its callees' replicas who is alive
         assert f"bev.events.{service}.>" in publish, service  # its own events, nobody else's
         assert called == set(MANIFEST.callees(service)), service
         assert ("$SRV.>" in publish) == (service == "monitoring"), service  # only `calls: all` discovers
+        # ... and only it asks supervisors for restarts and reads JetStream's consumer info (lag).
+        assert ("bev.supervisor.>" in publish) == (service == "monitoring"), service
+        assert ("$JS.API.CONSUMER.INFO.>" in publish) == (service == "monitoring"), service
     assert set(MANIFEST.callees("monitoring")) == fleet
     assert MANIFEST.callees("avatar") == ("swarm",) and MANIFEST.callees("collectors") == ("embeddings",)
     for service in fleet:  # event subjects are heard only where the manifest says `listens`
         subscribe = MANIFEST.nats_permissions(service)["subscribe"]["allow"]
         heard = {subject.split(".")[2] for subject in subscribe if subject.startswith("bev.events.")}
-        assert heard == set(MANIFEST.services[service].listens), service
+        # Monitoring also hears the supervisors' fleet events (engine exits).
+        assert heard == set(MANIFEST.services[service].listens) | ({"fleet"} if service == "monitoring" else set()), \
+            service
     assert MANIFEST.services["avatar"].listens == ["investigation"] == MANIFEST.services["swarm"].listens
 
 

@@ -100,6 +100,8 @@ SCOPES = {
     ("GET", "/api/v1/avatar/{investigation_id}/state"): "read",
     ("PUT", "/api/v1/avatar/{investigation_id}/personality"): "write",
     ("POST", "/api/v1/avatar/speak"): "read",
+    ("GET", "/api/v1/alerts"): "read",
+    ("POST", "/api/v1/ops/ask"): "admin",
     ("POST", "/api/v1/keys"): "admin",
     ("GET", "/api/v1/keys"): "admin",
     ("GET", "/api/v1/keys/{key_id}"): "admin",
