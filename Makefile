@@ -34,7 +34,7 @@ lint: ## ruff + mypy --strict over libs and services (CI runs it)
 protos: ## regenerate typed stubs and RPC classes from protos/ into libs/
 	$(PY) -m bev.codegen --clean
 
-deploy-files: ## regenerate deploy/<node>/docker-compose.yml and prometheus.yml from deploy/manifest.yaml
+deploy-files: ## regenerate deploy/<node>/docker-compose.yml, prometheus.yml, the latency rule thresholds and the Grafana dashboards from deploy/manifest.yaml and the protos
 	$(VENV)/bin/bev deploy render
 
 demo: ## serve the demo world, start the fleet on it, run an investigation, print the report and its recall

@@ -1141,7 +1141,8 @@ def deploy_nats_auth(
 
 @deploy_app.command("render")
 def deploy_render() -> None:
-    """Regenerate deploy/<node>/docker-compose.yml and deploy/oracle1/prometheus.yml from the manifest."""
+    """Regenerate deploy/<node>/docker-compose.yml, deploy/oracle1/prometheus.yml, its per-method latency
+    thresholds (from the protos' deadlines) and the Grafana dashboards, from the manifest."""
     from bev.compose import main as render
 
     raise typer.Exit(render([]))

@@ -209,6 +209,9 @@ async def test_search_upload_collectors_and_fleet(browser: Browser, demo: DemoFl
     services = set(await page.get_by_test_id("instance").evaluate_all(
         "(rows) => rows.map((r) => r.querySelector('td').textContent.trim())"))
     assert {"gateway", "swarm", "avatar", "reasoning", "embeddings", "collectors", "monitoring"} <= services
+    # Monitoring's incidents (the demo fleet runs Prometheus): the list answers, not "unavailable".
+    await expect(page.get_by_test_id("incidents")).to_contain_text(
+        re.compile("No incident|open|resolved"), timeout=15_000)
     await accessible(page, "fleet")
 
     await page.goto("/#/investigations")
