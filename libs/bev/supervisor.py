@@ -1,7 +1,8 @@
 """The one-machine fleet (`make run` = `bev up`): embedded engines, then every service, supervised.
 
 Order: OpenBao (seeded with every secret and one AppRole per service) -> NATS with JetStream ->
-PostgreSQL+pgvector -> Redis -> FalkorDB, each health-checked before the next; then each
+PostgreSQL+pgvector -> Redis -> FalkorDB -> Alertmanager -> Prometheus (scraping every process it
+is told of in prometheus/targets/), each health-checked before the next; then each
 service as `python -m services.<name>` with its own single-use secret id, and a wait until
 every one answers Health over NATS. A child that exits is restarted with exponential backoff
 and reported on `bev.events.fleet.*`. SIGINT/SIGTERM stops services, then engines in reverse.
@@ -503,7 +504,9 @@ class Supervisor:
             took = round(time.monotonic() - began, 1)
             log.info("fleet healthy", seconds=took, instances=len(instances))
             await self._event("fleet.ready", {"seconds": took, "services": sorted(self.children)})
-            print(f"bev: fleet up in {took}s; gateway http://127.0.0.1:{self._gateway_port()}  "
+            prometheus = self.engines.get("prometheus")
+            metrics = f"prometheus {prometheus.url}  " if isinstance(prometheus, Prometheus) else ""
+            print(f"bev: fleet up in {took}s; gateway http://127.0.0.1:{self._gateway_port()}  {metrics}"
                   f"logs {self.log_dir}  (Ctrl-C stops)", flush=True)
             if ready is not None:
                 ready.set()
