@@ -31,6 +31,7 @@ from bev.reasoning.v1.reasoning_rpc import ReasoningClient
 from bev.rpc import RpcError
 from bev.rpc.nats_transport import NatsTransport
 from bev.telemetry import get_logger
+from bev.vocab import Tier
 from services.monitoring.correlation import BACKEND_PREFIX, Incident, Signal
 from services.monitoring.settings import HealingConfig
 
@@ -159,6 +160,11 @@ class Healer:
         async def drain_one(instance: str) -> None:
             client = ReasoningClient(NatsTransport(self.nc, instance=instance), timeout_s=5)
             try:
+                status = await client.RouterStatus(reasoning_pb2.RouterStatusRequest())
+                left = _still_serving(status, action.target)
+                if left is not None:
+                    errors.append(f"{instance}: {left}")
+                    return
                 await client.DrainBackend(request)
             except RpcError as exc:
                 errors.append(f"{instance}: {exc}")
@@ -174,6 +180,20 @@ class Healer:
                 collector=action.target, seconds=self.config.pause_s, reason=action.reason, by="monitoring"))
         except RpcError as exc:
             raise HealingFailed(str(exc)) from None
+
+
+def _still_serving(status: reasoning_pb2.RouterStatusResponse, backend: str) -> str | None:
+    """Why draining `backend` must not happen (None: it may): a drain that leaves its tier and every
+    lower one without a healthy, undrained backend turns a slow or flaky backend into no answer."""
+    target = next((b for b in status.backends if b.name == backend), None)
+    if target is None:
+        return None  # DrainBackend answers NOT_FOUND with the known names
+    tiers = Tier.from_proto(target.tier, Tier.FAST).and_lower()
+    others = [b for b in status.backends if b.name != backend and b.healthy and not b.drained_until
+              and Tier.from_proto(b.tier, Tier.FAST) in tiers]
+    if others:
+        return None
+    return f"not drained: {backend} is the last healthy backend its tier ({tiers[0]}) or a lower one can use"
 
 
 class HealingFailed(Exception):

@@ -52,3 +52,17 @@ async def test_a_failed_action_says_why(reasoning_on_nats: ReasoningOnNats, nats
     [action] = await Healer(nats_client, HealingConfig()).heal(incident)
     assert (action.kind, action.outcome) == ("restart", "failed")
     assert action.error.startswith("the supervisor of node 'nowhere' did not answer")
+
+
+async def test_the_last_backend_a_tier_can_use_is_never_drained(reasoning_on_nats: ReasoningOnNats) -> None:
+    first, second = (b.name for b in reasoning_on_nats.servicer.router.backends[:2])
+    client = reasoning_on_nats.client
+    await client.DrainBackend(reasoning_pb2.DrainBackendRequest(backend=second, seconds=60, reason="maintenance"))
+    try:
+        incident = Correlator(DEPS, settle_s=0).update([backend_down(first)], time.time())[0].incident
+        [action] = await Healer(reasoning_on_nats.nc, HealingConfig(drain_s=60)).heal(incident)
+        assert action.outcome == "failed" and "is the last healthy backend" in action.error, action
+        status = await client.RouterStatus(reasoning_pb2.RouterStatusRequest())
+        assert not {b.name: b for b in status.backends}[first].drained_until
+    finally:
+        await client.DrainBackend(reasoning_pb2.DrainBackendRequest(backend=second, seconds=0))
