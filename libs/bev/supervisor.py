@@ -88,24 +88,30 @@ class FleetPlan:
         cls, manifest: Manifest, data_dir: Path, node: str | None = None, free_ports: bool = False,
         only: list[str] | None = None,
     ) -> FleetPlan:
+        # --free-ports: each pick is free now, but two picks may land on the same port (one fleet has
+        # ~30); a port the plan already holds is picked again (CI saw Redis and a /metrics collide).
+        taken: set[int] = set()
+
+        def pick(fixed: int) -> int:
+            if not free_ports:
+                return fixed
+            while (port := free_port()) in taken:
+                pass
+            taken.add(port)
+            return port
+
         services = [s for s in manifest.services_on(node) if only is None or s.name in only]
         # Only the engines the planned services use (NATS and Vault always: the supervisor needs both).
         used = {"nats", "vault"}.union(*(s.engines for s in services))
         engines = {e.name: e for e in manifest.engines_on(node) if e.name in used}
-        engine_ports = {
-            name: (free_port() if free_ports else engines[name].port) for name in ENGINE_ORDER if name in engines
-        }
-        service_ports = {
-            s.name: {role: (free_port() if free_ports else port) for role, port in s.ports().items()} for s in services
-        }
+        engine_ports = {name: pick(engines[name].port) for name in ENGINE_ORDER if name in engines}
+        service_ports = {s.name: {role: pick(port) for role, port in s.ports().items()} for s in services}
         workers = [(s, w) for s in services for w in s.workers_on(node)]
         worker_metrics_ports = {
-            f"{s.name}-{w.name}": (free_port() if free_ports else w.metrics_port)
-            for s, w in workers if w.metrics_port is not None
+            f"{s.name}-{w.name}": pick(w.metrics_port) for s, w in workers if w.metrics_port is not None
         }
         return cls(manifest, data_dir.absolute(), node or "local", engine_ports, services, service_ports,
-                   nats_monitor_port=free_port() if free_ports else 8222, workers=workers,
-                   worker_metrics_ports=worker_metrics_ports)
+                   nats_monitor_port=pick(8222), workers=workers, worker_metrics_ports=worker_metrics_ports)
 
 
 @dataclass

@@ -33,7 +33,7 @@ log = get_logger(__name__)
 
 KEY_PREFIX = "bev:collectors:paused:"
 # A pause check waits at most this long for Redis before the collector runs anyway.
-REDIS_TIMEOUT_S = 1.0
+REDIS_TIMEOUT_S = 3.0
 
 PAUSED = Gauge("bev_collector_paused", "1 while the collector is paused (as this process last read it), else 0",
                ["collector"])

@@ -70,8 +70,10 @@ def _action_for(alert: Signal, incident_id: str) -> Action | None:
     reason = f"{alert.name}: {alert.summary}"
     if alert.name in RESTART_ON and alert.labels.get("process"):
         process = alert.labels["process"]
-        if process in ("prometheus", "alertmanager"):
-            return None  # engines: their supervisor restarts them when they exit
+        if process in ("prometheus", "alertmanager", "monitoring"):
+            # Engines: their supervisor restarts them when they exit. Monitoring: one that can ask
+            # is not down, and a restart would only forget its incidents.
+            return None
         return Action("restart", process, alert.node, reason, incident_id, instance=alert.instance)
     if alert.name in DRAIN_ON and alert.subject.startswith(BACKEND_PREFIX):
         return Action("drain", alert.subject.removeprefix(BACKEND_PREFIX), alert.node, reason, incident_id)

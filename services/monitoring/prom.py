@@ -37,6 +37,15 @@ class Series:
 
 
 @dataclass(frozen=True)
+class Target:
+    """One scrape target: its labels (job, instance, node, process) and its last scrape's health."""
+
+    labels: dict[str, str]
+    health: str  # up, down, unknown (not scraped yet)
+    last_error: str = ""
+
+
+@dataclass(frozen=True)
 class FiringAlert:
     """An alert from Prometheus's /api/v1/alerts (pending alerts are left out)."""
 
@@ -109,9 +118,13 @@ class PrometheusApi:
             for a in data["alerts"] if a.get("state") == "firing"
         ]
 
-    async def targets_up(self) -> dict[str, bool]:
-        """Scrape target (instance label) -> whether its last scrape worked."""
-        return {s.labels.get("instance", ""): s.value == 1.0 for s in await self.query("up")}
+    async def targets(self) -> list[Target]:
+        """The targets Prometheus scrapes now (its service discovery's current list), each with the
+        health of its last scrape. Unlike the `up` series, a target gone from discovery (a fleet
+        restarted on other ports) is not in it: its old series outlive it by the 5 min lookback."""
+        data = await self._get("/api/v1/targets", {"state": "active"})
+        return [Target(dict(t.get("labels", {})), str(t.get("health", "unknown")), str(t.get("lastError", "")))
+                for t in data.get("activeTargets", [])]
 
 
 class AlertmanagerApi:

@@ -78,6 +78,8 @@ class Watch:
         # health.start_period_s) is over; restarting it then would only start it again.
         self._starting: dict[str, float] = {}
         self._seen: set[str] = set()
+        self._current_targets: set[str] = set()  # instance labels Prometheus scrapes now
+        self._current_target_jobs: set[str] = set()
         self._engine_exits: dict[str, tuple[float, Signal]] = {}  # engine -> (fires until, alert)
         self._anomalies: dict[str, Signal] = {}
         self._alertmanager_sent = 0.0
@@ -117,9 +119,14 @@ class Watch:
     async def cycle(self) -> list[Change]:
         now = time.time()
         signals: list[Signal] = []
-        probes, rules, health, anomalies = await asyncio.gather(
-            self._probe_signals(now), self._rule_signals(), self._health_signals(now), self._anomaly_signals(now),
-            return_exceptions=True)
+        # The targets first: the rules' alerts are checked against the list Prometheus scrapes now.
+        probes: list[Signal] | BaseException
+        try:
+            probes = await self._probe_signals(now)
+        except MetricsUnavailable as exc:
+            probes = exc
+        rules, health, anomalies = await asyncio.gather(
+            self._rule_signals(), self._health_signals(now), self._anomaly_signals(now), return_exceptions=True)
         for found in (probes, rules, health, anomalies):
             if isinstance(found, MetricsUnavailable):
                 self.last_error = str(found)
@@ -148,28 +155,35 @@ class Watch:
         return changes
 
     async def _probe_signals(self, now: float) -> list[Signal]:
-        samples = await self.prometheus.query("up")
+        """A target whose last `down_after` scrapes failed is down (or frozen). Read from Prometheus's
+        current target list, not the `up` series: the series of a target that left discovery lingers."""
         signals = []
-        for sample in samples:
-            target = sample.labels.get("instance", "")
-            job = sample.labels.get("job", "")
+        targets = await self.prometheus.targets()
+        self._current_targets = {t.labels.get("instance", "") for t in targets}
+        self._current_target_jobs = {t.labels.get("job", "") for t in targets}
+        for each in targets:
+            target = each.labels.get("instance", "")
+            job = each.labels.get("job", "")
             if target not in self._seen:
                 self._seen.add(target)
                 self._starting[target] = now
-            if sample.value == 1.0:
+            if each.health == "up":
                 self._starting.pop(target, None)
-            failed = 0 if sample.value == 1.0 else self._failed_scrapes.get(target, 0) + 1
+            if each.health == "unknown":  # not scraped yet
+                continue
+            failed = 0 if each.health == "up" else self._failed_scrapes.get(target, 0) + 1
             self._failed_scrapes[target] = failed
             started = self._starting.get(target)
             if started is not None and now - started < self._start_period(job):
                 continue
             if failed >= self.config.down_after:
-                node = sample.labels.get("node", self.node)
-                process = sample.labels.get("process", job)
+                node = each.labels.get("node", self.node)
+                process = each.labels.get("process", job)
                 signals.append(Signal(
                     f"probe/InstanceDown/{target}", "InstanceDown", "probe", job, node, "critical",
-                    f"{process} on {node} ({target}) failed its last {failed} scrapes: down or frozen",
-                    now, instance=target, value=0.0, labels=dict(sample.labels)))
+                    f"{process} on {node} ({target}) failed its last {failed} scrapes: down or frozen"
+                    + (f" ({each.last_error})" if each.last_error else ""),
+                    now, instance=target, value=0.0, labels=dict(each.labels)))
         return signals
 
     def _start_period(self, job: str) -> float:
@@ -180,6 +194,9 @@ class Watch:
         signals = []
         for alert in await self.prometheus.alerts():
             labels = alert.labels
+            if labels.get("instance") and labels["instance"] not in self._current_targets \
+                    and labels.get("job") in self._current_target_jobs:
+                continue  # about a target no longer scraped (a fleet restarted on other ports): history
             subject = labels.get("service") or labels.get("job", "")
             if labels.get("backend"):
                 subject = f"{BACKEND_PREFIX}{labels['backend']}"

@@ -21,6 +21,7 @@ from bev.collectors.v1 import collectors_pb2
 from bev.collectors.v1.collectors_rpc import CollectorsClient
 from bev.engines import FalkorDB, NatsServer, Redis, free_port
 from bev.rpc import CallContext, InstanceInfo, RpcError, StatusCode
+from bev.rpc.nats_transport import NatsTransport
 from bev.testing.serving import serving_on_nats
 from services.collectors.collection import Collection, CollectionRequest
 from services.collectors.graph import FalkorGraphStore
@@ -80,7 +81,8 @@ async def replicas(nats_server: NatsServer, pause_config: CollectorsConfig, secr
     assert isinstance(graph, FalkorGraphStore)
     try:
         async with serving_on_nats(servicer, nats_server.url, default_timeout_s=60) as nc:
-            yield TwoReplicas(servicer, CollectorsClient.over_nats(nc), other)
+            # Addressed to this replica: other tests' collectors services share the session's bus.
+            yield TwoReplicas(servicer, CollectorsClient(NatsTransport(nc, instance=servicer.info.instance)), other)
             await graph.delete_graph()
     finally:
         await other.close()
@@ -235,7 +237,7 @@ async def test_a_celery_task_of_a_paused_collector_is_skipped_and_runs_after_res
         with capture_logs() as logs:
             skipped = await asyncio.to_thread(run_task)
         message = f"collector dns is paused until {iso(pause.until)} by monitoring: resolver timeouts"
-        assert skipped == {"key": job.key, "observations": 0, "already_done": False, "skipped": message}
+        assert skipped == {"key": job.key, "observations": 0, "already_done": False, "skipped": message}, logs
         assert runs("dns", "paused") == paused_runs + 1
         [line] = [entry for entry in logs if entry["event"] == "collection task skipped: its collector is paused"]
         assert line["log_level"] == "warning" and line["task_key"] == job.key and line["paused"] == message

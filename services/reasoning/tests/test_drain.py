@@ -17,6 +17,7 @@ from bev.engines.llama_server import LlamaServer
 from bev.reasoning.v1 import reasoning_pb2
 from bev.reasoning.v1.reasoning_rpc import ReasoningClient
 from bev.rpc import InstanceInfo, RpcError, StatusCode
+from bev.rpc.nats_transport import NatsTransport
 from bev.testing.serving import serving_on_nats
 from bev.vocab import Tier
 from services.reasoning.backends import Backend, ChatParams
@@ -126,7 +127,8 @@ async def test_drain_backend_rpc(nats_server: NatsServer, llama_servers: tuple[L
     servicer = await assemble(InstanceInfo(service="reasoning"), config, backends, {},
                               tmp_path_factory.mktemp("reasoning-drain"))
     async with serving_on_nats(servicer, nats_server.url) as nc:
-        client = ReasoningClient.over_nats(nc, timeout_s=60)
+        # Addressed to this replica: other tests' reasoning services share the session's bus.
+        client = ReasoningClient(NatsTransport(nc, instance=servicer.info.instance), timeout_s=60)
         drained = await client.DrainBackend(reasoning_pb2.DrainBackendRequest(
             backend="rpc-a", seconds=120, reason="monitoring: latency anomaly"))
         assert drained.backend.name == "rpc-a" and drained.backend.healthy
