@@ -197,6 +197,9 @@ class Watch:
             if labels.get("instance") and labels["instance"] not in self._current_targets \
                     and labels.get("job") in self._current_target_jobs:
                 continue  # about a target no longer scraped (a fleet restarted on other ports): history
+            started = self._starting.get(labels.get("instance", ""))
+            if started is not None and time.time() - started < self._start_period(labels.get("job", "")):
+                continue  # ServiceDown of a process still in its start period: starting, not down
             subject = labels.get("service") or labels.get("job", "")
             if labels.get("backend"):
                 subject = f"{BACKEND_PREFIX}{labels['backend']}"
