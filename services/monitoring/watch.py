@@ -81,7 +81,6 @@ class Watch:
         self._current_targets: set[str] = set()  # instance labels Prometheus scrapes now
         self._current_target_jobs: set[str] = set()
         self._engine_exits: dict[str, tuple[float, Signal]] = {}  # engine -> (fires until, alert)
-        self._anomalies: dict[str, Signal] = {}
         self._alertmanager_sent = 0.0
         self._anomaly_observed_at = 0.0
         self._task: asyncio.Task[None] | None = None
