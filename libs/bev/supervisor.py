@@ -42,7 +42,7 @@ from bev.engines import (
     new_secret_id,
     seed_fleet,
 )
-from bev.engines._base import client_host, open_private_log
+from bev.engines._base import client_host, open_private_log, port_in_use
 from bev.engines.prometheus import Alertmanager, Prometheus
 from bev.fleet import discover
 from bev.manifest import Manifest, ServiceSpec, WorkerSpec
@@ -53,6 +53,7 @@ from bev.telemetry import get_logger
 log = get_logger("bev.supervisor")
 
 ENGINE_ORDER = ("vault", "nats", "postgres", "redis", "falkordb", "alertmanager", "prometheus")
+ENGINE_PORT_SPAN = {"vault": 2}  # ports an engine binds from its own: OpenBao's API and cluster listener
 MAX_BACKOFF_S = 30.0
 STABLE_AFTER_S = 60.0  # a child that ran this long gets its backoff reset
 RESPAWN_RETRY_MAX_S = 5.0  # a blocked restart (Vault down) is retried at least this often
@@ -90,21 +91,27 @@ class FleetPlan:
     ) -> FleetPlan:
         # --free-ports: each pick is free now, but two picks may land on the same port (one fleet has
         # ~30); a port the plan already holds is picked again (CI saw Redis and a /metrics collide).
+        # `span` ports from the pick are held: OpenBao also binds its port + 1 (raft's cluster
+        # listener; CI saw it take the embeddings service's /metrics port).
         taken: set[int] = set()
 
-        def pick(fixed: int) -> int:
+        def pick(fixed: int, span: int = 1) -> int:
             if not free_ports:
                 return fixed
-            while (port := free_port()) in taken:
-                pass
-            taken.add(port)
-            return port
+            while True:
+                port = free_port()
+                held = set(range(port, port + span))
+                if held & taken or any(port_in_use("127.0.0.1", p) for p in held):
+                    continue
+                taken.update(held)
+                return port
 
         services = [s for s in manifest.services_on(node) if only is None or s.name in only]
         # Only the engines the planned services use (NATS and Vault always: the supervisor needs both).
         used = {"nats", "vault"}.union(*(s.engines for s in services))
         engines = {e.name: e for e in manifest.engines_on(node) if e.name in used}
-        engine_ports = {name: pick(engines[name].port) for name in ENGINE_ORDER if name in engines}
+        engine_ports = {name: pick(engines[name].port, ENGINE_PORT_SPAN.get(name, 1))
+                        for name in ENGINE_ORDER if name in engines}
         service_ports = {s.name: {role: pick(port) for role, port in s.ports().items()} for s in services}
         workers = [(s, w) for s in services for w in s.workers_on(node)]
         worker_metrics_ports = {

@@ -97,11 +97,13 @@ def create_app(settings: Settings, read_secret: Callable[[str], Mapping[str, str
             secrets_cache[name] = read_secret(name)
         return secrets_cache[name]
 
-    @app.task(name=COLLECT_TASK, bind=True)
+    # shared=False: Celery otherwise adds a task to every app made later in the process (tests make
+    # several), and a later app could run an earlier one's closure over its config.
+    @app.task(name=COLLECT_TASK, bind=True, shared=False)
     def collect(task: Any, job: dict[str, Any]) -> dict[str, Any]:
         return asyncio.run(run_collect(config, cached_secret, CollectJob(**job)))
 
-    @app.task(name=POLL_TASK)
+    @app.task(name=POLL_TASK, shared=False)
     def poll_source(name: str) -> str:
         for source, collector in [*((s, "feed") for s in config.feeds), *((s, "taxii") for s in config.taxii)]:
             if source.name == name:
