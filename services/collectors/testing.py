@@ -13,15 +13,18 @@ and names.
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import socketserver
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import dns.message
 import dns.rcode
@@ -29,7 +32,8 @@ import dns.rdatatype
 import dns.rrset
 import pytest
 
-from bev.engines import free_port
+from bev.engines import FalkorDB, OpenBao, Postgres, free_port, new_secret_id, seed_fleet
+from services.collectors.observations import migrate
 from services.collectors.settings import CollectorsConfig, FetchConfig
 
 __all__ = ["dns_fixture", "http_fixture", "socks_proxy", "whois_fixture"]
@@ -260,3 +264,45 @@ def local_collectors_config(dns: DnsFixture, http: HttpFixture, whois: WhoisFixt
         "ethereum": {"rpc_url": http.url("/eth-rpc"), "rate_limit_per_s": 1000},
         **more,
     })
+
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@dataclass
+class CeleryProcesses:
+    """Starts the collectors' Celery processes (`python -m services.collectors.worker` or `.beat`) as
+    the supervisor does: each logs in to Vault with the collectors' AppRole and a fresh secret id."""
+
+    vault: OpenBao
+    secrets: dict[str, dict[str, str]]  # what Vault holds, for a Celery app in the test's own process
+    env: dict[str, str]
+    data_dir: Path
+
+    def start(self, module: str, log: str, **env: str) -> subprocess.Popen[bytes]:
+        secret_id = new_secret_id(self.vault.addr, self.vault.root_token, "collectors")
+        with (self.data_dir / log).open("wb") as out:
+            return subprocess.Popen([sys.executable, "-m", module], cwd=REPO, stdout=out, stderr=subprocess.STDOUT,
+                                    env={**self.env, "BEV_VAULT__SECRET_ID": secret_id, **env},
+                                    start_new_session=True)
+
+
+def celery_processes(vault: OpenBao, redis_url: str, postgres: Postgres, falkordb: FalkorDB, data_dir: Path,
+                     **env: str) -> CeleryProcesses:
+    """Vault seeded with the collectors' secrets (Redis at `redis_url`: a database of the test's own
+    keeps its queue apart), the observations schema migrated, and the processes' environment: fetches
+    allowed to loopback, no Tor, plain-text logs, plus `env`."""
+    secrets = {
+        "redis": {"url": redis_url},
+        "postgres": {"dsn": postgres.dsn},
+        "falkordb": {"host": falkordb.host, "port": str(falkordb.port), "password": falkordb.password},
+    }
+    role_id, _ = seed_fleet(vault.addr, vault.root_token, ["collectors"], secrets,
+                            {"collectors": sorted(secrets)})["collectors"]
+    migrate(postgres.dsn)
+    base = {key: value for key, value in os.environ.items() if key != "BEV_VAULT__TOKEN"}  # the AppRole only
+    return CeleryProcesses(vault, secrets, {
+        **base, "BEV_DATA_DIR": str(data_dir), "BEV_VAULT__ADDR": vault.addr, "BEV_VAULT__ROLE_ID": role_id,
+        "BEV_COLLECTORS__FETCH__ALLOW_RANGES": '["127.0.0.0/8"]', "BEV_COLLECTORS__FETCH__TOR_SOCKS_URL": "",
+        "BEV_TELEMETRY__LOG_JSON": "false", **env,
+    }, data_dir)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 import uuid
 from dataclasses import asdict
@@ -15,11 +14,10 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from bev.engines import FalkorDB, OpenBao, Postgres, Redis, new_secret_id, seed_fleet
-from services.collectors.observations import migrate
+from bev.engines import FalkorDB, OpenBao, Postgres, Redis
 from services.collectors.settings import CeleryConfig, CollectorsConfig, Settings
 from services.collectors.tasks import COLLECT_TASK, CollectJob, create_app
-from services.collectors.testing import HttpFixture
+from services.collectors.testing import HttpFixture, celery_processes
 
 REPO = Path(__file__).resolve().parents[3]
 BLOG = REPO / "services" / "collectors" / "tests" / "data" / "threat-blog.html"
@@ -37,36 +35,14 @@ def _wait(predicate: object, timeout_s: float, what: str) -> None:
 def test_worker_killed_mid_task_completes_exactly_once(
         openbao_server: OpenBao, redis_server: Redis, postgres_server: Postgres, falkordb_server: FalkorDB,
         http_fixture: HttpFixture, tmp_path: Path) -> None:
-    secrets = {
-        "redis": {"url": redis_server.url},
-        "postgres": {"dsn": postgres_server.dsn},
-        "falkordb": {"host": falkordb_server.host, "port": str(falkordb_server.port),
-                     "password": falkordb_server.password},
-    }
-    role_id, _ = seed_fleet(openbao_server.addr, openbao_server.root_token, ["collectors"], secrets,
-                            {"collectors": sorted(secrets)})["collectors"]
-    migrate(postgres_server.dsn)
     graph = f"celery-{uuid.uuid4().hex[:8]}"
-    env = {
-        **os.environ,
-        "BEV_DATA_DIR": str(tmp_path),
-        "BEV_VAULT__ADDR": openbao_server.addr,
-        "BEV_VAULT__ROLE_ID": role_id,
-        "BEV_COLLECTORS__CELERY__POOL": "solo",
-        "BEV_COLLECTORS__CELERY__VISIBILITY_TIMEOUT_S": "3",
-        "BEV_COLLECTORS__FETCH__ALLOW_RANGES": '["127.0.0.0/8"]',
-        "BEV_COLLECTORS__FETCH__TOR_SOCKS_URL": "",
-        "BEV_COLLECTORS__GRAPH__NAME": graph,
-        "BEV_TELEMETRY__LOG_JSON": "false",
-    }
-    env.pop("BEV_VAULT__TOKEN", None)
+    celery = celery_processes(openbao_server, redis_server.url, postgres_server, falkordb_server, tmp_path,
+                              BEV_COLLECTORS__CELERY__POOL="solo", BEV_COLLECTORS__CELERY__VISIBILITY_TIMEOUT_S="3",
+                              BEV_COLLECTORS__GRAPH__NAME=graph)
+    secrets = celery.secrets
 
     def start_worker(log: str) -> subprocess.Popen[bytes]:
-        worker_env = {**env, "BEV_VAULT__SECRET_ID": new_secret_id(openbao_server.addr, openbao_server.root_token,
-                                                                   "collectors")}
-        with (tmp_path / log).open("wb") as out:
-            return subprocess.Popen([sys.executable, "-m", "services.collectors.worker"], cwd=REPO, env=worker_env,
-                                    stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        return celery.start("services.collectors.worker", log)
 
     page = f"/celery/{uuid.uuid4().hex[:6]}.html"
     url = http_fixture.serve(page, BLOG.read_bytes(), delay_s=2.0)  # slow enough to be killed mid-task
@@ -105,36 +81,19 @@ def test_worker_killed_mid_task_completes_exactly_once(
 def test_beat_polls_configured_feeds_through_the_worker(
         openbao_server: OpenBao, redis_server: Redis, postgres_server: Postgres, falkordb_server: FalkorDB,
         http_fixture: HttpFixture, tmp_path: Path) -> None:
-    secrets = {
-        "redis": {"url": redis_server.url.rsplit("/", 1)[0] + "/3"},  # its own queue, apart from other tests
-        "postgres": {"dsn": postgres_server.dsn},
-        "falkordb": {"host": falkordb_server.host, "port": str(falkordb_server.port),
-                     "password": falkordb_server.password},
-    }
-    role_id, _ = seed_fleet(openbao_server.addr, openbao_server.root_token, ["collectors"], secrets,
-                            {"collectors": sorted(secrets)})["collectors"]
-    migrate(postgres_server.dsn)
     feed = f"/beat/{uuid.uuid4().hex[:6]}.rss"
     url = http_fixture.serve(feed, (REPO / "services/collectors/tests/data/feed.rss").read_bytes(),
                              "application/rss+xml")
-    env = {
-        **os.environ, "BEV_DATA_DIR": str(tmp_path), "BEV_VAULT__ADDR": openbao_server.addr,
-        "BEV_VAULT__ROLE_ID": role_id, "BEV_COLLECTORS__CELERY__POOL": "solo",
-        "BEV_COLLECTORS__FETCH__ALLOW_RANGES": '["127.0.0.0/8"]', "BEV_COLLECTORS__FETCH__TOR_SOCKS_URL": "",
-        "BEV_COLLECTORS__GRAPH__NAME": f"beat-{uuid.uuid4().hex[:8]}",
-        "BEV_COLLECTORS__FEEDS": f'[{{"name": "cert-example", "url": "{url}", "interval_s": 2}}]',
-    }
-    env.pop("BEV_VAULT__TOKEN", None)
+    celery = celery_processes(
+        openbao_server, redis_server.url.rsplit("/", 1)[0] + "/3", postgres_server, falkordb_server, tmp_path,
+        BEV_COLLECTORS__CELERY__POOL="solo", BEV_COLLECTORS__GRAPH__NAME=f"beat-{uuid.uuid4().hex[:8]}",
+        BEV_COLLECTORS__FEEDS=f'[{{"name": "cert-example", "url": "{url}", "interval_s": 2}}]')
     with psycopg.connect(postgres_server.dsn) as conn:
         before = conn.execute("select count(*) from collectors.task_runs").fetchone()
     processes = []
     try:
         for module in ("services.collectors.worker", "services.collectors.beat"):
-            secret_id = new_secret_id(openbao_server.addr, openbao_server.root_token, "collectors")
-            with (tmp_path / f"{module}.log").open("wb") as out:
-                processes.append(subprocess.Popen(
-                    [sys.executable, "-m", module], cwd=REPO, env={**env, "BEV_VAULT__SECRET_ID": secret_id},
-                    stdout=out, stderr=subprocess.STDOUT, start_new_session=True))
+            processes.append(celery.start(module, f"{module}.log"))
         _wait(lambda: len(http_fixture.peers(feed)) >= 2, 60, "two polls of the feed")
     finally:
         for process in processes:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 import uuid
 from dataclasses import asdict
@@ -19,13 +18,12 @@ import pytest
 import redis
 from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
 
-from bev.engines import FalkorDB, OpenBao, Postgres, Redis, free_port, new_secret_id, seed_fleet
+from bev.engines import FalkorDB, OpenBao, Postgres, Redis, free_port
 from services.collectors.celery_process import CeleryQueueDepth
 from services.collectors.graph import THREAT_KINDS, CypherGraphStore, EntityRow
-from services.collectors.observations import migrate
 from services.collectors.settings import CeleryConfig, CollectorsConfig, Settings
 from services.collectors.tasks import COLLECT_TASK, CollectJob, create_app
-from services.collectors.testing import HttpFixture
+from services.collectors.testing import HttpFixture, celery_processes
 
 REPO = Path(__file__).resolve().parents[3]
 DATA = REPO / "services" / "collectors" / "tests" / "data"
@@ -117,39 +115,21 @@ def _value(text: str, sample: str) -> float | None:
 def test_worker_and_beat_serve_metrics_with_their_childrens_counts(
         openbao_server: OpenBao, redis_server: Redis, postgres_server: Postgres, falkordb_server: FalkorDB,
         http_fixture: HttpFixture, tmp_path: Path) -> None:
-    secrets = {
-        "redis": {"url": redis_server.url.rsplit("/", 1)[0] + "/7"},  # its own queue, apart from other tests
-        "postgres": {"dsn": postgres_server.dsn},
-        "falkordb": {"host": falkordb_server.host, "port": str(falkordb_server.port),
-                     "password": falkordb_server.password},
-    }
-    role_id, _ = seed_fleet(openbao_server.addr, openbao_server.root_token, ["collectors"], secrets,
-                            {"collectors": sorted(secrets)})["collectors"]
-    migrate(postgres_server.dsn)
     base = f"/taxii2/api1/collections/{uuid.uuid4()}"
     http_fixture.serve(f"{base}/objects/", (DATA / "taxii-page1.json").read_bytes(), TAXII)
     http_fixture.serve(f"{base}/objects/?next=page-2", (DATA / "taxii-page2.json").read_bytes(), TAXII)
-    env = {
-        **os.environ, "BEV_DATA_DIR": str(tmp_path), "BEV_VAULT__ADDR": openbao_server.addr,
-        "BEV_VAULT__ROLE_ID": role_id, "BEV_COLLECTORS__CELERY__POOL": "prefork",
-        "BEV_COLLECTORS__CELERY__CONCURRENCY": "1",
-        "BEV_COLLECTORS__FETCH__ALLOW_RANGES": '["127.0.0.0/8"]', "BEV_COLLECTORS__FETCH__TOR_SOCKS_URL": "",
-        "BEV_COLLECTORS__GRAPH__NAME": f"metrics-{uuid.uuid4().hex[:8]}", "BEV_TELEMETRY__LOG_JSON": "false",
-    }
-    env.pop("BEV_VAULT__TOKEN", None)
     temp = tmp_path / "tmp"  # where the worker keeps its children's metric files while it runs
     temp.mkdir()
-    env["TMPDIR"] = str(temp)
+    celery = celery_processes(
+        openbao_server, redis_server.url.rsplit("/", 1)[0] + "/7", postgres_server, falkordb_server, tmp_path,
+        BEV_COLLECTORS__CELERY__POOL="prefork", BEV_COLLECTORS__CELERY__CONCURRENCY="1",
+        BEV_COLLECTORS__GRAPH__NAME=f"metrics-{uuid.uuid4().hex[:8]}", TMPDIR=str(temp))
+    secrets = celery.secrets
     ports = {"services.collectors.worker": free_port(), "services.collectors.beat": free_port()}
     processes: list[subprocess.Popen[bytes]] = []
     try:
         for module, port in ports.items():
-            secret_id = new_secret_id(openbao_server.addr, openbao_server.root_token, "collectors")
-            with (tmp_path / f"{module}.log").open("wb") as out:
-                processes.append(subprocess.Popen(
-                    [sys.executable, "-m", module], cwd=REPO, stdout=out, stderr=subprocess.STDOUT,
-                    env={**env, "BEV_VAULT__SECRET_ID": secret_id, "BEV_TELEMETRY__METRICS_PORT": str(port)},
-                    start_new_session=True))
+            processes.append(celery.start(module, f"{module}.log", BEV_TELEMETRY__METRICS_PORT=str(port)))
         app = create_app(Settings(), lambda name: secrets[name])
         job = CollectJob("taxii", "url", http_fixture.url(base + "/"))
         outcome = app.send_task(COLLECT_TASK, args=[asdict(job)]).get(timeout=90)  # run in a prefork child
