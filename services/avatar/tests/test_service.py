@@ -1,6 +1,6 @@
 """The avatar service over NATS beside the real swarm: it follows the events the swarm's own emitter
 publishes on JetStream (bev.events.investigation.<id>.<kind>), streams each change, answers only
-callers the swarm lets see the investigation, and speaks."""
+callers the swarm lets see the investigation (its access cache counting hits and misses), and speaks."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 
 import pytest
 import pytest_asyncio
+from prometheus_client import REGISTRY
 
 from bev.avatar.v1 import avatar_pb2
 from bev.common.v1 import common_pb2
@@ -220,3 +221,24 @@ async def test_health_reports_the_subscription_and_speech(stack: AvatarBesideSwa
     health = await stack.client.Health(common_pb2.HealthRequest())
     assert health.status == common_pb2.HealthResponse.STATUS_SERVING
     assert {check.name: check.ok for check in health.checks} == {"events": True, "speech": True}
+
+
+def cache_lookups(result: str) -> float:
+    return REGISTRY.get_sample_value("bev_cache_requests_total", {"cache": "avatar_access", "result": result}) or 0.0
+
+
+@pytest.mark.asyncio(loop_scope="session")
+async def test_access_checks_count_hits_and_misses(stack: AvatarBesideSwarm) -> None:
+    """The swarm's yes is trusted for access_cache_s: bev_cache_requests_total{cache="avatar_access"}
+    counts the lookups it answered (hits) and those it asked the swarm (misses), and the hit rate."""
+    request = avatar_pb2.GetStateRequest(investigation_id=await stack.investigation())
+    hits, misses = cache_lookups("hit"), cache_lookups("miss")
+    await stack.client.GetState(request)  # asks the swarm
+    await stack.client.GetState(request)  # the swarm's yes, cached
+    await stack.client.GetState(request)
+    assert (cache_lookups("hit") - hits, cache_lookups("miss") - misses) == (2, 1)
+    await asyncio.sleep(CONFIG.access_cache_s + 0.1)
+    await stack.client.GetState(request)  # expired: asks again
+    assert (cache_lookups("hit") - hits, cache_lookups("miss") - misses) == (2, 2)
+    rate = REGISTRY.get_sample_value("bev_cache_hit_rate", {"cache": "avatar_access"})
+    assert rate == cache_lookups("hit") / (cache_lookups("hit") + cache_lookups("miss"))
