@@ -8,6 +8,7 @@ calls, as its entry in deploy/manifest.yaml declares them (`Manifest.callees`).
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections.abc import Iterable
 
 import nats
@@ -63,7 +64,35 @@ class BusUnavailable(Exception):
     """NATS could not be reached at start; str() is one line naming the address and the cause."""
 
 
+def nats_tls_context(settings: NatsSettings) -> ssl.SSLContext | None:
+    """The client side of NATS TLS: the servers' CA, and this client's certificate if it has one.
+
+    None when settings.tls_ca_file is empty (plaintext, the one-machine fleet). A file that cannot
+    be read raises BusUnavailable with one line naming it.
+    """
+    if not settings.tls_ca_file:
+        return None
+    path, env = settings.tls_ca_file, "BEV_NATS__TLS_CA_FILE"
+    try:
+        context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=settings.tls_ca_file)
+        if settings.tls_cert_file:
+            path = f"{settings.tls_cert_file} (key {settings.tls_key_file})"
+            env = "BEV_NATS__TLS_CERT_FILE and BEV_NATS__TLS_KEY_FILE"
+            context.load_cert_chain(settings.tls_cert_file, settings.tls_key_file or None)
+    except OSError as exc:  # ssl.SSLError too: a file that is there but holds no usable PEM
+        raise BusUnavailable(
+            f"NATS TLS file {path} is unusable ({type(exc).__name__}: {exc}); fix {env}"
+        ) from exc
+    return context
+
+
+def nats_servers(url: str) -> list[str]:
+    """The server URLs in settings.nats.url: one, or a cluster's separated by commas."""
+    return [part.strip() for part in url.split(",") if part.strip()]
+
+
 async def connect_nats(settings: NatsSettings, name: str, user: str = "", password: str = "") -> NatsClient:
+    tls = nats_tls_context(settings)
     last_error: list[BaseException] = []
 
     async def on_error(exc: Exception) -> None:
@@ -83,8 +112,9 @@ async def connect_nats(settings: NatsSettings, name: str, user: str = "", passwo
     try:
         nc = await asyncio.wait_for(
             nats.connect(
-                settings.url,
+                nats_servers(settings.url),
                 name=name,
+                tls=tls,
                 user=user or settings.user or None,
                 password=password or settings.password or None,
                 error_cb=on_error,

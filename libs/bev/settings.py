@@ -18,12 +18,27 @@ PLACEHOLDER_SECRETS = {"", "changeme", "change-me", "dev", "devtoken", "root", "
 
 
 class NatsSettings(BaseModel):
+    # One URL, or a cluster's URLs separated by commas (the client tries them all).
     url: str = "nats://127.0.0.1:4222"
     # Credentials come from Vault (secret `nats`) unless set here for a dev run.
     user: str = ""
     password: str = ""
     # How long a starting process keeps trying before it exits with one clear line.
     connect_timeout_s: float = 15.0
+    # TLS to NATS (a cluster's client port): PEM files of the CA that signed the servers'
+    # certificates and of this client's own certificate and key (servers with `verify` want one).
+    # TLS is on when tls_ca_file is set.
+    tls_ca_file: str = ""
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
+
+    @model_validator(mode="after")
+    def _tls_files_fit(self) -> NatsSettings:
+        if bool(self.tls_cert_file) != bool(self.tls_key_file):
+            raise ValueError("set both nats tls_cert_file and tls_key_file, or neither")
+        if self.tls_cert_file and not self.tls_ca_file:
+            raise ValueError("nats tls_cert_file needs tls_ca_file (the CA of the servers' certificates)")
+        return self
 
 
 class VaultSettings(BaseModel):

@@ -12,7 +12,7 @@ and stdout into `log_path`, and polls `healthy()`.
 """
 
 from bev.engines._base import Engine, EngineStartError, free_port
-from bev.engines.nats_server import NatsServer, NatsUser
+from bev.engines.nats_server import NatsCluster, NatsServer, NatsTls, NatsUser
 from bev.engines.openbao import OpenBao
 from bev.engines.postgres import Postgres
 from bev.engines.redis_server import FalkorDB, Redis
@@ -22,7 +22,9 @@ __all__ = [
     "Engine",
     "EngineStartError",
     "FalkorDB",
+    "NatsCluster",
     "NatsServer",
+    "NatsTls",
     "NatsUser",
     "OpenBao",
     "Postgres",

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
+from urllib.parse import quote
 
 from bev.engines._base import Engine, EngineStartError, free_port, http_get, url_host
 
@@ -60,8 +62,54 @@ def authorization_block(operator: str, operator_password: str, users: Sequence[N
     return "authorization { users: [\n  " + ",\n  ".join(lines) + "\n] }\n"
 
 
+@dataclass(frozen=True)
+class NatsTls:
+    """PEM files for a NATS TLS listener (clients or routes).
+
+    `verify`: the other side must present a certificate signed by `ca_file` (mutual TLS); the
+    CA also verifies the certificates of the peers this server dials (routes).
+    """
+
+    ca_file: Path
+    cert_file: Path
+    key_file: Path
+    verify: bool = True
+
+    def block(self) -> str:
+        """The `tls { ... }` config block."""
+        verify = "true" if self.verify else "false"
+        return (
+            f"tls {{ cert_file: {_quote(str(self.cert_file))}, key_file: {_quote(str(self.key_file))}, "
+            f"ca_file: {_quote(str(self.ca_file))}, verify: {verify}, timeout: 5 }}"
+        )
+
+
+@dataclass(frozen=True)
+class NatsCluster:
+    """Routes to the other servers of a NATS cluster (JetStream then replicates across them).
+
+    `routes`: every server's route address as "host:port"; this server's own may be among them
+    (nats-server recognises and skips itself), so all nodes can be given the same list. `user`
+    and `password` authenticate routes (both, or neither); `tls` encrypts them and, with
+    `verify`, admits only servers holding a certificate from its CA. `host` is where the route
+    port listens (default: the server's client host).
+    """
+
+    name: str
+    port: int
+    routes: list[str]
+    user: str = ""
+    password: str = ""
+    tls: NatsTls | None = None
+    host: str = ""
+
+    def route_urls(self) -> list[str]:
+        auth = f"{quote(self.user, safe='')}:{quote(self.password, safe='')}@" if self.user else ""
+        return [f"nats-route://{auth}{route}" for route in self.routes]
+
+
 class NatsServer(Engine):
-    """A single NATS server with JetStream storing under data_dir/jetstream.
+    """A NATS server with JetStream storing under data_dir/jetstream; alone, or one node of a cluster.
 
     Settings live in a config file (data_dir/nats.conf, mode 0600) because max_payload and the
     password cannot, or should not, be passed on the command line.
@@ -80,22 +128,42 @@ class NatsServer(Engine):
         monitor_port: int = 0,
         max_payload: int = MAX_PAYLOAD,
         users: Sequence[NatsUser] = (),
+        server_name: str = "",
+        cluster: NatsCluster | None = None,
+        tls: NatsTls | None = None,
+        sync_always: bool = False,
     ) -> None:
         if (user is None) != (password is None):
             raise ValueError("NatsServer needs both user and password, or neither")
         if users and user is None:
             raise ValueError("NatsServer with limited users needs an unlimited user too (the operator's)")
+        if cluster is not None and bool(cluster.user) != bool(cluster.password):
+            raise ValueError("NatsCluster needs both user and password, or neither")
         self.users = list(users)
         super().__init__(data_dir, port, host)
         self.user = user
         self.password = password
         self.monitor_port = monitor_port or free_port(host)
         self.max_payload = max_payload
+        if cluster is not None:
+            cluster_host = cluster.host or host
+            cluster = dataclasses.replace(
+                cluster, host=cluster_host, port=cluster.port or free_port(cluster_host)
+            )
+        self.cluster = cluster
+        # Clustered JetStream tells its peers apart by server name, which must stay the same
+        # across restarts; a lone server keeps nats-server's own default (its random id).
+        self.server_name = server_name or (f"{host}:{self.port}" if cluster else "")
+        self.tls = tls
+        # fsync every JetStream write before the ack (production's setting): otherwise the ack
+        # means in memory on a quorum, written out within nats-server's default two minutes.
+        self.sync_always = sync_always
 
     @property
     def url(self) -> str:
         """Client URL without credentials (pass `user`/`password` to the client separately)."""
-        return f"nats://{url_host(self.host)}:{self.port}"
+        scheme = "tls" if self.tls is not None else "nats"
+        return f"{scheme}://{url_host(self.host)}:{self.port}"
 
     @property
     def monitor_url(self) -> str:
@@ -110,19 +178,41 @@ class NatsServer(Engine):
         return self.data_dir / "jetstream"
 
     def ports(self) -> list[int]:
-        return [self.port, self.monitor_port]
+        cluster = [self.cluster.port] if self.cluster is not None else []
+        return [self.port, self.monitor_port, *cluster]
 
     def config(self) -> str:
         """The server configuration file's text."""
+        sync = ", sync_interval: always" if self.sync_always else ""
         lines = [
+            *([f"server_name: {_quote(self.server_name)}"] if self.server_name else []),
             f"listen: {_quote(f'{self.host}:{self.port}')}",
             f"http: {_quote(f'{self.host}:{self.monitor_port}')}",
             f"max_payload: {self.max_payload}",
-            f"jetstream {{ store_dir: {_quote(str(self.store_dir))} }}",
+            f"jetstream {{ store_dir: {_quote(str(self.store_dir))}{sync} }}",
         ]
+        if self.tls is not None:
+            lines.append(self.tls.block())
+        if self.cluster is not None:
+            lines.append(self._cluster_block(self.cluster))
         if self.user is not None and self.password is not None:
             lines.append(authorization_block(self.user, self.password, self.users))
         return "\n".join(lines).rstrip("\n") + "\n"
+
+    @staticmethod
+    def _cluster_block(cluster: NatsCluster) -> str:
+        lines = [
+            f"  name: {_quote(cluster.name)}",
+            f"  listen: {_quote(f'{cluster.host}:{cluster.port}')}",
+            "  routes: [" + ", ".join(_quote(url) for url in cluster.route_urls()) + "]",
+        ]
+        if cluster.user:
+            lines.append(
+                f"  authorization {{ user: {_quote(cluster.user)}, password: {_quote(cluster.password)} }}"
+            )
+        if cluster.tls is not None:
+            lines.append("  " + cluster.tls.block())
+        return "cluster {\n" + "\n".join(lines) + "\n}"
 
     def prepare(self) -> None:
         super().prepare()
