@@ -6,7 +6,9 @@ import asyncio
 import contextlib
 import json
 import os
+import signal
 import sys
+import threading
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from pathlib import Path
@@ -34,7 +36,8 @@ EXIT_CODES = ("Exit codes: 0 done; 1 it could not be done (the fleet, a service,
 
 app = typer.Typer(help="BEV: self-hosted OSINT and threat-intelligence research fleet.", epilog=EXIT_CODES,
                   no_args_is_help=True)
-deploy_app = typer.Typer(help="Deployment files generated from deploy/manifest.yaml.", no_args_is_help=True)
+deploy_app = typer.Typer(help="Deployment: the files generated from deploy/manifest.yaml; start or stop a node.",
+                         no_args_is_help=True)
 app.add_typer(deploy_app, name="deploy")
 investigations_app = typer.Typer(help="Investigations: list, show, cancel (start one with `bev investigate`).",
                                  no_args_is_help=True)
@@ -47,6 +50,9 @@ import_app = typer.Typer(help="Import reference data into the knowledge graph.",
 app.add_typer(import_app, name="import")
 ops_app = typer.Typer(help="Operations: ask the fleet's assistant, answered from live figures.", no_args_is_help=True)
 app.add_typer(ops_app, name="ops")
+lab_app = typer.Typer(help="The three-node fleet on this machine, one Linux network namespace per node (root).",
+                      no_args_is_help=True)
+app.add_typer(lab_app, name="lab")
 
 DataDir = Annotated[Path | None, typer.Option("--data-dir", help="State directory (default: $BEV_DATA_DIR or .bev)")]
 
@@ -80,8 +86,11 @@ def up(
     free_ports: Annotated[bool, typer.Option("--free-ports", help="Pick free ports instead of the manifest's")] = False,
     only: Annotated[list[str] | None, typer.Option("--only", help="Run only these services (repeatable)")] = None,
     health_timeout: Annotated[float, typer.Option(help="Seconds to wait for every service to be healthy")] = 180.0,
+    cluster: Annotated[Path | None, typer.Option(help="This node's cluster file (with --node): the other nodes' "
+                                                      "addresses, NATS credentials, TLS; see bev.cluster")] = None,
 ) -> None:
     """Start the fleet on this machine: embedded engines, then every service. Ctrl-C stops it."""
+    from bev.cluster import ClusterError, ClusterSpec
     from bev.engines import EngineStartError
     from bev.manifest import ManifestError, load_manifest
     from bev.secrets import SecretsUnavailable
@@ -91,9 +100,10 @@ def up(
     settings = _settings(data_dir)
     configure_logging("supervisor", TelemetrySettings(log_json=False))
     try:
-        plan = FleetPlan.from_manifest(load_manifest(), settings.data_dir, node, free_ports, only)
+        spec = ClusterSpec.load(cluster) if cluster is not None else None
+        plan = FleetPlan.from_manifest(load_manifest(), settings.data_dir, node, free_ports, only, spec)
         asyncio.run(Supervisor(plan, settings, health_timeout).run())
-    except (ManifestError, EngineStartError, FleetStartError, SecretsUnavailable) as exc:
+    except (ManifestError, EngineStartError, FleetStartError, SecretsUnavailable, ClusterError) as exc:
         raise _fail(str(exc)) from None
 
 
@@ -107,7 +117,7 @@ async def _connect(data_dir: Path) -> NatsClient:
     nats_settings = settings.nats
     if "BEV_NATS__URL" not in os.environ:
         fleet = read_fleet_file(data_dir)
-        nats_settings = NatsSettings(url=fleet["nats"]["url"], user=fleet["nats"]["user"], password=fleet["nats"]["password"])
+        nats_settings = NatsSettings.model_validate(fleet["nats"])  # url, credentials, TLS files
     return await connect_nats(nats_settings.model_copy(update={"connect_timeout_s": 5.0}), "bev-cli")
 
 
@@ -1148,5 +1158,102 @@ def deploy_render() -> None:
     raise typer.Exit(render([]))
 
 
+NodeArg = Annotated[str, typer.Argument(help="The manifest node this machine is: thanos, starlord or oracle1")]
+
+
+@deploy_app.command("up")
+def deploy_up(
+    node: NodeArg,
+    build: Annotated[bool, typer.Option("--build/--no-build", help="Build the BEV images first")] = True,
+    health_timeout: Annotated[float, typer.Option(help="Seconds to wait for every container to be healthy")] = 600.0,
+) -> None:
+    """Start this node's share of the fleet (`make deploy-<node>`; run it on the node). Checks Docker,
+    Compose v2 and Tailscale, reads the role ids from the operator's Vault ($BEV_VAULT__ADDR, default the
+    manifest's; $BEV_VAULT__TOKEN), builds and pulls, hands each container a fresh single-use secret id
+    through `docker compose up -d`'s environment (never a file), waits until every container is healthy
+    and prints the node's `bev status`."""
+    from bev.compose.deploy_node import DeployError, NodeDeployment
+    from bev.telemetry import configure_logging
+
+    # The bus client's per-attempt warnings would bury the one line that says why status is missing.
+    configure_logging("bev-deploy", TelemetrySettings(log_json=False, log_level="ERROR"))
+    try:
+        report = NodeDeployment(node).up(build=build, health_timeout_s=health_timeout)
+    except DeployError as exc:
+        raise _fail(str(exc)) from None
+    console = Console() if Console().is_terminal else Console(width=160)
+    if report.instances is None:
+        print(f"bev status unavailable: {report.status_error}; the containers' health from Docker instead:")
+        table = Table(title=f"bev-{node} containers")
+        for column in ("container", "state", "health"):
+            table.add_column(column, no_wrap=True)
+        for c in report.containers:
+            table.add_row(c.name, c.state, c.health or "-")
+        console.print(table)
+        return
+    table = Table(title=f"BEV on {node}")
+    for column in ("service", "instance", "state", "uptime", "rpc/s (1m)", "requests", "errors", "grpc"):
+        table.add_column(column, no_wrap=True)
+    for i in report.instances:
+        style = {"serving": "green", "degraded": "yellow"}.get(i.state, "red")
+        table.add_row(i.service, i.instance, f"[{style}]{i.state}[/{style}]", _duration(i.uptime_s),
+                      f"{i.rpc_rate:.2f}", str(i.requests), str(i.errors), i.grpc_address)
+    console.print(table)
+    if report.missing:
+        console.print(f"[red]not on the bus yet: {', '.join(report.missing)}[/red]")
+
+
+@deploy_app.command("down")
+def deploy_down(node: NodeArg) -> None:
+    """Stop this node's share of the fleet (`make undeploy-<node>`): `docker compose down`; volumes are kept."""
+    from bev.compose.deploy_node import DeployError, NodeDeployment
+
+    try:
+        NodeDeployment(node).down()
+    except DeployError as exc:
+        raise _fail(str(exc)) from None
+
+
 if __name__ == "__main__":
     app()
+
+
+LabDir = Annotated[Path, typer.Option("--dir", help="The lab's state: per-node data, logs, certificates")]
+
+
+@lab_app.command("up")
+def lab_up(lab_dir: LabDir = Path(".bev-lab")) -> None:
+    """Namespaces, a NATS cluster over TLS, and `bev up --node` in each; Ctrl-C takes it all down."""
+    from bev.lab import Lab, LabError
+    from bev.manifest import ManifestError, load_manifest
+    from bev.secrets import SecretsUnavailable
+
+    try:
+        lab = Lab(load_manifest(), lab_dir)
+    except (ManifestError, LabError) as exc:
+        raise _fail(str(exc)) from None
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        lab.up()
+        for node in lab.nodes:
+            print(f"bev lab: {node:<9} {lab.address(node):<15} netns {lab.network.netns(node):<16} "
+                  f"log {lab.log_path(node)}")
+        print(f"bev lab: gateway {lab.fleet(lab.vault_node).get('gateway', '-')}; "
+              f"`bev status --data-dir {lab.data_dir(lab.vault_node)}`; Ctrl-C stops", flush=True)
+        stop.wait()
+    except KeyboardInterrupt:
+        pass
+    except (LabError, SecretsUnavailable) as exc:
+        raise _fail(str(exc)) from None
+    finally:
+        lab.down()
+
+
+@lab_app.command("down")
+def lab_down(lab_dir: LabDir = Path(".bev-lab")) -> None:
+    """Remove a lab's namespaces and links (after a crash; `bev lab up` cleans up on Ctrl-C itself)."""
+    from bev.lab import Lab
+    from bev.manifest import load_manifest
+
+    Lab(load_manifest(), lab_dir).down()

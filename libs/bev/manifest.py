@@ -144,6 +144,13 @@ class ServiceSpec(_Spec):
             ports["http"] = self.http_port
         return ports
 
+    def replica_names(self) -> list[str]:
+        """Its processes on one node: the service's name, or `<service>-<n>` (1-based) for each of
+        several replicas (the compose files' container names, the local supervisor's processes)."""
+        if self.replicas == 1:
+            return [self.name]
+        return [f"{self.name}-{replica + 1}" for replica in range(self.replicas)]
+
     def replica_ports(self, replica: int) -> dict[str, int]:
         """Host ports published by replica `replica` (0-based) on each of the service's nodes."""
         if not 0 <= replica < self.replicas:

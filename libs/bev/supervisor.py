@@ -19,6 +19,7 @@ import secrets
 import signal
 import sys
 import time
+from collections import Counter
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,11 +30,14 @@ from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 
 from bev.bus import connect_nats
+from bev.cluster import ClusterSpec
 from bev.engines import (
     Engine,
     EngineStartError,
     FalkorDB,
+    NatsCluster,
     NatsServer,
+    NatsTls,
     NatsUser,
     OpenBao,
     Postgres,
@@ -44,6 +48,7 @@ from bev.engines import (
 )
 from bev.engines._base import client_host, open_private_log, port_in_use
 from bev.engines.prometheus import Alertmanager, Prometheus
+from bev.engines.vault_seed import read_role_id
 from bev.fleet import discover
 from bev.manifest import Manifest, ServiceSpec, WorkerSpec
 from bev.secrets import SecretsUnavailable
@@ -78,17 +83,29 @@ class FleetPlan:
     node: str  # manifest node name, or "local" for the whole fleet on one machine
     engine_ports: dict[str, int]
     services: list[ServiceSpec]
+    # Ports of each service process: by service name, or `<service>-<n>` when the manifest asks
+    # for several replicas per node (ServiceSpec.replica_names; replica k at port + 100*k).
     service_ports: dict[str, dict[str, int]]
     nats_monitor_port: int = 0
     # Non-RPC processes of the planned services (Celery worker and beat), as (service, worker).
     workers: list[tuple[ServiceSpec, WorkerSpec]] = field(default_factory=list)
     worker_metrics_ports: dict[str, int] = field(default_factory=dict)  # "<service>-<worker>" -> port
+    # One node of a multi-node fleet (`bev up --node N --cluster FILE`): the other nodes' addresses,
+    # the shared NATS credentials, TLS. None: everything the plan names runs on this machine.
+    cluster: ClusterSpec | None = None
+
+    @property
+    def host(self) -> str:
+        """The address engines and services listen on: the node's own on a multi-node fleet."""
+        return self.cluster.address if self.cluster is not None else "127.0.0.1"
 
     @classmethod
     def from_manifest(
         cls, manifest: Manifest, data_dir: Path, node: str | None = None, free_ports: bool = False,
-        only: list[str] | None = None,
+        only: list[str] | None = None, cluster: ClusterSpec | None = None,
     ) -> FleetPlan:
+        if cluster is not None and cluster.node != node:
+            raise FleetStartError(f"the cluster file is node {cluster.node!r}'s; run it with --node {cluster.node}")
         # --free-ports: each pick is free now, but two picks may land on the same port (one fleet has
         # ~30); a port the plan already holds is picked again (CI saw Redis and a /metrics collide).
         # `span` ports from the pick are held: OpenBao also binds its port + 1 (raft's cluster
@@ -112,13 +129,15 @@ class FleetPlan:
         engines = {e.name: e for e in manifest.engines_on(node) if e.name in used}
         engine_ports = {name: pick(engines[name].port, ENGINE_PORT_SPAN.get(name, 1))
                         for name in ENGINE_ORDER if name in engines}
-        service_ports = {s.name: {role: pick(port) for role, port in s.ports().items()} for s in services}
+        service_ports = {name: {role: pick(port) for role, port in s.replica_ports(k).items()}
+                         for s in services for k, name in enumerate(s.replica_names())}
         workers = [(s, w) for s in services for w in s.workers_on(node)]
         worker_metrics_ports = {
             f"{s.name}-{w.name}": pick(w.metrics_port) for s, w in workers if w.metrics_port is not None
         }
         return cls(manifest, data_dir.absolute(), node or "local", engine_ports, services, service_ports,
-                   nats_monitor_port=pick(8222), workers=workers, worker_metrics_ports=worker_metrics_ports)
+                   nats_monitor_port=pick(8222), workers=workers, worker_metrics_ports=worker_metrics_ports,
+                   cluster=cluster)
 
 
 @dataclass
@@ -147,50 +166,105 @@ class Supervisor:
         self.nc: NatsClient | None = None
         self.stopping = False
         self._nats_user = "bev"  # the supervisor's and operator's user: not limited
-        self._nats_password = secrets.token_urlsafe(24)
-        self._service_nats_passwords: dict[str, str] = {}
+        cluster = plan.cluster
+        # On a multi-node fleet every NATS server authorises the same users: their passwords come from
+        # the cluster file, and every service's (not only this node's) is in this node's server.
+        self._nats_password = cluster.nats_operator_password if cluster else secrets.token_urlsafe(24)
+        self._service_nats_passwords: dict[str, str] = dict(cluster.nats_service_passwords) if cluster else {}
         self._engine_watchers: list[asyncio.Task[None]] = []
 
     # --- engines -------------------------------------------------------------------------------
 
     def _make_engine(self, name: str, port: int) -> Engine:
-        d = self.plan.data_dir
+        d, host = self.plan.data_dir, self.plan.host
         match name:
             case "vault":
-                return OpenBao(d / "openbao", port)
+                return OpenBao(d / "openbao", port, host)
             case "nats":
-                return NatsServer(d / "nats", port, user=self._nats_user, password=self._nats_password,
-                                  monitor_port=self.plan.nats_monitor_port, users=self._service_nats_users())
+                return NatsServer(d / "nats", port, host, user=self._nats_user, password=self._nats_password,
+                                  monitor_port=self.plan.nats_monitor_port, users=self._service_nats_users(),
+                                  **self._nats_cluster_options())
             case "postgres":
-                return Postgres(d / "postgres", port)
+                return Postgres(d / "postgres", port, host)
             case "redis":
-                return Redis(d / "redis", port, password=self._stable_secret("redis"))
+                return Redis(d / "redis", port, host, password=self._stable_secret("redis"))
             case "falkordb":
-                return FalkorDB(d / "falkordb", port, password=self._stable_secret("falkordb"))
+                return FalkorDB(d / "falkordb", port, host, password=self._stable_secret("falkordb"))
             case "alertmanager":
-                return Alertmanager(d / "alertmanager", port, config_file=self._monitoring_config("alertmanager.yml"))
+                return Alertmanager(d / "alertmanager", port, host,
+                                    config_file=self._monitoring_config("alertmanager.yml"))
             case "prometheus":
                 am = self.engines.get("alertmanager")
                 metrics = self.settings.prometheus
-                return Prometheus(d / "prometheus", port, rule_files=[self._monitoring_config("rules", "*.yml")],
+                return Prometheus(d / "prometheus", port, host, rule_files=[self._monitoring_config("rules", "*.yml")],
                                   alertmanager=am.address if isinstance(am, Alertmanager) else "",
                                   scrape_interval_s=metrics.scrape_interval_s,
                                   evaluation_interval_s=metrics.evaluation_interval_s)
         raise FleetStartError(f"no embedded engine for {name!r}")
 
+    def _nats_services(self) -> list[str]:
+        """Whose NATS users this node's server holds (and whose AppRoles its Vault seeds): on a
+        multi-node fleet every service's, since a client may connect to any server of the cluster."""
+        if self.plan.cluster is not None:
+            return list(self.plan.manifest.service_names())
+        return [spec.name for spec in self.plan.services]
+
     def _service_nats_users(self) -> list[NatsUser]:
-        """One NATS user per planned service, limited to its subjects; passwords new at each start."""
+        """One NATS user per service, limited to its subjects; passwords new at each start (from the
+        cluster file on a multi-node fleet)."""
         return [
-            NatsUser(f"bev-{spec.name}", self._service_nats_passwords.setdefault(spec.name, secrets.token_urlsafe(24)),
-                     self.plan.manifest.nats_permissions(spec.name))
-            for spec in self.plan.services
+            NatsUser(f"bev-{name}", self._service_nats_passwords.setdefault(name, secrets.token_urlsafe(24)),
+                     self.plan.manifest.nats_permissions(name))
+            for name in self._nats_services()
         ]
+
+    def _nats_cluster_options(self) -> dict[str, Any]:
+        """NatsServer options of one node of the NATS cluster: routes to every NATS node (its own
+        address included; nats-server skips itself), TLS on clients and routes with certificates
+        required, fsync on every JetStream write as in production. Nothing on one machine."""
+        cluster = self.plan.cluster
+        if cluster is None:
+            return {}
+        tls = NatsTls(cluster.tls.ca_file, cluster.tls.cert_file, cluster.tls.key_file)
+        routes = [f"{cluster.addresses[n]}:{cluster.nats_cluster_port}"
+                  for n in self.plan.manifest.engines["nats"].nodes]
+        return {"server_name": cluster.node, "tls": tls, "sync_always": True,
+                "cluster": NatsCluster(name="bev", port=cluster.nats_cluster_port, routes=routes,
+                                       user="bev-route", password=cluster.nats_route_password, tls=tls)}
+
+    def _nats_settings(self) -> NatsSettings:
+        """How this node's processes reach its NATS server (with the node's client certificate)."""
+        settings = NatsSettings(url=self.nats.url)
+        cluster = self.plan.cluster
+        if cluster is not None:
+            settings = settings.model_copy(update={"tls_ca_file": str(cluster.tls.ca_file),
+                                                   "tls_cert_file": str(cluster.tls.cert_file),
+                                                   "tls_key_file": str(cluster.tls.key_file)})
+        return settings
 
     @property
     def vault(self) -> OpenBao:
         engine = self.engines["vault"]
         assert isinstance(engine, OpenBao)
         return engine
+
+    @property
+    def vault_addr(self) -> str:
+        """Vault: this node's OpenBao, or on a multi-node fleet's other nodes the Vault node's."""
+        if "vault" in self.engines or self.plan.cluster is None:
+            return self.vault.addr
+        return self.plan.cluster.vault_addr
+
+    @property
+    def vault_token(self) -> str:
+        """The token this supervisor mints secret ids with: the local OpenBao's root token, or on a
+        node without Vault the node token the operator gave it (BEV_VAULT__TOKEN; node_policy)."""
+        if "vault" in self.engines or self.plan.cluster is None:
+            return self.vault.root_token
+        if not self.settings.vault.token:
+            raise FleetStartError(f"node {self.plan.node!r} runs no Vault: set BEV_VAULT__TOKEN to its node token "
+                                  f"(it mints the node's services' secret ids at {self.vault_addr})")
+        return self.settings.vault.token
 
     @property
     def nats(self) -> NatsServer:
@@ -219,7 +293,8 @@ class Supervisor:
         """Every secret the planned services read, by the names the manifest gives them."""
         manifest = self.plan.manifest
         out: dict[str, dict[str, str]] = {}
-        for service, password in self._service_nats_passwords.items():
+        for service in self._nats_services():
+            password = self._service_nats_passwords[service]
             out[manifest.services[service].nats_secret()] = {"user": f"bev-{service}", "password": password}
         for name, engine in self.engines.items():
             secret = manifest.engines[name].secret
@@ -231,7 +306,7 @@ class Supervisor:
                 out[secret] = {"host": engine.host, "port": str(engine.port), "password": engine.password}
             elif isinstance(engine, Redis):
                 out[secret] = {"url": engine.url}
-        if "gateway" in self._service_nats_passwords:
+        if "gateway" in self._nats_services():
             # The pepper API keys are stored under, and the admin key `bev` and the quick start use
             # (run/fleet.json's api_key); both survive restarts of the same data dir, as the keys do.
             out["gateway"] = {"pepper": self._stable_secret("gateway-pepper"), "bootstrap_key": self.api_key}
@@ -245,7 +320,8 @@ class Supervisor:
         return f"{PREFIX}{BOOTSTRAP_ID}_{self._stable_secret('api-key')}"
 
     async def start_engines(self) -> None:
-        missing = [name for name in ("vault", "nats") if name not in self.plan.engine_ports]
+        needed = ("nats",) if self.plan.cluster is not None else ("vault", "nats")
+        missing = [name for name in needed if name not in self.plan.engine_ports]
         if missing:
             raise FleetStartError(
                 f"the manifest places no {' or '.join(missing)} on node {self.plan.node!r}; the one-machine "
@@ -266,18 +342,13 @@ class Supervisor:
         as on ORACLE1: job = the service, node, and for BEV processes process = the supervised child's
         name (deploy/oracle1/rules/ tell services from engines by it). A process that
         is down stays listed: its failed scrapes (`up == 0`) are how monitoring sees it is down."""
+        cluster = self.plan.cluster
+        if cluster is None:
+            groups = _process_targets(self.plan, client_host(self.settings.telemetry.metrics_host))
+        else:  # Prometheus on the monitoring node scrapes every node's processes, at the manifest's ports
+            groups = [group for node in self.plan.manifest.nodes for group in _process_targets(
+                FleetPlan.from_manifest(self.plan.manifest, self.plan.data_dir, node), cluster.addresses[node])]
         node = self.plan.node
-        host = client_host(self.settings.telemetry.metrics_host)
-        groups: list[dict[str, Any]] = [
-            {"targets": [f"{host}:{self.plan.service_ports[s.name]['metrics']}"],
-             "labels": {"job": s.name, "node": node, "process": s.name}}
-            for s in self.plan.services
-        ]
-        for spec, worker in self.plan.workers:
-            name = f"{spec.name}-{worker.name}"
-            if name in self.plan.worker_metrics_ports:
-                groups.append({"targets": [f"{host}:{self.plan.worker_metrics_ports[name]}"],
-                               "labels": {"job": spec.name, "node": node, "process": name}})
         for name, engine in self.engines.items():
             if isinstance(engine, (Prometheus, Alertmanager)):
                 # No `process` label: the rules tell engines (EngineDown) from services (ServiceDown) by it.
@@ -319,15 +390,15 @@ class Supervisor:
 
     # --- services ------------------------------------------------------------------------------
 
-    def _service_env(self, spec: ServiceSpec, role_id: str, secret_id: str) -> dict[str, str]:
-        ports = self.plan.service_ports[spec.name]
+    def _service_env(self, spec: ServiceSpec, role_id: str, secret_id: str, process: str = "") -> dict[str, str]:
+        ports = self.plan.service_ports[process or spec.name]
         env = {
             **os.environ,
             **spec.env,
             "BEV_NODE": self.plan.node,
             "BEV_DATA_DIR": str(self.plan.data_dir),
             "BEV_NATS__URL": self.nats.url,
-            "BEV_VAULT__ADDR": self.vault.addr,
+            "BEV_VAULT__ADDR": self.vault_addr,
             "BEV_VAULT__ROLE_ID": role_id,
             "BEV_VAULT__SECRET_ID": secret_id,
             "BEV_RPC__GRPC_PORT": str(ports["grpc"]),
@@ -336,6 +407,16 @@ class Supervisor:
         }
         if "http" in ports:
             env[f"BEV_{spec.name.upper()}__PORT"] = str(ports["http"])
+        if self.plan.cluster is not None:
+            # Reachable from the other nodes (Prometheus on the monitoring node, gRPC clients, analysts),
+            # and the node's client certificate for its NATS server.
+            host = self.plan.host
+            env.update({"BEV_TELEMETRY__METRICS_HOST": host, "BEV_RPC__GRPC_HOST": host})
+            if "http" in ports:
+                env[f"BEV_{spec.name.upper()}__HOST"] = host
+            nats = self._nats_settings()
+            env.update({"BEV_NATS__TLS_CA_FILE": nats.tls_ca_file, "BEV_NATS__TLS_CERT_FILE": nats.tls_cert_file,
+                        "BEV_NATS__TLS_KEY_FILE": nats.tls_key_file})
         for name in spec.engines:  # monitoring: where Prometheus and Alertmanager answer
             engine = self.engines.get(name)
             if isinstance(engine, (Prometheus, Alertmanager)):
@@ -359,25 +440,47 @@ class Supervisor:
 
     async def start_services(self) -> None:
         names = [s.name for s in self.plan.services]
-        creds = await asyncio.to_thread(
-            seed_fleet, self.vault.addr, self.vault.root_token, names, self._fleet_secrets(),
-            {n: self.plan.manifest.secrets_of(n) for n in names},
-        )
+        if "vault" in self.engines:
+            seeded = self._nats_services()
+            creds = await asyncio.to_thread(
+                seed_fleet, self.vault.addr, self.vault.root_token, seeded, self._fleet_secrets(),
+                {n: self.plan.manifest.secrets_of(n) for n in seeded}, issue=names,
+            )
+        else:
+            creds = {name: await self._credentials_from_vault(name) for name in names}
         for spec in self.plan.services:
             role_id, secret_id = creds[spec.name]
-            child = Child(spec, self._service_env(spec, role_id, secret_id), self.log_dir / f"{spec.name}.log",
-                          module=f"services.{spec.name}")
-            self.children[spec.name] = child
-            await self._start_child(child)
+            for replica, name in enumerate(spec.replica_names()):
+                if replica:  # each replica logs in with a single-use secret id of its own
+                    secret_id = await asyncio.to_thread(new_secret_id, self.vault_addr, self.vault_token, spec.name)
+                child = Child(spec, self._service_env(spec, role_id, secret_id, name), self.log_dir / f"{name}.log",
+                              module=f"services.{spec.name}")
+                self.children[name] = child
+                await self._start_child(child)
         for spec, worker in self.plan.workers:
             name = f"{spec.name}-{worker.name}"
-            secret_id = await asyncio.to_thread(new_secret_id, self.vault.addr, self.vault.root_token, spec.name)
+            secret_id = await asyncio.to_thread(new_secret_id, self.vault_addr, self.vault_token, spec.name)
             role_id = creds[spec.name][0]
             env = self._service_env(spec, role_id, secret_id)
             env["BEV_TELEMETRY__METRICS_PORT"] = str(self.plan.worker_metrics_ports.get(name, 0))
             child = Child(spec, env, self.log_dir / f"{name}.log", module=worker.module(spec.name))
             self.workers[name] = child
             await self._start_child(child)
+
+    async def _credentials_from_vault(self, service: str) -> tuple[str, str]:
+        """A node without Vault: the service's role id and a fresh secret id, minted with the node
+        token. The Vault node seeds the AppRoles when it starts: until then, wait for them."""
+        deadline = time.monotonic() + self.health_timeout_s
+        while True:
+            try:
+                role_id = await asyncio.to_thread(read_role_id, self.vault_addr, self.vault_token, service)
+                return role_id, await asyncio.to_thread(new_secret_id, self.vault_addr, self.vault_token, service)
+            except SecretsUnavailable as exc:
+                if time.monotonic() > deadline:
+                    raise FleetStartError(f"no credentials for {service} from Vault within "
+                                          f"{self.health_timeout_s:.0f}s: {exc}") from None
+                log.info("waiting for Vault to hold the service's AppRole", service=service, error=str(exc))
+                await asyncio.sleep(1.0)
 
     async def _supervise(self, child: Child) -> None:
         """For the fleet's whole life: wait for the child to exit, then start it again with backoff."""
@@ -407,7 +510,7 @@ class Supervisor:
         while not self.stopping:
             try:
                 child.env["BEV_VAULT__SECRET_ID"] = await asyncio.to_thread(
-                    new_secret_id, self.vault.addr, self.vault.root_token, child.spec.name)
+                    new_secret_id, self.vault_addr, self.vault_token, child.spec.name)
                 await self._spawn(child)
             except (SecretsUnavailable, OSError) as exc:
                 attempt += 1
@@ -478,15 +581,18 @@ class Supervisor:
     async def wait_healthy(self) -> list[Any]:
         """Wait until every planned service answers Health as serving; raise with who is missing."""
         deadline = time.monotonic() + self.health_timeout_s
-        expected = {s.name for s in self.plan.services}
+        expected = {s.name: s.replicas for s in self.plan.services}
         assert self.nc is not None
         while True:
             instances = await discover(self.nc, 0.5)
-            serving = {i.service for i in instances if i.state == "serving"}
-            if expected <= serving:
+            # On a multi-node fleet: this node's instances (another node's replica does not count).
+            serving = Counter(i.service for i in instances if i.state == "serving"
+                              and (self.plan.cluster is None or i.node == self.plan.node))
+            short = sorted(name for name, replicas in expected.items() if serving[name] < replicas)
+            if not short:
                 return instances
             if time.monotonic() > deadline:
-                missing = ", ".join(sorted(expected - serving))
+                missing = ", ".join(short)
                 raise FleetStartError(
                     f"not healthy within {self.health_timeout_s:.0f}s: {missing} (see {self.log_dir}/<service>.log)")
             await asyncio.sleep(0.5)
@@ -505,9 +611,8 @@ class Supervisor:
             directory.chmod(0o700)
         try:
             await self.start_engines()
-            self.nc = await connect_nats(
-                NatsSettings(url=self.nats.url), "bev-supervisor", self._nats_user, self._nats_password)
-            await self.nc.jetstream().add_stream(name="BEV_EVENTS", subjects=["bev.events.>"])
+            self.nc = await connect_nats(self._nats_settings(), "bev-supervisor", self._nats_user, self._nats_password)
+            await self._add_event_stream()
             await self._serve_restarts()
             self._engine_watchers = [_logged_task(self._supervise_engine(name), f"supervising engine {name}")
                                      for name in self.engines]
@@ -519,7 +624,8 @@ class Supervisor:
             await self._event("fleet.ready", {"seconds": took, "services": sorted(self.children)})
             prometheus = self.engines.get("prometheus")
             metrics = f"prometheus {prometheus.url}  " if isinstance(prometheus, Prometheus) else ""
-            print(f"bev: fleet up in {took}s; gateway http://127.0.0.1:{self._gateway_port()}  {metrics}"
+            gateway = f"gateway http://{self.plan.host}:{self._gateway_port()}  " if "gateway" in self.children else ""
+            print(f"bev: fleet up in {took}s; {gateway}{metrics}"
                   f"logs {self.log_dir}  (Ctrl-C stops)", flush=True)
             if ready is not None:
                 ready.set()
@@ -527,18 +633,39 @@ class Supervisor:
         finally:
             await self.shutdown()
 
+    def _stream_replicas(self) -> int:
+        """JetStream replicas of the fleet's streams: 3 on the NATS cluster (fewer if fewer NATS nodes)."""
+        return min(3, len(self.plan.manifest.engines["nats"].nodes)) if self.plan.cluster is not None else 1
+
+    async def _add_event_stream(self) -> None:
+        """BEV_EVENTS, idempotently. On a cluster JetStream answers only once a quorum of NATS
+        servers is up and has elected a meta leader: the other nodes may still be starting."""
+        assert self.nc is not None
+        js = self.nc.jetstream(timeout=5)
+        deadline = time.monotonic() + self.health_timeout_s
+        while True:
+            try:
+                await js.add_stream(name="BEV_EVENTS", subjects=["bev.events.>"], num_replicas=self._stream_replicas())
+                return
+            except (nats.errors.Error, TimeoutError) as exc:
+                if self.plan.cluster is None or time.monotonic() > deadline:
+                    raise FleetStartError(f"JetStream refused the event stream: {type(exc).__name__}: {exc}") from None
+                log.info("waiting for a JetStream quorum (the other NATS nodes)", error=f"{type(exc).__name__}: {exc}")
+                await asyncio.sleep(1.0)
+
     def _gateway_port(self) -> int | str:
         return self.plan.service_ports.get("gateway", {}).get("http", "-")
 
     def _write_fleet_file(self) -> None:
         """What `bev status` and `bev service` need to find this fleet (0600: it holds dev credentials)."""
-        vault = self.vault
+        vault = self.vault if "vault" in self.engines else None
         state = {
             "node": self.plan.node,
             "supervisor_pid": os.getpid(),
-            "nats": {"url": self.nats.url, "user": self._nats_user, "password": self._nats_password},
-            "vault": {"addr": vault.addr, "root_token": vault.root_token},
-            "gateway": f"http://127.0.0.1:{self._gateway_port()}",
+            "nats": {"url": self.nats.url, "user": self._nats_user, "password": self._nats_password,
+                     **self._nats_settings().model_dump(include={"tls_ca_file", "tls_cert_file", "tls_key_file"})},
+            "vault": {"addr": self.vault_addr, "root_token": vault.root_token if vault is not None else ""},
+            "gateway": f"http://{self.plan.host}:{self._gateway_port()}",
             "api_key": self.api_key if "gateway" in self.children else "",
             "services": {name: {"pid": c.process.pid if c.process else None, **self.plan.service_ports[name]}
                          for name, c in self.children.items()},
@@ -585,6 +712,21 @@ class Supervisor:
             log.warning("service ignored SIGTERM; killing", service=child.spec.name)
             os.killpg(process.pid, signal.SIGKILL)
             await process.wait()
+
+
+def _process_targets(plan: FleetPlan, host: str) -> list[dict[str, Any]]:
+    """Scrape targets of a plan's services and workers, each on `host`."""
+    groups: list[dict[str, Any]] = [
+        {"targets": [f"{host}:{plan.service_ports[name]['metrics']}"],
+         "labels": {"job": s.name, "node": plan.node, "process": name}}
+        for s in plan.services for name in s.replica_names()
+    ]
+    for spec, worker in plan.workers:
+        name = f"{spec.name}-{worker.name}"
+        if name in plan.worker_metrics_ports:
+            groups.append({"targets": [f"{host}:{plan.worker_metrics_ports[name]}"],
+                           "labels": {"job": spec.name, "node": plan.node, "process": name}})
+    return groups
 
 
 def _logged_task(coroutine: Coroutine[Any, Any, None], what: str) -> asyncio.Task[None]:

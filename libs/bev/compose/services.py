@@ -8,7 +8,6 @@ from typing import Any
 from bev.compose.engines import engine_url, tailnet_url, vault_addr
 from bev.compose.node_file import (
     LOGGING,
-    SECRETS_DIR,
     TLS_DIR,
     NodeFile,
     gpu_reservation,
@@ -23,13 +22,48 @@ CA_CERT_IN_CONTAINER = "/run/bev/tls/ca.crt"
 GRPC_TLS_IN_CONTAINER = "/run/bev/tls/grpc"  # <service>.crt/.key from the operator (Vault PKI)
 
 
+# Dockerfile stages: the slim Python image, and NVIDIA's CUDA runtime image for GPU services.
+RUNTIME_TARGET = "runtime"
+CUDA_RUNTIME_TARGET = "runtime-cuda"
+
+
 def image_tag(service: ServiceSpec) -> str:
-    """Local image name for a service: one Dockerfile, one image per set of extras."""
-    return f"bev:{'-'.join(service.extras) or 'core'}"
+    """Local image name for a service: one Dockerfile, one image per set of extras and target."""
+    return f"bev:{'-'.join(service.extras) or 'core'}{'-cuda' if service.gpu else ''}"
+
+
+def build_target(service: ServiceSpec) -> str:
+    return CUDA_RUNTIME_TARGET if service.gpu else RUNTIME_TARGET
 
 
 def _env_name(name: str) -> str:
     return name.upper().replace("-", "_")
+
+
+def container_names(service: ServiceSpec, node: str) -> list[str]:
+    """Compose services of `service` on `node`: its replicas (`<service>-<n>` when more than one),
+    then its workers (`<service>-<worker>`). Each logs in to Vault with a secret id of its own."""
+    return service.replica_names() + [f"{service.name}-{worker.name}" for worker in service.workers_on(node)]
+
+
+def role_id_variable(service: str) -> str:
+    """Variable `docker compose up` reads a service's AppRole role id from (`bev deploy up` sets it)."""
+    return f"BEV_ROLE_ID_{_env_name(service)}"
+
+
+def secret_id_variable(container: str) -> str:
+    """Variable `docker compose up` reads a container's single-use secret id from (`bev deploy up`)."""
+    return f"BEV_SECRET_ID_{_env_name(container)}"
+
+
+def _approle_env(service: ServiceSpec, container: str) -> dict[str, str]:
+    # Interpolated by compose from `bev deploy up`'s environment, so no secret id is ever on disk.
+    # Empty when unset: `docker compose ps/logs/down` by hand still work, and a service started
+    # without them exits with one line asking for them.
+    return {
+        "BEV_VAULT__ROLE_ID": f"${{{role_id_variable(service.name)}:-}}",
+        "BEV_VAULT__SECRET_ID": f"${{{secret_id_variable(container)}:-}}",
+    }
 
 
 def service_env(f: NodeFile, service: ServiceSpec) -> dict[str, str]:
@@ -77,8 +111,9 @@ def service_env(f: NodeFile, service: ServiceSpec) -> dict[str, str]:
 def render_service(f: NodeFile, service: ServiceSpec) -> None:
     """Add the service's replicas and its workers on this node to `f`."""
     local_engines = [e for e in service.engines if f.node.name in f.manifest.engines[e].nodes]
+    names = container_names(service, f.node.name)
     for replica in range(service.replicas):
-        name = service.name if service.replicas == 1 else f"{service.name}-{replica + 1}"
+        name = names[replica]
         ports = [
             f.publish(host_port, service.ports()[role])
             for role, host_port in service.replica_ports(replica).items()
@@ -88,6 +123,7 @@ def render_service(f: NodeFile, service: ServiceSpec) -> None:
             "build": {
                 "context": "../..",
                 "dockerfile": "deploy/Dockerfile",
+                "target": build_target(service),
                 "args": {"EXTRAS": ",".join(service.extras)},
             },
             "platform": f"linux/{f.node.arch}",
@@ -95,11 +131,10 @@ def render_service(f: NodeFile, service: ServiceSpec) -> None:
             "init": True,  # forwards SIGTERM so the service shuts down gracefully
             "restart": "unless-stopped",
             "stop_grace_period": "30s",
-            # BEV_VAULT__ROLE_ID and BEV_VAULT__SECRET_ID: written by the operator, never committed.
-            "env_file": [{"path": f"{SECRETS_DIR}/{service.name}.env", "required": True}],
             # gRPC is reachable from other programs over the mesh: mTLS with the fleet's CA.
             "environment": {
                 **service_env(f, service),
+                **_approle_env(service, name),
                 "BEV_RPC__GRPC_TLS_CERT": f"{GRPC_TLS_IN_CONTAINER}/{service.name}.crt",
                 "BEV_RPC__GRPC_TLS_KEY": f"{GRPC_TLS_IN_CONTAINER}/{service.name}.key",
                 "BEV_RPC__GRPC_TLS_CA": CA_CERT_IN_CONTAINER,
@@ -121,7 +156,7 @@ def render_service(f: NodeFile, service: ServiceSpec) -> None:
             spec["deploy"] = gpu_reservation(f.node)
         spec["logging"] = LOGGING
         f.services[name] = spec
-    for worker in service.workers_on(f.node.name):
+    for worker, name in zip(service.workers_on(f.node.name), names[service.replicas:], strict=True):
         # Same image, env and AppRole as the service; no RPC ports. Health: the worker touches
         # /data/run/<service>-<worker>.alive while its loop runs and its broker is connected.
         worker_spec: dict[str, Any] = {
@@ -131,8 +166,7 @@ def render_service(f: NodeFile, service: ServiceSpec) -> None:
             "init": True,
             "restart": "unless-stopped",
             "stop_grace_period": "120s",  # a warm shutdown lets the running task finish
-            "env_file": [{"path": f"{SECRETS_DIR}/{service.name}.env", "required": True}],
-            "environment": service_env(f, service),
+            "environment": {**service_env(f, service), **_approle_env(service, name)},
             "volumes": [
                 f.volume(f"{service.name}-{worker.name}-data", "/data"),
                 read_only_bind(f"./{TLS_DIR}/ca.crt", CA_CERT_IN_CONTAINER),
@@ -154,4 +188,4 @@ def render_service(f: NodeFile, service: ServiceSpec) -> None:
             ]
         )
         worker_spec["logging"] = LOGGING
-        f.services[f"{service.name}-{worker.name}"] = worker_spec
+        f.services[name] = worker_spec

@@ -46,12 +46,15 @@ def seed_fleet(
     *,
     token_ttl: str = "1h",
     mount: str = "secret",
+    issue: list[str] | None = None,
 ) -> dict[str, tuple[str, str]]:
     """Write secrets, one policy and one AppRole per service; return {service: (role_id, secret_id)}.
 
     `access` maps a service to the secret names it may read (`Manifest.secrets_of` for
     the fleet); a service missing from it may log in but read nothing. Tokens last `token_ttl`
-    and are renewable; each secret id is single-use and expires after `secret_id_ttl`.
+    and are renewable; each secret id is single-use and expires after `secret_id_ttl`. Secret ids
+    are issued only for the services in `issue` (default: all): on a multi-node fleet the Vault node
+    seeds every service's AppRole, and each node mints ids for its own services when it starts them.
     """
     unknown = sorted(set(access) - set(services))
     if unknown:
@@ -84,7 +87,8 @@ def seed_fleet(
             role_id = client.auth.approle.read_role_id(role_name=role, mount_point=APPROLE_MOUNT)["data"][
                 "role_id"
             ]
-        credentials[service] = (str(role_id), new_secret_id(addr, root_token, service))
+        if issue is None or service in issue:
+            credentials[service] = (str(role_id), new_secret_id(addr, root_token, service))
     return credentials
 
 
@@ -96,3 +100,33 @@ def new_secret_id(addr: str, root_token: str, service: str) -> str:
             role_name=role_name(service), mount_point=APPROLE_MOUNT
         )
     return str(response["data"]["secret_id"])
+
+
+def read_role_id(addr: str, token: str, service: str) -> str:
+    """A service's AppRole role id (with a node token: only for that node's services)."""
+    client = _client(addr, token)
+    with vault_errors(addr, f"Vault: reading the role id of service '{service}' failed"):
+        response = client.auth.approle.read_role_id(role_name=role_name(service), mount_point=APPROLE_MOUNT)
+    return str(response["data"]["role_id"])
+
+
+def node_policy(services: list[str]) -> str:
+    """HCL policy of a node's supervisor: read the role ids of, and issue secret ids for, exactly the
+    services placed on that node. Nothing else: no secret, no other service's AppRole."""
+    return "\n".join(
+        f'path "auth/{APPROLE_MOUNT}/role/{role_name(s)}/role-id" {{\n  capabilities = ["read"]\n}}\n'
+        f'path "auth/{APPROLE_MOUNT}/role/{role_name(s)}/secret-id" {{\n  capabilities = ["update"]\n}}\n'
+        for s in sorted(set(services))
+    ) or "# no services on this node\n"
+
+
+def node_token(addr: str, root_token: str, node: str, services: list[str], ttl: str = "24h") -> str:
+    """A token for one node's supervisor under node_policy(services) (the operator hands it over;
+    `bev lab up` does it for the lab's namespaces). Revoking it stops that node from starting services."""
+    client = _client(addr, root_token)
+    policy = f"bev-node-{node}"
+    with vault_errors(addr, f"Vault: creating the token of node '{node}' failed"):
+        client.sys.create_or_update_policy(name=policy, policy=node_policy(services))
+        response = client.auth.token.create(policies=[policy], ttl=ttl, renewable=True,
+                                            display_name=policy, no_parent=True)
+    return str(response["auth"]["client_token"])

@@ -16,6 +16,8 @@ from services.swarm.demo.server import DemoWorld, Request
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m services.swarm.demo", description=__doc__)
     parser.add_argument("--port", type=int, default=0, help="the web hosts' port (default: a free one)")
+    parser.add_argument("--dns-port", type=int, default=0, help="the DNS server's port (default: a free one)")
+    parser.add_argument("--whois-port", type=int, default=0, help="the WHOIS server's port (default: a free one)")
     parser.add_argument("--json", action="store_true", help="print the collectors' settings as JSON, not env lines")
     parser.add_argument("--quiet", action="store_true", help="do not log each request to stderr")
     args = parser.parse_args(argv)
@@ -25,7 +27,8 @@ def main(argv: list[str] | None = None) -> int:
 
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    with DemoWorld(port=args.port, on_request=None if args.quiet else log) as world:
+    with DemoWorld(port=args.port, dns_port=args.dns_port, whois_port=args.whois_port,
+                   on_request=None if args.quiet else log) as world:
         if args.json:
             print(json.dumps({"collectors": world.collectors_config()}, indent=2))
         else:

@@ -64,11 +64,14 @@ class Request:
 class DemoWorld:
     """The world's servers. Use as a context manager, or start() and stop()."""
 
-    def __init__(self, root: Path = WORLD_DIR, *, port: int = 0,
+    def __init__(self, root: Path = WORLD_DIR, *, port: int = 0, dns_port: int = 0, whois_port: int = 0,
                  on_request: Callable[[Request], None] | None = None) -> None:
         self.world = World.load(root)
         self.root = root
         self._wanted_port = port
+        # Fixed ports let copies of the world in several network namespaces (`bev lab`) share one
+        # set of collectors' settings.
+        self._wanted_dns_port, self._wanted_whois_port = dns_port, whois_port
         self._on_request = on_request
         self._lock = threading.Lock()
         self._requests: list[Request] = []
@@ -86,9 +89,9 @@ class DemoWorld:
             return self
         try:
             self._start_http()
-            dns_server = _DnsServer((self.world.dns_address, 0), self)
+            dns_server = _DnsServer((self.world.dns_address, self._wanted_dns_port), self)
             self.dns_port = dns_server.server_address[1]
-            whois_server = _WhoisServer((self.world.whois_address, 0), self)
+            whois_server = _WhoisServer((self.world.whois_address, self._wanted_whois_port), self)
             self.whois_port = whois_server.server_address[1]
             for server in (dns_server, whois_server):
                 self._serve(server)
