@@ -5,7 +5,8 @@ PY    := $(VENV)/bin/python
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup run status test test-fast lint protos protos-check deploy-files demo bench deploy-thanos deploy-starlord deploy-oracle1 clean
+.PHONY: help setup run status lab test test-fast lint protos protos-check deploy-files demo bench deploy-thanos deploy-starlord deploy-oracle1 \
+	undeploy-thanos undeploy-starlord undeploy-oracle1 clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-16s %s\n", $$1, $$2}'
@@ -37,14 +38,21 @@ protos: ## regenerate typed stubs and RPC classes from protos/ into libs/
 deploy-files: ## regenerate deploy/<node>/docker-compose.yml, prometheus.yml, the latency rule thresholds and the Grafana dashboards from deploy/manifest.yaml and the protos
 	$(VENV)/bin/bev deploy render
 
+lab: ## the fleet as three nodes on this machine, one network namespace each (root); Ctrl-C stops it
+	$(VENV)/bin/bev lab up --dir .bev-lab
+
 demo: ## serve the demo world, start the fleet on it, run an investigation, print the report and its recall
 	$(PY) -m services.swarm.demo.investigate
 
 bench: ## run every benchmark in bench/ (each prints one JSON line last)
 	@for b in bench/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
 
-deploy-thanos deploy-starlord deploy-oracle1: deploy-%: ## docker compose up on that node (run on the node itself)
-	docker compose -f deploy/$*/docker-compose.yml up -d --build
+# DEPLOY_FLAGS: more options for `bev deploy up`, e.g. DEPLOY_FLAGS="--no-build --health-timeout 900".
+deploy-thanos deploy-starlord deploy-oracle1: deploy-%: ## start that node's containers (run on the node; needs BEV_VAULT__TOKEN)
+	$(VENV)/bin/bev deploy up $* $(DEPLOY_FLAGS)
 
-clean: ## remove local state (.bev) — engines' data included
-	rm -rf .bev
+undeploy-thanos undeploy-starlord undeploy-oracle1: undeploy-%: ## stop that node's containers (volumes are kept)
+	$(VENV)/bin/bev deploy down $*
+
+clean: ## remove local state (.bev, .bev-lab) — engines' data included
+	rm -rf .bev .bev-lab

@@ -260,6 +260,7 @@ def test_nats_cluster_routes_join_the_three_nodes(manifest: Manifest) -> None:
 
 
 SECRET_WORDS = re.compile(r"PASSWORD|SECRET|TOKEN|ROLE_ID|PRIVATE|_KEY$|AUTH")
+APPROLE_VARIABLES = {"BEV_VAULT__ROLE_ID", "BEV_VAULT__SECRET_ID"}
 
 
 def test_no_literal_secrets(manifest: Manifest) -> None:
@@ -268,6 +269,8 @@ def test_no_literal_secrets(manifest: Manifest) -> None:
         doc = yaml.safe_load(text)
         for name, service in doc["services"].items():
             for key, value in service.get("environment", {}).items():
+                if key in APPROLE_VARIABLES:
+                    continue  # checked below: interpolated from `bev deploy up`'s environment
                 if SECRET_WORDS.search(key):
                     # Only pointers to mounted secret files (Docker secrets, or the TLS folder the
                     # operator fills from Vault's PKI), never the secret itself.
@@ -275,14 +278,44 @@ def test_no_literal_secrets(manifest: Manifest) -> None:
                         key.startswith("BEV_RPC__GRPC_TLS_") and value.startswith(f"{GRPC_TLS_IN_CONTAINER}/"))
                     assert pointer, f"{node}/{name}: {key}"
                 assert not re.search(r"://[^/@\s]+@", str(value)), f"{node}/{name}: credentials in {key}"
-            for env_file in service.get("env_file", []):
-                assert env_file["path"].startswith("secrets/"), f"{node}/{name}"
+            assert "env_file" not in service, f"{node}/{name}: credentials come from the environment"
         for secret in doc.get("secrets", {}).values():
             assert set(secret) == {"file"} and secret["file"].startswith("./secrets/")
-        # AppRole ids come from secrets/<service>.env only (the header comment names them).
-        rendered = json.dumps(doc)
-        assert "BEV_VAULT__SECRET_ID" not in rendered and "BEV_VAULT__ROLE_ID" not in rendered
-        assert "BEV_VAULT__TOKEN" not in rendered
+        assert "BEV_VAULT__TOKEN" not in json.dumps(doc)
+
+
+def test_each_service_container_takes_its_own_secret_id_from_the_environment(manifest: Manifest) -> None:
+    """Single-use secret ids: every replica and worker logs in with its own, which compose
+    interpolates from `bev deploy up`'s environment (nothing on disk); engines get none."""
+    for node in manifest.nodes:
+        services = compose_doc(manifest, node)["services"]
+        seen: list[str] = []
+        for name, service in services.items():
+            kind, base = owner(manifest, name)
+            approle = {k: v for k, v in service.get("environment", {}).items() if k in APPROLE_VARIABLES}
+            if kind not in ("service", "worker"):
+                assert not approle, f"{node}/{name}"
+                continue
+            variable = "BEV_SECRET_ID_" + name.upper().replace("-", "_")
+            assert approle == {
+                "BEV_VAULT__ROLE_ID": "${BEV_ROLE_ID_" + base.upper() + ":-}",
+                "BEV_VAULT__SECRET_ID": "${" + variable + ":-}",
+            }, f"{node}/{name}"
+            seen.append(variable)
+        assert len(seen) == len(set(seen)), node
+
+
+def test_gpu_services_build_the_cuda_stage(manifest: Manifest) -> None:
+    stages = dockerfile_stages()
+    for node in manifest.nodes:
+        for name, service in compose_doc(manifest, node)["services"].items():
+            if "build" not in service:
+                continue
+            _, base = owner(manifest, name)
+            gpu = manifest.services[base].gpu
+            assert service["build"]["target"] == ("runtime-cuda" if gpu else "runtime"), f"{node}/{name}"
+            assert service["build"]["target"] in stages
+            assert service["image"].endswith("-cuda") == gpu, f"{node}/{name}: one tag per target"
 
 
 def test_replicas_get_their_own_containers_and_ports(manifest: Manifest) -> None:
@@ -360,13 +393,6 @@ def compose_cli() -> list[str] | None:
 
 
 def compose_config(cli: list[str], compose_file: Path) -> subprocess.CompletedProcess[str]:
-    # Compose insists that required env_files exist; give it empty ones beside the copy.
-    doc = yaml.safe_load(compose_file.read_text(encoding="utf-8"))
-    for service in doc["services"].values():
-        for env_file in service.get("env_file", []):
-            path = compose_file.parent / env_file["path"]
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.touch()
     env = {k: v for k, v in os.environ.items() if not k.startswith("COMPOSE_")}
     return subprocess.run(
         [*cli, "-f", str(compose_file), "config", "--quiet"],
@@ -467,16 +493,66 @@ def test_dockerfile_passes_hadolint() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+def dockerfile_stages() -> dict[str, str]:
+    """deploy/Dockerfile's stages by name: the text from each `FROM ... AS <name>` to the next FROM."""
+    text = (DEPLOY_DIR / "Dockerfile").read_text()
+    stages: dict[str, str] = {}
+    for block in re.split(r"^(?=FROM )", text, flags=re.M)[1:]:
+        named = re.match(r"FROM (?:--platform=\S+ )?\S+ AS (\S+)\n", block)
+        assert named, f"every stage is named: {block.splitlines()[0]}"
+        stages[named.group(1)] = block
+    return stages
+
+
 def test_the_image_carries_the_web_ui_and_speech() -> None:
     """The gateway serves the UI built in the image's Node stage (by its lockfile), from the directory
-    its settings name; the avatar speaks with the espeak-ng the runtime stage installs."""
-    text = (DEPLOY_DIR / "Dockerfile").read_text()
-    assert "npm ci" in text and "package-lock.json" in text and "npm run build" in text
-    assert "COPY --from=web /web/dist /opt/bev-web" in text and "BEV_GATEWAY__WEB_DIR=/opt/bev-web" in text
-    runtime = text.rsplit("\nFROM ", 1)[1]
-    assert "espeak-ng" in runtime
+    its settings name; the avatar speaks with the espeak-ng both runtime stages install."""
+    stages = dockerfile_stages()
+    web = stages["web"]
+    assert "npm ci" in web and "package-lock.json" in web and "npm run build" in web
+    for name in ("runtime", "runtime-cuda"):
+        runtime = stages[name]
+        assert "COPY --from=web /web/dist /opt/bev-web" in runtime and "BEV_GATEWAY__WEB_DIR=/opt/bev-web" in runtime
+        assert "espeak-ng" in runtime, name
     ignored = (DEPLOY_DIR.parent / ".dockerignore").read_text().split()
     assert "**/node_modules" in ignored and "services/gateway/web/dist" in ignored  # built in the image, not copied
+
+
+def test_runtime_stages_run_unprivileged_with_a_healthcheck() -> None:
+    """Both runtimes: the same user, environment and /metrics probe; `runtime`, last, is the default
+    target; the CUDA one runs the build stage's interpreter, on NVIDIA's runtime image."""
+    stages = dockerfile_stages()
+    assert list(stages) == ["web", "build", "runtime-cuda", "runtime"]
+    text = (DEPLOY_DIR / "Dockerfile").read_text()
+    assert "ARG CUDA_IMAGE=nvidia/cuda:" in text and "-runtime-ubuntu" in text
+    assert stages["runtime-cuda"].startswith("FROM ${CUDA_IMAGE} AS runtime-cuda")
+    assert stages["runtime"].startswith("FROM ${PYTHON_IMAGE} AS runtime")
+
+    def tail(stage: str) -> list[str]:  # from the shared environment on: identical in both
+        lines = stages[stage].splitlines()
+        start = next(i for i, line in enumerate(lines) if line.startswith("ENV PATH=/opt/bev/bin"))
+        return [line for line in lines[start:] if line and not line.startswith("#")]
+
+    assert tail("runtime") == tail("runtime-cuda")
+    runtime = tail("runtime")
+    assert "USER 10001:10001" in runtime and not any(line.startswith("USER root") for line in runtime)
+    healthcheck = next(line for line in runtime if line.startswith("HEALTHCHECK"))
+    probe = runtime[runtime.index(healthcheck) + 1]
+    assert "127.0.0.1:%s/metrics" in probe and "BEV_TELEMETRY__METRICS_PORT" in probe
+    assert "/usr/local/bin/" in stages["runtime-cuda"] and "COPY --from=build /opt/bev /opt/bev" in stages["runtime-cuda"]
+
+
+def test_the_image_builds_for_arm64_with_cpu_torch() -> None:
+    """ORACLE1 is arm64 with no GPU: torch comes from PyTorch's CPU index there, at the version the
+    embeddings extra pins; the web UI (static files) is built on the builder's own platform."""
+    stages = dockerfile_stages()
+    build = stages["build"]
+    pinned = re.search(r'"torch==([^"]+)"', (DEPLOY_DIR.parent / "pyproject.toml").read_text())
+    assert pinned and f"ARG TORCH_VERSION={pinned.group(1)}" in build
+    assert 'if [ "${TARGETARCH}" = "arm64" ]' in build and "download.pytorch.org/whl/cpu" in build
+    assert stages["web"].startswith("FROM --platform=$BUILDPLATFORM ")
+    steps = [line for text in stages.values() for line in text.splitlines() if not line.lstrip().startswith("#")]
+    assert not [line for line in steps if "amd64" in line or "x86_64" in line]  # nothing only one arch can run
 
 
 def test_grpc_uses_mtls_in_production(manifest: Manifest) -> None:

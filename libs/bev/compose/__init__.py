@@ -17,6 +17,9 @@ Modules, each importing only those listed before it:
 - `prometheus`: prometheus.yml.
 - `rules`: the generated rule file (each RPC method's latency threshold, from its proto).
 - `files`: the compose file of a node, all generated files, writing/checking them, the CLI.
+- `deploy_node`: `bev deploy up|down NODE` (`make deploy-<node>`): checks Docker, Compose, Tailscale
+  and Vault, then runs the node's compose file with fresh AppRole secret ids. Not re-exported here:
+  it talks to Docker and Vault, which rendering files never needs.
 """
 
 from bev.compose.dashboards import evaluable, panel_queries, queries_that_may_be_empty, render_dashboards

@@ -34,8 +34,10 @@ def render_node(manifest: Manifest, node: str) -> str:
         + f"# node {node}: {spec.role}, {spec.arch}, Tailscale {spec.address}"
         + (f", GPUs {', '.join(spec.gpus)}" if spec.gpus else "")
         + "\n#\n"
-        "# Before `docker compose up`, beside this file (none of it is committed):\n"
-        f"#   {SECRETS_DIR}/<service>.env  BEV_VAULT__ROLE_ID and BEV_VAULT__SECRET_ID of the service's AppRole\n"
+        f"# Start it with `make deploy-{node}` (`bev deploy up {node}`): it fetches each container's AppRole\n"
+        "# role id and a fresh single-use secret id from the operator's Vault and hands them to\n"
+        "# `docker compose up` in its environment (${BEV_ROLE_ID_<SERVICE>}, ${BEV_SECRET_ID_<CONTAINER>}),\n"
+        "# so no secret id is written anywhere. Beside this file (none of it is committed):\n"
         f"#   {SECRETS_DIR}/<name>         each Docker secret listed at the end of this file\n"
         f"#   {TLS_DIR}/ca.crt             the fleet CA (it signed Vault's and NATS' certificates)\n"
         "# Ports are published on the Tailscale address only, so tailscaled must be up before Docker.\n"
