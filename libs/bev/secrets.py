@@ -203,7 +203,7 @@ class VaultSecrets:
         """Renew the token at about 2/3 of its TTL until `stop` is set.
 
         A failed renewal is logged and retried sooner; the loop only ends on `stop`, or when the
-        token cannot be renewed any more (expired, or not renewable), which is logged as well.
+        token cannot be renewed any more (expired, revoked, or not renewable), which is logged as well.
         """
         if not self._logged_in:
             raise RuntimeError("VaultSecrets.renew_forever() needs login() first")
@@ -217,6 +217,12 @@ class VaultSecrets:
                 await asyncio.to_thread(self.renew)
             except SecretsUnavailable as exc:
                 failed.inc()
+                if isinstance(exc.__cause__, hvac.exceptions.Forbidden):
+                    # 403 on renew-self: Vault no longer honours the token (revoked, or expired on its
+                    # side); retrying until our own expiry estimate cannot bring it back.
+                    log.error("vault token revoked or invalid; restart the service to log in again",
+                              service=self.service, error=str(exc))
+                    return
                 remaining = self._remaining()
                 if remaining <= 0:
                     log.error("vault token expired; restart the service to log in again",

@@ -6,6 +6,11 @@ dependency's incident: PostgreSQL down is one incident rooted at `postgres` with
 the embeddings' error alerts in it as `affected`, not one incident per dependant. The root is the
 deepest alerting dependency; incidents are keyed by (root, the root's node).
 
+A lost node (NodeDown: every scrape target labelled with it fails) is the root of every alert
+with its node label, process faults included, and of every alert rooted at something on it: one
+incident `node:<node>` ("node starlord down"), not one per process. When the node is back, the
+alerts still firing open incidents of their own; the node's resolves after its quiet time.
+
 Incidents settle before anyone hears of them: one is published (events, Alertmanager, the list)
 only after `settle_s`, so a root whose alert arrives a moment after its dependants' (a dead
 database is noticed by its callers first) absorbs them instead of leaving a second incident. One
@@ -28,6 +33,8 @@ BACKEND_PREFIX = "backend:"  # an inference backend of the reasoning service: "b
 # A process that is down is a fault of its own, not a symptom of what it depends on: these alerts
 # are never re-rooted under a dependency (others may be rooted at them).
 FAULTS = frozenset({"InstanceDown", "ServiceDown", "EngineDown"})
+NODE_DOWN = "NodeDown"  # deploy/oracle1/rules/alerts.yml: every target of a node is down
+NODE_PREFIX = "node:"   # the root of a lost node's incident: "node:<node>"
 
 
 @dataclass
@@ -66,7 +73,8 @@ class Incident:
 
     @property
     def affected(self) -> list[str]:
-        return sorted({a.subject for a in self.alerts.values()} - {self.root})
+        # A NodeDown alert's subject is the node itself (its `service` label), not something affected.
+        return sorted({a.subject for a in self.alerts.values() if a.name != NODE_DOWN} - {self.root})
 
     def firing(self) -> list[Signal]:
         return [a for a in self.alerts.values() if not a.resolved_at]
@@ -145,9 +153,13 @@ class Correlator:
     def update(self, firing: Iterable[Signal], now: float) -> list[Change]:
         """Fold this cycle's firing alerts in; returns what changed for published incidents."""
         alerts = {a.key: a for a in firing}
-        alerting = {a.subject for a in alerts.values()}
+        alerting = {a.subject for a in alerts.values() if a.name != NODE_DOWN}
+        down_nodes = {a.node for a in alerts.values() if a.name == NODE_DOWN}
         groups: dict[tuple[str, str], list[Signal]] = {}
         for alert in alerts.values():
+            if alert.node in down_nodes:  # on a lost node: a symptom of it, faults included
+                groups.setdefault((node_root(alert.node), alert.node), []).append(alert)
+                continue
             root = alert.subject if alert.name in FAULTS else self.dependencies.root(alert.subject, alerting)
             # Where the root is: the node of its most severe alert (an engine's exit is reported by
             # the supervisor of the node it runs on; its callers elsewhere only see it fail).
@@ -157,13 +169,18 @@ class Correlator:
             # thing whoever observes it, so every alert about it lands in one incident.
             per_node = root == alert.subject and self.dependencies.is_service(root)
             node = alert.node if per_node or not root_nodes else root_nodes[0]
+            if node in down_nodes:  # seen from elsewhere, rooted at something on a lost node
+                root = node_root(node)
             groups.setdefault((root, node), []).append(alert)
 
         changes: list[Change] = []
         by_key = self._open_by_key()
         touched: set[str] = set()
         for (root, node), members in groups.items():
-            holders = {i.id: i for a in members for i in self.open_incidents() if a.key in i.alerts}
+            # A node incident takes its node's incidents over, never the reverse: alerts still firing
+            # once the node is back are news of their own, and the node's incident resolves.
+            holders = {i.id: i for a in members for i in self.open_incidents() if a.key in i.alerts
+                       and (is_node_root(root) or not is_node_root(i.root))}
             incident = by_key.get((root, node))
             if incident is None:
                 # Re-rooting: the oldest incident already holding one of these alerts takes the group.
@@ -227,10 +244,19 @@ class Correlator:
             del self.incidents[incident.id]
 
 
+def node_root(node: str) -> str:
+    return f"{NODE_PREFIX}{node}"
+
+
+def is_node_root(root: str) -> bool:
+    return root.startswith(NODE_PREFIX)
+
+
 def _summary(incident: Incident) -> str:
     names = sorted({a.name for a in incident.firing()}) or sorted({a.name for a in incident.alerts.values()})
     affected = incident.affected
-    text = f"{incident.root} on {incident.node}: {', '.join(names)}"
+    where = f"node {incident.node} down" if is_node_root(incident.root) else f"{incident.root} on {incident.node}"
+    text = f"{where}: {', '.join(names)}"
     if affected:
         text += f"; affects {', '.join(affected)}"
     return text

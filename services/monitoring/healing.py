@@ -8,7 +8,9 @@ Three actions, each taken for an incident's alert that calls for it:
 - pause: a collector whose runs keep failing is paused for `pause_s` (collectors PauseCollector,
   shared by every replica and worker through Redis).
 At most `max_actions` per `per_s` window fleet-wide, never the same target twice within
-`cooldown_s`; in dry-run mode each action is recorded as what would have been done. Every action,
+`cooldown_s`; in dry-run mode each action is recorded as what would have been done. A restart on
+a node that is down (its NodeDown alert fires in the incident) is skipped, with the reason: the
+node's supervisor cannot answer, and waiting for it would hold the watch cycle. Every action,
 taken or not, is returned for the incident and published as an event with its reason.
 """
 
@@ -32,7 +34,7 @@ from bev.rpc import RpcError
 from bev.rpc.nats_transport import NatsTransport
 from bev.telemetry import get_logger
 from bev.vocab import Tier
-from services.monitoring.correlation import BACKEND_PREFIX, Incident, Signal
+from services.monitoring.correlation import BACKEND_PREFIX, NODE_DOWN, Incident, Signal
 from services.monitoring.settings import HealingConfig
 
 log = get_logger(__name__)
@@ -51,8 +53,8 @@ class Action:
     reason: str
     incident_id: str
     instance: str = ""  # the scrape target of a restarted process (host:port)
-    outcome: str = ""  # done, failed, dry_run, over_limit
-    error: str = ""
+    outcome: str = ""  # done, failed, dry_run, over_limit, skipped
+    error: str = ""     # why it failed, was refused or skipped
     at: float = 0.0
 
 
@@ -89,6 +91,9 @@ class Healer:
         self.restart_cooldown_s = restart_cooldown_s or {}  # service -> at least this between restarts
         self._taken: deque[float] = deque()  # when each action of the current window was taken
         self._last: dict[tuple[str, str, str], float] = {}  # (kind, target, node) -> when last acted on
+        # When each action was last skipped: recorded once per cooldown, and no cooldown of its own
+        # for the restart the node may need once it is back.
+        self._skipped: dict[tuple[str, str, str], float] = {}
         self.history: deque[Action] = deque(maxlen=200)
 
     def _cooling(self, action: Action, now: float) -> bool:
@@ -105,13 +110,26 @@ class Healer:
             return []
         done: list[Action] = []
         now = time.time()
+        down_nodes = {a.node for a in incident.firing() if a.name == NODE_DOWN}
         for action in planned_actions(incident):
             if self._cooling(action, now):
+                continue
+            key = (action.kind, action.target, action.node)
+            if action.kind == "restart" and action.node in down_nodes:
+                skipped = self._skipped.get(key)
+                if skipped is not None and now - skipped < self.config.cooldown_s:
+                    continue
+                self._skipped[key] = now
+                action.at, action.outcome = now, "skipped"
+                action.error = (f"node {action.node!r} is down: its supervisor "
+                                f"({RESTART_SUBJECT.format(node=action.node)}) cannot answer")
+                self._record(action)
+                done.append(action)
                 continue
             while self._taken and now - self._taken[0] > self.config.per_s:
                 self._taken.popleft()
             action.at = now
-            self._last[(action.kind, action.target, action.node)] = now
+            self._last[key] = now
             if len(self._taken) >= self.config.max_actions:
                 action.outcome = "over_limit"
                 action.error = f"{self.config.max_actions} actions already taken in the last {self.config.per_s:g} s"
@@ -125,11 +143,14 @@ class Healer:
                     action.outcome = "done"
                 except HealingFailed as exc:
                     action.outcome, action.error = "failed", str(exc)
-            log.warning("self-healing", kind=action.kind, target=action.target, node=action.node,
-                        outcome=action.outcome, reason=action.reason, error=action.error)
-            self.history.append(action)
+            self._record(action)
             done.append(action)
         return done
+
+    def _record(self, action: Action) -> None:
+        log.warning("self-healing", kind=action.kind, target=action.target, node=action.node,
+                    outcome=action.outcome, reason=action.reason, error=action.error)
+        self.history.append(action)
 
     async def _take(self, action: Action) -> None:
         match action.kind:

@@ -80,6 +80,7 @@ class Watch:
         self._seen: set[str] = set()
         self._current_targets: set[str] = set()  # instance labels Prometheus scrapes now
         self._current_target_jobs: set[str] = set()
+        self._target_nodes: dict[str, tuple[str, str]] = {}  # instance label -> (node, job)
         self._engine_exits: dict[str, tuple[float, Signal]] = {}  # engine -> (fires until, alert)
         self._alertmanager_sent = 0.0
         self._anomaly_observed_at = 0.0
@@ -160,6 +161,8 @@ class Watch:
         targets = await self.prometheus.targets()
         self._current_targets = {t.labels.get("instance", "") for t in targets}
         self._current_target_jobs = {t.labels.get("job", "") for t in targets}
+        self._target_nodes = {t.labels.get("instance", ""): (t.labels.get("node", self.node), t.labels.get("job", ""))
+                              for t in targets}
         for each in targets:
             target = each.labels.get("instance", "")
             job = each.labels.get("job", "")
@@ -185,6 +188,12 @@ class Watch:
                     now, instance=target, value=0.0, labels=dict(each.labels)))
         return signals
 
+    def _node_starting(self, node: str, now: float) -> bool:
+        """Whether a target of `node` was never up since monitoring first saw it and is still within
+        its start period (on a multi-node fleet the other nodes may start later than this one)."""
+        return any(target in self._starting and now - self._starting[target] < self._start_period(job)
+                   for target, (target_node, job) in self._target_nodes.items() if target_node == node)
+
     def _start_period(self, job: str) -> float:
         service = self.manifest.services.get(job)
         return float(service.health.start_period_s) if service is not None else 0.0
@@ -199,6 +208,8 @@ class Watch:
             started = self._starting.get(labels.get("instance", ""))
             if started is not None and time.time() - started < self._start_period(labels.get("job", "")):
                 continue  # ServiceDown of a process still in its start period: starting, not down
+            if alert.name == "NodeDown" and self._node_starting(labels.get("node", ""), time.time()):
+                continue  # a node whose processes have not come up yet (a fleet starting) is not down
             subject = labels.get("service") or labels.get("job", "")
             if labels.get("backend"):
                 subject = f"{BACKEND_PREFIX}{labels['backend']}"

@@ -109,7 +109,7 @@ def test_every_alert_has_severity_and_annotations_with_its_figure() -> None:
         assert set(rule["annotations"]) == {"summary", "description"}, rule["alert"]
         assert "$value" in rule["annotations"]["description"], f"{rule['alert']}: the description gives no figure"
     assert names == {
-        "ServiceDown", "EngineDown", "HighErrorRatio", "HighHttpErrorRatio", "HighLatency", "QueueBacklog",
+        "ServiceDown", "EngineDown", "NodeDown", "HighErrorRatio", "HighHttpErrorRatio", "HighLatency", "QueueBacklog",
         "JetStreamLag", "VaultTokenRenewalFailures", "DiskSpaceLow", "InferenceBackendDown", "CollectorFailing",
     }
 

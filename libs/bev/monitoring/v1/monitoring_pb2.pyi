@@ -228,7 +228,7 @@ class HealingAction(_message.Message):
     reason: _builtins.str
     """the alert that caused it"""
     outcome: _builtins.str
-    """done, failed, dry_run, over_limit"""
+    """done, failed, dry_run, over_limit, skipped (its node is down)"""
     error: _builtins.str
     at: _builtins.float
     """unix time"""
