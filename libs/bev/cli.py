@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import signal
 import sys
@@ -118,6 +119,9 @@ async def _connect(data_dir: Path) -> NatsClient:
     if "BEV_NATS__URL" not in os.environ:
         fleet = read_fleet_file(data_dir)
         nats_settings = NatsSettings.model_validate(fleet["nats"])  # url, credentials, TLS files
+    # asyncio warns of every TLS connection nats-py closes ("returning true from eof_received() has
+    # no effect when using ssl"): noise on a command's terminal, not news.
+    logging.getLogger("asyncio").setLevel(logging.ERROR)
     return await connect_nats(nats_settings.model_copy(update={"connect_timeout_s": 5.0}), "bev-cli")
 
 

@@ -37,6 +37,9 @@ log = get_logger(__name__)
 
 EVENT_SUBJECT = "bev.events.investigation"  # .<id>.<kind> on JetStream BEV_EVENTS
 EVENT_QUEUE = 10_000  # events waiting for the bus beyond this are not published (their rows stay)
+# A publish JetStream does not ack is tried again (same Nats-Msg-Id: stored once) for this long:
+# on a NATS cluster a node rejoining makes the stream's leader step down for several seconds.
+EVENT_PUBLISH_RETRY_S = 30.0
 
 TOOL_EXECUTIONS = Counter("bev_tool_executions_total", "Tool calls made by investigation agents",
                           ["tool", "status"])
@@ -73,7 +76,7 @@ class Deps:
     info: InstanceInfo
     data_dir: Path  # workflows' file operations stay under <data_dir>/workflows/<id>/
     nc: NatsClient | None = None
-    _outbox: asyncio.Queue[tuple[str, bytes]] = field(default_factory=lambda: asyncio.Queue(maxsize=EVENT_QUEUE))
+    _outbox: asyncio.Queue[tuple[str, bytes, str]] = field(default_factory=lambda: asyncio.Queue(maxsize=EVENT_QUEUE))
     _publisher: asyncio.Task[None] | None = None
     _emitting: asyncio.Lock = field(default_factory=asyncio.Lock)
 
@@ -89,7 +92,8 @@ class Deps:
             payload = json.dumps({"id": row.id, "investigation_id": investigation_id, "kind": kind,
                                   "at": row.at.isoformat(), "data": dict(data)}).encode()
             try:
-                self._outbox.put_nowait((f"{EVENT_SUBJECT}.{investigation_id}.{kind}", payload))
+                self._outbox.put_nowait((f"{EVENT_SUBJECT}.{investigation_id}.{kind}", payload,
+                                         f"{investigation_id}.{row.id}"))
             except asyncio.QueueFull:
                 log.warning("investigation event not published: the bus is behind", investigation=investigation_id)
         if self._publisher is None or self._publisher.done():
@@ -99,11 +103,19 @@ class Deps:
         assert self.nc is not None
         js = self.nc.jetstream()
         while True:
-            subject, payload = await self._outbox.get()
-            try:
-                await js.publish(subject, payload, timeout=5)
-            except Exception as exc:  # best effort: the row has the event
-                log.warning("investigation event not published", subject=subject, error=str(exc) or type(exc).__name__)
+            subject, payload, msg_id = await self._outbox.get()
+            give_up, wait = time.monotonic() + EVENT_PUBLISH_RETRY_S, 0.25
+            while True:
+                try:
+                    await js.publish(subject, payload, timeout=5, headers={"Nats-Msg-Id": msg_id})
+                    break
+                except Exception as exc:  # best effort after the retries: the row has the event
+                    if time.monotonic() + wait > give_up:
+                        log.warning("investigation event not published", subject=subject,
+                                    error=str(exc) or type(exc).__name__)
+                        break
+                    await asyncio.sleep(wait)
+                    wait = min(2.0, wait * 2)
 
     async def close(self) -> None:
         if self._publisher is not None:

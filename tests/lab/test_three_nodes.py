@@ -19,11 +19,9 @@ import os
 import socket
 import ssl
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -39,6 +37,7 @@ from bev.manifest import Manifest, load_manifest
 from bev.rpc.errors import RpcError
 from bev.secrets import SecretsUnavailable
 from services.swarm.demo.investigate import recall_of
+from services.swarm.demo.lab import serve_world_copies
 from services.swarm.demo.server import DemoWorld
 from tests.test_fleet import BEV, bearer
 from tests.test_investigations import check_citations, request_for
@@ -58,6 +57,7 @@ class LabFleet:
     world: DemoWorld
     manifest: Manifest
     figures: dict[str, float] = field(default_factory=dict)
+    cut_at: float = 0.0  # when STARLORD's link went down (time.time(): incidents carry wall times)
 
     @property
     def gateway(self) -> str:
@@ -90,30 +90,13 @@ def nats_url(lab: Lab, node: str) -> str:
     return f"tls://{lab.address(node)}:{lab.manifest.engines['nats'].port}"
 
 
-def serve_world_copies(lab: Lab, world: DemoWorld) -> list[subprocess.Popen[bytes]]:
-    """The demo world in every namespace, on the same ports as `world` (each namespace its own loopback)."""
-    copies = []
-    for node in lab.nodes:
-        out = lab.root / f"world-{node}.log"
-        with out.open("wb") as log:
-            copies.append(subprocess.Popen(
-                lab.network.argv(node, [sys.executable, "-m", "services.swarm.demo", "--quiet", "--port", str(world.port),
-                                        "--dns-port", str(world.dns_port), "--whois-port", str(world.whois_port)]),
-                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=Path(__file__).parents[2]))
-    deadline = time.monotonic() + 60
-    for node in lab.nodes:
-        while "# serving" not in (lab.root / f"world-{node}.log").read_text():
-            assert time.monotonic() < deadline, (lab.root / f"world-{node}.log").read_text()[-2000:]
-            time.sleep(0.2)
-    return copies
-
-
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabFleet]:
     manifest = load_manifest()
     root = tmp_path_factory.mktemp("lab")
     with DemoWorld() as world:
-        lab = Lab(manifest, root, env=world.collectors_env())
+        # Its own names and range: never the namespaces of a `make lab` running beside the tests.
+        lab = Lab(manifest, root, env=world.collectors_env(), prefix="bevtest", subnet="10.216.0.0/24")
         try:
             lab.prepare()
             serve_world_copies(lab, world)
@@ -258,7 +241,7 @@ def test_investigation_completes_while_starlord_is_cut_off_then_killed(lab: LabF
         return got.status_code == 200 and got.json()["usage"]["tool_calls"] > 0
 
     wait_until("the investigation's first tool calls", progressed, 300)
-    cut = time.monotonic()
+    cut, lab.cut_at = time.monotonic(), time.time()
     lab.lab.network.cut(CUT)
 
     def starlord_gone() -> bool:
@@ -300,6 +283,10 @@ def test_monitoring_raises_one_node_down_incident(lab: LabFleet) -> None:
     wait_until("a NodeDown incident for STARLORD", node_down, 120, every_s=2.0)
     incidents = node_down()
     assert len(incidents) == 1, incidents
+    node_down_since = min(float(a["started_at"]) for a in incidents[0]["alerts"] if a["name"] == "NodeDown")
+    lab.figures["node_down_alert_after_cut_s"] = round(node_down_since - lab.cut_at, 1)
+    lab.figures["node_down_incident_opened_after_cut_s"] = round(float(incidents[0]["opened_at"]) - lab.cut_at, 1)
+    print(f"node-down incident: {json.dumps(incidents[0])[:1500]}")
 
 
 def test_starlord_rejoins_and_its_services_reappear(lab: LabFleet) -> None:

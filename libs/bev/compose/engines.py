@@ -25,6 +25,7 @@ from bev.compose.node_file import (
     python_probe,
     read_only_bind,
 )
+from bev.engines.nats_server import ROUTE_PING_INTERVAL, ROUTE_PING_MAX
 from bev.manifest import EngineSpec, Manifest, ManifestError
 
 # NATS ports that are not client ports (the manifest's nats.port): cluster routes, monitoring.
@@ -105,6 +106,9 @@ def _nats(f: NodeFile, engine: EngineSpec) -> dict[str, Any]:
         "cluster {\n"
         "  name: bev\n"
         f"  listen: 0.0.0.0:{NATS_CLUSTER_PORT}\n"
+        "  # A lost node leaves the cluster after 3 unanswered pings (~6-8 s), not nats-server's default.\n"
+        f"  ping_interval: {ROUTE_PING_INTERVAL}\n"
+        f"  ping_max: {ROUTE_PING_MAX}\n"
         "  routes: [\n"
         f"{routes}\n"
         "  ]\n"
