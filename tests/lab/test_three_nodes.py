@@ -105,6 +105,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabFleet]:
             fleet = LabFleet(lab, world, manifest, {"lab_up_s": round(time.monotonic() - began, 1)})
             yield fleet
             print(f"lab figures: {json.dumps(fleet.figures)}")
+            (root / "figures.json").write_text(json.dumps(fleet.figures))  # kept with pytest's basetemp
         finally:
             lab.down()
 
