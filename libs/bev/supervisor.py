@@ -7,6 +7,11 @@ service as `python -m services.<name>` with its own single-use secret id, and a 
 every one answers Health over NATS. A child that exits is restarted with exponential backoff
 and reported on `bev.events.fleet.*`. SIGINT/SIGTERM stops services, then engines in reverse.
 The manifest (deploy/manifest.yaml) says which services and engines run and on which ports.
+
+`bev up --node N --cluster FILE` runs one node of a multi-node fleet the same way (bev.cluster: the
+other nodes' addresses, the shared NATS credentials, TLS): engines and services on the node's
+address, NATS one server of the cluster, and on a node without Vault the services' secret ids minted
+with the node's token. `bev lab up` runs three such nodes as network namespaces (bev.lab).
 """
 
 from __future__ import annotations
@@ -106,6 +111,10 @@ class FleetPlan:
     ) -> FleetPlan:
         if cluster is not None and cluster.node != node:
             raise FleetStartError(f"the cluster file is node {cluster.node!r}'s; run it with --node {cluster.node}")
+        if cluster is not None:  # every NATS server of the cluster must know every service's user alike
+            missing = sorted(set(manifest.service_names()) - set(cluster.nats_service_passwords))
+            if missing:
+                raise FleetStartError(f"the cluster file has no NATS password for {', '.join(missing)}")
         # --free-ports: each pick is free now, but two picks may land on the same port (one fleet has
         # ~30); a port the plan already holds is picked again (CI saw Redis and a /metrics collide).
         # `span` ports from the pick are held: OpenBao also binds its port + 1 (raft's cluster
