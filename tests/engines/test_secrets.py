@@ -151,11 +151,13 @@ def test_renew_once(openbao_server: OpenBao, seeded: dict[str, tuple[str, str]])
 async def test_renew_forever_outlives_the_ttl(
     openbao_server: OpenBao, seeded: dict[str, tuple[str, str]]
 ) -> None:
-    secrets = _short_lived(openbao_server, "2s")
+    # 6 s, renewed at 2/3: 2 s of slack per renewal. With 2 s (0.67 s of slack) CI once saw a
+    # renewal land too late after the JetStream test's fsync storm had the disk busy.
+    secrets = _short_lived(openbao_server, "6s")
     await asyncio.to_thread(secrets.login)
     stop = asyncio.Event()
     renewing = asyncio.create_task(secrets.renew_forever(stop))
-    await asyncio.sleep(3)  # past the 2s TTL: only renewals keep the token valid
+    await asyncio.sleep(8)  # past the 6s TTL: only renewals keep the token valid
     assert await asyncio.to_thread(secrets.read, "redis") == SECRETS["redis"]
     stop.set()
     await asyncio.wait_for(renewing, timeout=1)
