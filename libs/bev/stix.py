@@ -30,6 +30,11 @@ def id_contributing(stix_type: str, value: str, properties: Mapping[str, Any] | 
     match stix_type:
         case "file":
             hashes: Mapping[str, str] = properties.get("hashes") or {}
+            # The hash the file is known by (its value) decides, so a sample analysed with all its
+            # hashes and a report naming its SHA-256 are one node; STIX's preference order otherwise.
+            for key in HASH_PREFERENCE:
+                if str(hashes.get(key, "")).lower() == value.lower():
+                    return {"hashes": {key: hashes[key]}}
             for key in HASH_PREFERENCE:
                 if key in hashes:
                     return {"hashes": {key: hashes[key]}}
@@ -38,6 +43,10 @@ def id_contributing(stix_type: str, value: str, properties: Mapping[str, Any] | 
             return {"number": int(value)}
         case "x-crypto-address":
             return {"currency": properties.get("currency", ""), "value": value}
+        case "user-account":
+            account_type, login = account_of(value)
+            return {"account_login": str(properties.get("account_login") or login),
+                    "account_type": str(properties.get("account_type") or account_type)}
         case _:
             return {"value": value}
 
@@ -45,12 +54,31 @@ def id_contributing(stix_type: str, value: str, properties: Mapping[str, Any] | 
 def object_id(stix_type: str, value: str, properties: Mapping[str, Any] | None = None) -> str:
     """The id of the object `value` names: STIX 2.1's deterministic SCO id, or for a named domain
     object (and a note), a UUIDv5 of its type and name, which STIX leaves random."""
-    if stix_type in NAMED_SDO_TYPES or stix_type == "note":
+    if stix_type in NAMED_SDO_TYPES or stix_type in ("note", "location"):
         return f"{stix_type}--{uuid.uuid5(BEV_NAMESPACE, f'{stix_type}:{value}')}"
     # RFC 8785 canonical JSON for the string/int/dict values id-contributing properties hold.
     canonical = json.dumps(id_contributing(stix_type, value, properties), sort_keys=True, separators=(",", ":"),
                            ensure_ascii=False)
     return f"{stix_type}--{uuid.uuid5(SCO_NAMESPACE, canonical)}"
+
+
+def account_of(value: str) -> tuple[str, str]:
+    """A social account's (STIX account_type, account_login) from its handle as BEV writes it:
+    ``@user@instance`` is a fediverse (Mastodon/ActivityPub) account, ``@handle.example`` a Bluesky
+    one (an AT Protocol handle is a domain name) as is ``@did:plc:...`` (an account known only by
+    its DID); anything else is an account of unknown type."""
+    handle = value.strip()
+    if handle.startswith("@") and handle.count("@") == 2:
+        return "mastodon", handle[1:].lower()
+    if handle.startswith("@did:") or (handle.startswith("@") and "." in handle and "@" not in handle[1:]):
+        return "bluesky", handle[1:].lower()
+    return "", handle
+
+
+def location_value(latitude: float, longitude: float) -> str:
+    """A point's value in the graph: latitude,longitude to 4 decimals (about 11 m), so the same place
+    found twice is one location node. A country's location is its ISO 3166-1 alpha-2 code instead."""
+    return f"{latitude:.4f},{longitude:.4f}"
 
 
 def relationship_id(source_id: str, relationship_type: str, target_id: str) -> str:

@@ -63,7 +63,12 @@ class FetchRefused(TargetRefused):
 
 
 class FetchFailed(CollectorError):
-    """The other side failed (unreachable, timeout, bad status); str() is one line."""
+    """The other side failed (unreachable, timeout, bad status); str() is one line. `status` is the
+    HTTP status when the failure is one (0 otherwise): API collectors tell "no such account" apart."""
+
+    def __init__(self, message: str, status: int = 0) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 @dataclass(frozen=True)
@@ -271,7 +276,7 @@ class Fetcher:
         except TimeoutError:
             raise FetchFailed(f"{url}: no complete answer within {self.config.total_timeout_s:g}s") from None
         if result.status >= 400:
-            raise FetchFailed(f"{url}: HTTP {result.status}")
+            raise FetchFailed(f"{url}: HTTP {result.status}", result.status)
         try:
             return json.loads(result.body)
         except ValueError as exc:
@@ -298,7 +303,7 @@ class Fetcher:
                 current = str(target.url.join(location))
                 continue
             if result.status >= 400:
-                raise FetchFailed(f"{current}: HTTP {result.status}")
+                raise FetchFailed(f"{current}: HTTP {result.status}", result.status)
             return result
         raise FetchRefused(f"{url}: more than {self.config.max_redirects} redirects")
 

@@ -44,7 +44,7 @@ INDICATOR_STIX_TYPES: dict[str, str] = {
 # Observable types a CollectRequest may name, and what `value` means for each.
 OBSERVABLE_TYPES: frozenset[str] = frozenset(
     {"ipv4-addr", "ipv6-addr", "domain-name", "url", "email-addr", "file", "x-crypto-address",
-     "autonomous-system", "note"}
+     "autonomous-system", "note", "user-account", "location"}
 ) | NAMED_SDO_TYPES
 
 class ObservableError(ValueError):
@@ -147,6 +147,25 @@ def to_stix_object(entity_id: str, type_name: str, value: str, properties: Mappi
         case "x-crypto-address":
             return {"type": type_name, "spec_version": "2.1", "id": entity_id, "value": value,
                     "currency": properties.get("currency", "")}
+        case "user-account":
+            account_type, login = stix.account_of(value)
+            obj = {"type": type_name, "spec_version": "2.1", "id": entity_id,
+                   "account_login": properties.get("account_login") or login}
+            if properties.get("account_type") or account_type:
+                obj["account_type"] = properties.get("account_type") or account_type
+            for key in ("user_id", "display_name", "account_created"):
+                if properties.get(key):
+                    obj[key] = properties[key]
+            return obj
+        case "location":
+            obj = {"type": "location", "spec_version": "2.1", "id": entity_id, "created": created,
+                   "modified": created, "name": properties.get("name") or value}
+            for key in ("latitude", "longitude", "precision", "country", "administrative_area", "region", "city"):
+                if properties.get(key) not in (None, ""):
+                    obj[key] = properties[key]
+            if "country" not in obj and ("latitude" not in obj or "longitude" not in obj):
+                obj["country"] = value  # a country's location: its value is the ISO code
+            return obj
         case _:
             return {"type": type_name, "spec_version": "2.1", "id": entity_id, "value": value}
 

@@ -25,6 +25,7 @@ from bev.embeddings.v1 import embeddings_pb2
 from bev.embeddings.v1.embeddings_rpc import EmbeddingsClient
 from bev.rpc import CallContext, InstanceInfo, RpcError, StatusCode
 from bev.runtime import ServiceRuntime, StartupError
+from bev.stix import HASH_BY_LENGTH
 from bev.telemetry import get_logger
 from bev.vocab import Tlp, UnknownTlp
 from services.collectors.builtin.taxii import TaxiiCollector, normalise_counted
@@ -63,6 +64,7 @@ from services.collectors.observables import (
 from services.collectors.observations import ObservationStore, ObservationStoreUnavailable, migrate
 from services.collectors.pauses import Pause, Pauses, PauseStoreUnavailable, redis_url, track
 from services.collectors.pii import scrub_pii
+from services.collectors.quarantine import Quarantine
 from services.collectors.settings import CollectorsConfig, GraphConfig, Settings
 
 log = get_logger(__name__)
@@ -74,6 +76,7 @@ DEFAULT_NEIGHBORHOOD = 200
 DEFAULT_QUERY_ROWS = 100
 DEFAULT_IMPORT_SOURCE = "stix-import"
 RAW_QUERY_REFUSED = "raw graph queries need a key cleared for TLP:RED"
+MALWARE = "malware"  # the collector AnalyzeFile runs
 
 
 def entity_pb(row: EntityRow) -> collectors_pb2.Entity:
@@ -105,6 +108,17 @@ def observation_pb(stored: StoredFinding) -> collectors_pb2.Observation:
         id=obs.id, entity=entity_pb(stored.entity), relations=[relation_pb(r) for r in stored.relations],
         source=obs.source, collector=obs.collector, tlp=obs.tlp.to_proto(), confidence=obs.confidence,
         observed_at=obs.seen.timestamp())
+
+
+def target_observable(target_type: str, value: str) -> Observable:
+    """A CollectRequest's target: a file named by a hash carries it as its STIX hashes."""
+    value = value.strip()
+    if target_type == "file":
+        algorithm = HASH_BY_LENGTH.get(len(value))
+        if algorithm is None or any(c not in "0123456789abcdefABCDEF" for c in value):
+            raise ObservableError(f"a file target is its MD5, SHA-1, SHA-256 or SHA-512 in hex, not {value[:80]!r}")
+        return Observable("file", value.lower(), {"hashes": {algorithm: value.lower()}})
+    return Observable(target_type, value)
 
 
 def _indicator(found: Indicator) -> collectors_pb2.Indicator:
@@ -149,11 +163,39 @@ class Collectors(CollectorsServicer):
 
     async def Collect(self, request: collectors_pb2.CollectRequest,
                       ctx: CallContext) -> AsyncIterator[collectors_pb2.Observation]:
+        async for observation in self._run(lambda: CollectionRequest(
+                request.collector, target_observable(request.target_type, request.target),
+                request.investigation_id, request.opsec, Tlp.from_proto(request.tlp, self.config.default_tlp),
+                request.confidence)):
+            yield observation
+
+    async def AnalyzeFile(self, request: collectors_pb2.AnalyzeFileRequest,
+                          ctx: CallContext) -> AsyncIterator[collectors_pb2.Observation]:
+        """Quarantine the file, then run the malware collector on it as Collect would."""
+        limit = self.config.malware.max_file_bytes
+        if len(request.content) > limit:
+            raise RpcError(StatusCode.RESOURCE_EXHAUSTED,
+                           f"the file is {len(request.content)} bytes; the limit is {limit}")
+        if not request.content:
+            raise RpcError(StatusCode.INVALID_ARGUMENT, "the file is empty")
+        analyzer = self.collection.collectors.get(MALWARE)
+        quarantine = getattr(analyzer, "quarantine", None)
+        if not isinstance(quarantine, Quarantine):
+            raise RpcError(StatusCode.FAILED_PRECONDITION, "this replica has no malware collector with a quarantine")
         try:
-            target = Observable(request.target_type, request.target.strip())
-            job = CollectionRequest(request.collector, target, request.investigation_id, request.opsec,
-                                    Tlp.from_proto(request.tlp, self.config.default_tlp), request.confidence)
-            async for stored in self.collection.run(job):
+            kept = await asyncio.to_thread(quarantine.store, request.content, request.filename)
+        except (CollectorError, OSError) as exc:
+            raise RpcError(StatusCode.UNAVAILABLE, f"quarantine: {exc}") from None
+        target = Observable("file", kept.sha256, {"hashes": {"SHA-256": kept.sha256}, "name": request.filename})
+        async for observation in self._run(lambda: CollectionRequest(
+                MALWARE, target, request.investigation_id, False,
+                Tlp.from_proto(request.tlp, self.config.default_tlp), request.confidence)):
+            yield observation
+
+    async def _run(self, job: Callable[[], CollectionRequest]) -> AsyncIterator[collectors_pb2.Observation]:
+        """One collection run's observations, its failures as the RPC errors callers act on."""
+        try:
+            async for stored in self.collection.run(job()):
                 yield observation_pb(stored)
         except (InvalidTarget, ObservableError, UnknownTlp) as exc:
             raise RpcError(StatusCode.INVALID_ARGUMENT, str(exc)) from None

@@ -1,6 +1,7 @@
+from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 from bev.settings import BevSettings
 from bev.vocab import Tlp
@@ -64,6 +65,42 @@ class PolledSource(BaseModel):
     tlp: Tlp = Tlp.CLEAR
 
 
+class MalwareConfig(BaseModel):
+    """Static analysis of files (services/collectors/builtin/malware.py): nothing is ever executed."""
+
+    # Where uploaded and downloaded files are kept, named by SHA-256, mode 0400 (never executable);
+    # None: <data_dir>/quarantine.
+    quarantine_dir: Path | None = None
+    # Larger files are refused. Uploads reach the service in one RPC (at most 4 MiB), downloads
+    # through the fetcher (fetch.max_bytes): this is the ceiling over both.
+    max_file_bytes: int = Field(default=5 * 1024 * 1024, ge=1)
+    rules_dirs: list[Path] = []  # the operator's own YARA rules (*.yar, *.yara), besides the repository's
+    yara_timeout_s: int = Field(default=10, ge=1)
+    min_string_length: int = Field(default=6, ge=4)  # printable runs read as strings (ASCII and UTF-16LE)
+    max_strings: int = Field(default=20_000, ge=1)  # scanned for indicators at most
+
+
+class SocialConfig(BaseModel):
+    """Public social-media APIs (services/collectors/builtin/social.py); no account or key needed."""
+
+    # A fediverse account @user@instance is looked up at this base URL ({instance}: its host).
+    mastodon_base_url: str = "https://{instance}"
+    bluesky_api_url: str = "https://public.api.bsky.app"  # an AT Protocol AppView (public, read-only)
+    max_posts: int = Field(default=40, ge=1, le=100)  # recent public posts read per account
+    rate_limit_per_s: float = 2.0
+
+
+class GeoConfig(BaseModel):
+    """Offline geolocation (services/collectors/builtin/geo.py): gazetteer and GeoIP data ship in packages."""
+
+    # Place names in text: cities of at least this population (smaller ones are mostly common words
+    # or ambiguous), and countries by name.
+    min_population: int = Field(default=100_000, ge=15_000)
+    max_places: int = Field(default=50, ge=1)  # locations reported per text at most
+    # A newer geoip2fast data file (country or city+ASN); None: the one the package ships.
+    geoip_data_file: Path | None = None
+
+
 class GraphConfig(BaseModel):
     backend: Literal["falkordb", "neo4j"] = "falkordb"
     name: str = "bev"  # FalkorDB graph key / Neo4j database ("" = the server's default there)
@@ -98,6 +135,9 @@ class CollectorsConfig(BaseModel):
     whois: WhoisConfig = WhoisConfig()
     bitcoin: BitcoinConfig = BitcoinConfig()
     ethereum: EthereumConfig = EthereumConfig()
+    malware: MalwareConfig = MalwareConfig()
+    social: SocialConfig = SocialConfig()
+    geo: GeoConfig = GeoConfig()
     feeds: list[PolledSource] = []  # RSS/Atom, read by the feed collector
     taxii: list[PolledSource] = []  # STIX bundles / TAXII 2.1 collections, read by the taxii collector
     graph: GraphConfig = GraphConfig()
@@ -106,3 +146,9 @@ class CollectorsConfig(BaseModel):
 
 class Settings(BevSettings):
     collectors: CollectorsConfig = CollectorsConfig()
+
+    @model_validator(mode="after")
+    def _quarantine_in_data_dir(self) -> "Settings":
+        if self.collectors.malware.quarantine_dir is None:
+            self.collectors.malware.quarantine_dir = self.data_dir / "quarantine"
+        return self

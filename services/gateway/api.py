@@ -105,7 +105,7 @@ def create_app(nc: NatsClient, config: GatewayConfig, callees: Iterable[str], gu
     async def limit_body(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
         # Content-Length is checked before reading; chunked bodies are counted as they arrive.
         # /mcp carries documents too (document_intelligence), base64 in JSON: the upload limit.
-        large = request.url.path in embeddings.UPLOAD_PATHS or request.url.path == MCP_PATH
+        large = request.url.path in (*embeddings.UPLOAD_PATHS, collectors.FILES_PATH, MCP_PATH)
         limit = config.max_upload_bytes if large else config.max_body_bytes
         path = request.url.path
         declared = request.headers.get("content-length")

@@ -6,9 +6,12 @@ clients that speak MCP over stdio. There is one server and one set of tools: eac
 few RPCs to the service that owns the work, with the caller's `Access` on every request that
 carries one, so a key sees what its team may see and nothing above its TLP.
 
-Scopes: a tool that starts work or stores what it collects (start_investigation, network_analysis,
-crypto_tracking, alternative_market_intelligence, document_intelligence) needs the key's "write"
-scope; the others need "read". A missing scope, an invalid argument or a service's refusal is a
+The BEV design's eight OSINT tools are network_analysis, crypto_tracking, document_intelligence,
+threat_actor_profile, alternative_market_intelligence, malware_analysis, social_media_intelligence and
+geospatial_intelligence; the investigation, corpus and graph tools sit beside them.
+
+Scopes: a tool that starts work or stores what it collects (start_investigation and the collecting
+tools) needs the key's "write" scope; the others need "read". A missing scope, an invalid argument or a service's refusal is a
 tool error (isError, one line saying why) that the model reads, not a protocol error.
 
 Collected content (pages, WHOIS records, documents, excerpts) is untrusted: it can hold text
@@ -29,6 +32,7 @@ import binascii
 import ipaddress
 import json
 import logging
+import re
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
@@ -49,6 +53,7 @@ from bev.common.v1 import common_pb2
 from bev.embeddings.v1 import embeddings_pb2
 from bev.media_types import UnsupportedMediaType, resolve_media_type
 from bev.rpc import RpcError, StatusCode
+from bev.social_accounts import parse_account
 from bev.stix import HASH_BY_LENGTH, NAMED_SDO_TYPES, object_id
 from bev.swarm.v1 import swarm_pb2
 from bev.vocab import Tlp
@@ -85,6 +90,7 @@ MAX_PROPERTY_CHARS = 500  # a collected string property is cut here in results
 MAX_GRAPH_ROWS = 1000  # the collectors' GraphQuery and Neighborhood ceilings
 MAX_WALLETS = 10
 MAX_DOCUMENT_CHARS = 4_000_000  # the gateway's body limit (max_body_bytes) binds first
+MAX_FILE_CHARS = 4_400_000  # base64 of a 3 MiB file (the gateway's upload limit binds first)
 MAX_EXTRACT_BYTES = 1_000_000  # of a document's text sent to Extract (the service refuses 2 MiB and more)
 # The search service's ceiling on k (services/embeddings MAX_K).
 MAX_K = 100
@@ -100,7 +106,9 @@ INSTRUCTIONS = f"""BEV is an OSINT and threat-intelligence platform. Its tools:
 - search_corpus finds cited passages in the document corpus; graph_neighborhood and
   threat_actor_profile read the knowledge graph (ATT&CK groups, techniques, software, campaigns).
 - network_analysis (DNS, WHOIS, web), crypto_tracking (bitcoin, ethereum), alternative_market_intelligence
-  (Tor) and document_intelligence collect new data and store it: they need a key with the write scope.
+  (Tor), document_intelligence, malware_analysis (static only: files are never run),
+  social_media_intelligence (Mastodon, Bluesky) and geospatial_intelligence (EXIF, gazetteer, GeoIP,
+  offline) collect new data and store it: they need a key with the write scope.
 {UNTRUSTED}"""
 
 
@@ -274,6 +282,62 @@ def _attack_id(properties: Mapping[str, Any]) -> str:
                 and reference.get("external_id"):
             return str(reference["external_id"])
     return ""
+
+
+Platform = Literal["", "mastodon", "bluesky"]
+GeoKind = Literal["auto", "ip", "coordinates", "place", "url", "text"]
+COORDINATES = re.compile(r"\s*[-+]?\d{1,2}(?:\.\d+)?\s*,\s*[-+]?\d{1,3}(?:\.\d+)?\s*")
+
+
+def _geo_target(text: str, kind: str) -> tuple[str, str]:
+    """What geospatial_intelligence was given -> the geo collector's (target type, value)."""
+    value = text.strip()
+    if kind == "auto":
+        try:
+            ipaddress.ip_address(value.strip("[]"))
+            kind = "ip"
+        except ValueError:
+            if value.lower().startswith(("http://", "https://")):
+                kind = "url"
+            elif COORDINATES.fullmatch(value):
+                kind = "coordinates"
+            elif "\n" not in value and len(value) <= 100 and len(value.split()) <= 4 and not any(c.isdigit() for c in value):
+                kind = "place"
+            else:
+                kind = "text"
+    match kind:
+        case "ip":
+            try:
+                address = ipaddress.ip_address(value.strip("[]"))
+            except ValueError:
+                raise ToolError(f"{text[:80]!r} is not an IP address") from None
+            return ("ipv4-addr" if address.version == 4 else "ipv6-addr"), str(address)
+        case "url":
+            if urlsplit(value).scheme not in ("http", "https") or not urlsplit(value).hostname:
+                raise ToolError(f"{text[:80]!r} is not an http(s) URL")
+            return "url", value
+        case "coordinates":
+            if not COORDINATES.fullmatch(value):
+                raise ToolError(f"{text[:80]!r} is not latitude,longitude in decimal degrees")
+            return "location", value.replace(" ", "")
+        case "place":
+            return "location", value
+        case _:
+            return "note", value
+
+
+def _file_summary(run: Mapping[str, Any]) -> dict[str, Any]:
+    """The analysed file's observation and what it links to, from a malware collector run."""
+    observations = run.get("observations", [])
+    files = [obs for obs in observations if obs["type"] == "file" and obs.get("properties", {}).get("x_static")]
+    if not files:
+        return {}
+    sample = files[0]
+    linked = [rel for obs in observations for rel in obs["relations"] if rel["source"] == sample["value"]]
+    return {"sha256": sample["value"], "properties": sample["properties"],
+            "malware": sorted({rel["target"] for rel in linked if rel["type"] == "sample-of"}),
+            "indicators": [{"type": obs["type"], "value": obs["value"]} for obs in observations
+                           if obs is not sample and obs["type"] not in ("file", "malware")]}
 
 
 PROFILE_SECTIONS = {"attack-pattern": "techniques", "malware": "software", "tool": "software",
@@ -585,6 +649,94 @@ def mcp_server(clients: Clients) -> MCPServer[Any]:
                 _collect(clients, _wallet_collector(wallet), "x-crypto-address", wallet, tlp=tlp,
                          investigation_id=investigation_id) for wallet in wallets[:max_wallets])))
         return {"page": page, "wallets": wallets, "traces": traced, "note": UNTRUSTED}
+
+    @server.tool(annotations=_collecting("Static malware analysis"))
+    async def malware_analysis(
+        ctx: Ctx,
+        content: Annotated[str, Field(max_length=MAX_FILE_CHARS, description=(
+            "the file's bytes in base64; empty when `url` is given"))] = "",
+        filename: Annotated[str, Field(max_length=255, description="its name (a property, never a path)")] = "",
+        url: Annotated[str, Field(max_length=2048, description=(
+            "download the file from this http(s) URL instead (through the collectors' SSRF guard)"))] = "",
+        tlp: Annotated[TlpLabel, Field(description="TLP label of what is collected")] = "amber",
+        investigation_id: Annotated[str, Field(max_length=200, description="an investigation it belongs to; empty: none")] = "",
+    ) -> dict[str, Any]:
+        """Static analysis of a file, never executed: hashes (MD5, SHA-1, SHA-256, ssdeep, TLSH), type
+        by content, PE/ELF structure (sections, imports, entropy, signature present), Office macros,
+        strings and the indicators in them, YARA matches (a rule naming a malware family links the
+        file to it). The file is kept in the collectors' quarantine; results are stored in the graph.
+        Needs the write scope."""
+        caller_of(ctx, "write")
+        if bool(content) == bool(url.strip()):
+            raise ToolError("give the file as base64 `content` or a `url` to download it from, not both")
+        if url.strip():
+            target = url.strip()
+            if urlsplit(target).scheme not in ("http", "https") or not urlsplit(target).hostname:
+                raise ToolError(f"{url[:80]!r} is not an http(s) URL")
+            run = await _collect(clients, "malware", "url", target, tlp=tlp, investigation_id=investigation_id)
+        else:
+            try:
+                data = base64.b64decode(content, validate=True)
+            except (binascii.Error, ValueError):
+                raise ToolError("content is not valid base64") from None
+            if not data:
+                raise ToolError("the file is empty")
+            run = {"collector": "malware", "target": filename or "upload"}
+            try:
+                found = [obs async for obs in clients.collectors.AnalyzeFile(collectors_pb2.AnalyzeFileRequest(
+                    content=data, filename=filename, investigation_id=investigation_id, tlp=_tlp(tlp)))]
+            except RpcError as exc:
+                raise ToolError(_rpc_message(exc)) from None
+            run |= _observations(found)
+        _something_collected([run])
+        return {"file": _file_summary(run), **run, "note": UNTRUSTED}
+
+    @server.tool(annotations=_collecting("Social media intelligence"))
+    async def social_media_intelligence(
+        ctx: Ctx,
+        account: Annotated[str, Field(min_length=2, max_length=2048, description=(
+            "a fediverse account @user@instance, a Bluesky handle @name.bsky.social, or a profile URL"))],
+        platform: Annotated[Platform, Field(description="mastodon or bluesky when the account alone is ambiguous")] = "",
+        tlp: Annotated[TlpLabel, Field(description="TLP label of what is collected")] = "clear",
+        investigation_id: Annotated[str, Field(max_length=200, description="an investigation it belongs to; empty: none")] = "",
+    ) -> dict[str, Any]:
+        """Look up a public social-media account over its platform's public API (Mastodon/ActivityPub,
+        Bluesky's AT Protocol): its profile and recent public posts, and the domains, e-mails,
+        wallets, URLs and accounts they name, stored in the graph as a STIX user-account and its
+        relations, each citing the post it came from. Needs the write scope."""
+        caller_of(ctx, "write")
+        try:
+            value = parse_account(account, platform)
+        except ValueError as exc:
+            raise ToolError(str(exc)) from None
+        run = await _collect(clients, "social", "user-account", value, tlp=tlp, investigation_id=investigation_id)
+        _something_collected([run])
+        return {"account": value, **run, "note": UNTRUSTED}
+
+    @server.tool(annotations=_collecting("Geospatial intelligence"))
+    async def geospatial_intelligence(
+        ctx: Ctx,
+        target: Annotated[str, Field(min_length=1, max_length=20_000, description=(
+            "an IP address, latitude,longitude, a place name, an image or page URL, or text naming places"))],
+        kind: Annotated[GeoKind, Field(description=(
+            "what `target` is: ip, coordinates, place, url (an image's EXIF GPS, or a page's text), text; "
+            "auto: inferred"))] = "auto",
+        tlp: Annotated[TlpLabel, Field(description="TLP label of what is collected")] = "clear",
+        investigation_id: Annotated[str, Field(max_length=200, description="an investigation it belongs to; empty: none")] = "",
+    ) -> dict[str, Any]:
+        """Locate things offline: an IP address's country and network (GeoIP data shipped with BEV),
+        coordinates to the nearest place and a place name to coordinates (GeoNames gazetteer), GPS
+        coordinates in an image's EXIF, coordinates and place names in a page or a text. Results are
+        STIX locations in the graph, linked to what they locate. Needs the write scope."""
+        caller_of(ctx, "write")
+        target_type, value = _geo_target(target, kind)
+        run = await _collect(clients, "geo", target_type, value, tlp=tlp, investigation_id=investigation_id)
+        _something_collected([run])
+        locations = [{"value": obs["value"], **{key: obs["properties"][key] for key in
+                                               ("name", "latitude", "longitude", "country") if key in obs["properties"]}}
+                     for obs in run.get("observations", []) if obs["type"] == "location"]
+        return {**run, "target": {"type": target_type, "value": value if target_type != "note" else value[:200]},
+                "locations": locations, "note": UNTRUSTED}
 
     return server
 

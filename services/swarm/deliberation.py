@@ -34,7 +34,9 @@ def specialists_for(evidence: Sequence[EvidenceRow]) -> list[str]:
     types = {e.get("type") for item in evidence for e in _entities(item)}
     text = " ".join(item.content for item in evidence)
     wanted = ["infrastructure"]
-    if types & {"malware", "intrusion-set", "threat-actor", "campaign", "attack-pattern"}:
+    if types & {"malware", "intrusion-set", "threat-actor", "campaign", "attack-pattern"} or any(
+            e.get("type") == "file" and (e.get("properties") or {}).get("x_static")
+            for item in evidence for e in _entities(item)):  # an analysed sample
         wanted.append("threat-actor")
     if "x-crypto-address" in types:
         wanted.append("crypto")
@@ -53,7 +55,7 @@ def view_for(role: str, evidence: Sequence[EvidenceRow], limit: int) -> list[Evi
     """The evidence an agent reads: the most telling items for its role first (pages and graph
     context before bare DNS records), `limit` in all."""
     wanted = {
-        "infrastructure": {"domain-name", "ipv4-addr", "ipv6-addr", "url", "email-addr"},
+        "infrastructure": {"domain-name", "ipv4-addr", "ipv6-addr", "url", "email-addr", "user-account", "location"},
         "crypto": {"x-crypto-address"},
         "threat-actor": {"malware", "intrusion-set", "campaign", "attack-pattern", "vulnerability", "file"},
         "darknet": {"url", "domain-name"},
@@ -133,8 +135,9 @@ def usable_statement(text: str) -> bool:
 
 # The relation types each role reads first when it drafts a statement from facts.
 _ROLE_RELATIONS: dict[str, tuple[str, ...]] = {
-    "threat-actor": ("indicates", "attributed-to", "uses", "exploits", "communicates-with"),
-    "infrastructure": ("registrant-contact", "resolves-to", "name-server", "links-to", "mail-server"),
+    "threat-actor": ("indicates", "sample-of", "attributed-to", "uses", "exploits", "communicates-with", "delivers"),
+    "infrastructure": ("registrant-contact", "resolves-to", "name-server", "links-to", "mail-server", "mentions",
+                       "located-at", "taken-at"),
     "crypto": ("sent-to", "same-owner"),
     "darknet": ("links-to", "related-to"),
     "analyst": ("indicates", "related-to", "links-to"),
@@ -144,7 +147,8 @@ _PHRASES = {"indicates": "is an indicator of", "attributed-to": "is attributed t
             "registrant-contact": "is registered by", "resolves-to": "resolves to", "sent-to": "sent funds to",
             "same-owner": "has the same owner as", "links-to": "links to", "related-to": "is named together with",
             "exploits": "exploits", "communicates-with": "communicates with", "name-server": "is served by name server",
-            "mail-server": "receives mail at"}
+            "mail-server": "receives mail at", "sample-of": "is a sample of", "delivers": "delivers",
+            "mentions": "mentions", "located-at": "is located in", "taken-at": "was taken at"}
 
 
 def draft_from_facts(role: str, evidence: Sequence[EvidenceRow], facts: int = 3) -> dict[str, Any] | None:

@@ -8,6 +8,9 @@ findings as evidence and returns the follow-up tasks the playbook derives from t
 - page -> the URLs, hosts, wallets, hashes and addresses it names; in-scope URLs are fetched in turn
   (same registrable domain, an allowed name, or a host that an in-scope page named);
 - wallet -> transaction tracing (bitcoin / ethereum collectors) -> counterparties;
+- a linked file (an executable, an Office document, an archive: by its path) -> static malware
+  analysis instead of the web page; a linked photo -> its EXIF location (geo); a linked Mastodon or
+  Bluesky profile -> the account's profile and posts (social); the target's addresses -> GeoIP;
 - every indicator worth it (target, hashes, CVEs, IPs, wallets, malware) -> its graph neighbourhood.
 
 Each follow-up is one pivot deeper; tasks deeper than the budget's max_depth are not run. Follow-ups
@@ -29,6 +32,7 @@ from urllib.parse import urlsplit
 from bev.collectors.v1 import collectors_pb2
 from bev.embeddings.v1 import embeddings_pb2
 from bev.rpc import RpcError
+from bev.social_accounts import profile_account
 from bev.vocab import Tlp
 from services.swarm.agents import Agent, Investigation, Refused, while_starting
 from services.swarm.roles import COLLECT, GET_DOCUMENT, NEIGHBORHOOD, SEARCH
@@ -74,6 +78,26 @@ class Outcome:
                 "error": self.error, "refused": self.refused}
 
 
+# A linked URL whose path ends so is a file to analyse statically, or a photo to locate, not a page.
+SAMPLE_SUFFIXES = (".exe", ".dll", ".scr", ".msi", ".bin", ".elf", ".so", ".apk", ".jar", ".ps1", ".vbs", ".hta",
+                   ".lnk", ".doc", ".docm", ".xls", ".xlsm", ".ppt", ".pptm", ".rtf", ".iso", ".zip", ".7z", ".rar")
+PHOTO_SUFFIXES = (".jpg", ".jpeg", ".tif", ".tiff", ".heic", ".png", ".webp")
+IP_TYPES = frozenset({"ipv4-addr", "ipv6-addr"})
+
+
+def url_task(url: str, depth: int, reason: str) -> Task:
+    """The collector a URL calls for: a social profile, a file sample, a photo, else a web page."""
+    account = profile_account(url)
+    if account is not None:
+        return Task("collect", "user-account", account, depth, "social", reason)
+    path = urlsplit(url).path.lower()
+    if path.endswith(SAMPLE_SUFFIXES):
+        return Task("collect", "url", url, depth, "malware", reason)
+    if path.endswith(PHOTO_SUFFIXES):
+        return Task("collect", "url", url, depth, "geo", reason)
+    return Task("collect", "url", url, depth, "web", reason)
+
+
 def initial_tasks(stix_type: str, value: str, seeds: Sequence[str]) -> list[Task]:
     """The leader's plan for the target: where the playbook starts."""
     tasks: list[Task] = []
@@ -83,15 +107,21 @@ def initial_tasks(stix_type: str, value: str, seeds: Sequence[str]) -> list[Task
         tasks += [Task("collect", "url", f"{scheme}://{value}/", 0, "web", "the target's web page")
                   for scheme in ("http", "https")]
     elif stix_type == "url":
-        tasks.append(Task("collect", "url", value, 0, "web", "the target page"))
+        tasks.append(url_task(value, 0, "the target"))
         host = urlsplit(value).hostname or ""
         if host and not _is_ip(host):
             tasks.append(Task("collect", "domain-name", host, 0, "dns", "the target's host"))
     elif stix_type == "x-crypto-address":
         collector = "ethereum" if value.lower().startswith("0x") else "bitcoin"
         tasks.append(Task("collect", stix_type, value, 0, collector, "trace the wallet's transactions"))
+    elif stix_type in IP_TYPES:
+        tasks.append(Task("collect", stix_type, value, 0, "geo", "where the address is (GeoIP)"))
+    elif stix_type == "user-account":
+        tasks.append(Task("collect", stix_type, value, 0, "social", "the account's profile and public posts"))
+    elif stix_type == "file":
+        tasks.append(Task("collect", stix_type, value, 0, "malware", "static analysis of the sample, if BEV holds it"))
     tasks.append(Task("neighborhood", stix_type, value, 0, reason="what the graph already holds about the target"))
-    tasks += [Task("collect", "url", seed, 0, "web", "a seed the analyst gave") for seed in seeds]
+    tasks += [url_task(seed, 0, "a seed the analyst gave") for seed in seeds]
     return tasks
 
 
@@ -311,7 +341,7 @@ def follow_ups(task: Task, observations: Sequence[Mapping[str, Any]], inv: Inves
             if page_in_scope and plain and host and not scope.allows_host(host):
                 scope.widen(host, f"named by in-scope page {task.target}")
             if scope.allows_url(value):
-                out.append(Task("collect", "url", value, depth, "web", f"linked from {task.target}"))
+                out.append(url_task(value, depth, f"linked from {task.target}"))
         elif kind == "domain-name":
             if page_in_scope and not scope.allows_host(value):
                 scope.widen(value, f"named by in-scope page {task.target}")
@@ -319,6 +349,10 @@ def follow_ups(task: Task, observations: Sequence[Mapping[str, Any]], inv: Inves
                 out.append(Task("collect", kind, value, depth, "dns", f"found by {task.collector or 'the graph'}"))
                 if task.collector == "web":
                     out.append(Task("collect", kind, value, depth, "whois", f"named by page {task.target}"))
+        elif kind in IP_TYPES and task.collector == "dns" and task.depth == 0 \
+                and any(r["type"] == "resolves-to" for r in obs["relations"]):
+            if scope.note_resolution(task.target, value):  # a routable address of an in-scope name
+                out.append(Task("collect", kind, value, depth, "geo", f"where {task.target}'s address is (GeoIP)"))
         elif kind == "x-crypto-address":
             collector = "ethereum" if value.lower().startswith("0x") else "bitcoin"
             if task.collector not in ("bitcoin", "ethereum"):  # the trace follows the flow itself

@@ -23,6 +23,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from bev.stix import account_of
 from services.swarm.roles import COLLECT
 from services.swarm.targets import Target, normalise_host, public_suffix, registrable_domain
 
@@ -153,8 +154,9 @@ class Scope:
         """Why this tool call is out of scope, or None when it may run.
 
         Only ``collectors.Collect`` reaches the network on an agent's say-so: its ``url``,
-        ``domain-name``, ``ipv4-addr`` and ``ipv6-addr`` targets are checked; other target types
-        (wallets, hashes, names) have no destination of their own. Other tools pass here (the
+        ``domain-name``, ``ipv4-addr`` and ``ipv6-addr`` targets are checked, and a fediverse
+        ``user-account``'s instance; other target types (wallets, hashes, names, places) have no
+        destination of their own. Other tools pass here (the
         roles decide who may call them).
         """
         if tool != COLLECT:
@@ -170,6 +172,12 @@ class Scope:
             if self.allows_host(target):
                 return None
             return f"domain {_shown(target)} is outside the investigation's scope ({self.describe()})"
+        if target_type == "user-account":
+            account_type, login = account_of(target)
+            instance = login.rpartition("@")[2]
+            if account_type != "mastodon" or self.allows_host(instance):
+                return None  # a Bluesky account is read from the configured AppView, as a wallet from Esplora
+            return f"the instance {_shown(instance)} of {_shown(target)} is outside the investigation's scope ({self.describe()})"
         version = _IP_TARGET_TYPES.get(target_type)
         if version is not None:
             address = _ip_literal(target.strip())

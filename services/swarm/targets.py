@@ -26,6 +26,8 @@ import idna
 from tld import get_tld
 from tld.exceptions import TldBadUrl, TldDomainNotFound
 
+from bev.social_accounts import parse_account
+from bev.stix import account_of
 from bev.wallets import BASE58_ADDRESS, is_valid_bitcoin_address, is_valid_ethereum_address
 
 __all__ = [
@@ -59,9 +61,10 @@ STIX_TYPES: Final[dict[str, str]] = {
     "sha256": "file",
     "threat-actor": "threat-actor",
     "malware": "malware",
+    "account": "user-account",
 }
 KINDS: Final[tuple[str, ...]] = tuple(STIX_TYPES)
-NETWORK_KINDS: Final = frozenset({"domain", "url", "ipv4", "ipv6", "email"})
+NETWORK_KINDS: Final = frozenset({"domain", "url", "ipv4", "ipv6", "email", "account"})
 
 # Declared STIX names -> the kinds they may be (several: the value decides which).
 _DECLARED: Final[dict[str, tuple[str, ...]]] = {
@@ -73,6 +76,9 @@ _DECLARED: Final[dict[str, tuple[str, ...]]] = {
     "x-crypto-address": ("btc", "eth"),
     "file": ("md5", "sha1", "sha256"),
     "intrusion-set": ("threat-actor",),
+    "user-account": ("account",),
+    "mastodon": ("account",),
+    "bluesky": ("account",),
 }
 _ACCEPTED: Final = ", ".join(_DECLARED)
 
@@ -121,6 +127,9 @@ class Target:
                 return self.value.rpartition("@")[2]
             case "url":
                 return _url_host(self.value)
+            case "account":  # a fediverse account lives on its instance; a Bluesky one behind a fixed API
+                account_type, login = account_of(self.value)
+                return login.rpartition("@")[2] if account_type == "mastodon" else None
             case _:
                 return None
 
@@ -138,6 +147,12 @@ def infer_target(value: str, declared: str = "") -> Target:
             raise UntypableTarget(f"unknown target_type {declared.strip()[:40]!r}; accepted: {_ACCEPTED}")
         if kinds[0] in ("threat-actor", "malware"):
             return Target(kinds[0], _name(trimmed), STIX_TYPES[kinds[0]])
+        if kinds[0] == "account":
+            try:
+                platform = wanted if wanted in ("mastodon", "bluesky") else ""
+                return Target("account", parse_account(trimmed, platform), STIX_TYPES["account"])
+            except ValueError as error:
+                raise UntypableTarget(f"{_shown(trimmed)} is not a social account: {error}") from None
         fanged = refang(trimmed)
         problems: list[str] = []
         for kind in kinds:
@@ -148,6 +163,11 @@ def infer_target(value: str, declared: str = "") -> Target:
         raise UntypableTarget(f"{_shown(trimmed)} is not a valid {wanted}: {'; '.join(problems)}; "
                               f"accepted target_type values: {_ACCEPTED}")
     fanged = refang(trimmed)
+    if fanged.startswith("@") and fanged.count("@") == 2:  # @user@instance: a fediverse account, one reading
+        try:
+            return Target("account", parse_account(fanged, "mastodon"), STIX_TYPES["account"])
+        except ValueError as error:
+            raise UntypableTarget(f"{_shown(trimmed)} looks like a fediverse account but is not one: {error}") from None
     for kind in _INFERENCE_ORDER:
         try:
             return Target(kind, _PARSERS[kind](fanged, inferring=True), STIX_TYPES[kind])
@@ -155,8 +175,9 @@ def infer_target(value: str, declared: str = "") -> Target:
             continue
     raise UntypableTarget(
         f"cannot infer the type of {_shown(trimmed)}{_hint(fanged)}: tried URL (http, https, ftp), IPv4, IPv6, "
-        f"email, bitcoin and ethereum address, md5/sha1/sha256 hash and domain (a TLD the Public Suffix List "
-        f"knows); a threat actor or malware name needs target_type; accepted: {_ACCEPTED}"
+        f"email, @user@instance account, bitcoin and ethereum address, md5/sha1/sha256 hash and domain (a TLD "
+        f"the Public Suffix List knows); a threat actor or malware name, or a Bluesky handle, needs "
+        f"target_type; accepted: {_ACCEPTED}"
     )
 
 

@@ -43,7 +43,7 @@ def _edges(found: list[StoredFinding]) -> set[tuple[str, str, str]]:
 
 
 def test_every_builtin_satisfies_the_contract(collection: Collection) -> None:
-    builtins = {"dns", "whois", "web", "feed", "taxii", "bitcoin", "ethereum", "tor", "document"}
+    builtins = {"dns", "whois", "web", "feed", "taxii", "bitcoin", "ethereum", "tor", "document", "malware", "social", "geo"}
     assert set(collector_factories()) >= builtins  # registered as entry points in pyproject.toml
     for collector in collection.collectors.values():
         assert isinstance(collector, Collector)

@@ -1,15 +1,17 @@
 from __future__ import annotations
 
+import hashlib
 import json
 from typing import TYPE_CHECKING, Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Path, Query
+from fastapi import APIRouter, HTTPException, Path, Query, Request
 from pydantic import ConfigDict, Field, ValidationError, ValidatorFunctionWrapHandler, field_validator
 from typing_extensions import TypeAliasType
 
 from bev.collectors.v1 import collectors_pb2
+from bev.common.v1 import common_pb2
 from bev.vocab import Tlp
-from services.gateway.deps import ADMIN, READ, WRITE, CallerDep, ClientsDep
+from services.gateway.deps import ADMIN, READ, WRITE, Caller, CallerDep, ClientsDep
 from services.gateway.routes.common import TLP_LABELS, Body, Int, Limit, PageCursor, paged, tlp_value, to_json
 
 # The collectors service's bounds (services/collectors: graph.MAX_DEPTH, GraphConfig.max_rows and
@@ -20,6 +22,9 @@ MAX_IDS = 1000
 STIX_ID = r"^[a-z0-9-]+--\S+$"
 PARAMETER_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
 MAP_KEY = r"^[^`]+$"
+
+# Static malware analysis uploads: the raw file as the body, up to GatewayConfig.max_upload_bytes.
+FILES_PATH = "/api/v1/files"
 
 router = APIRouter(tags=["collectors"])
 
@@ -117,16 +122,45 @@ async def list_collectors(clients: ClientsDep, limit: Limit = 100, cursor: PageC
     404: {"description": "No such collector (GET /api/v1/collectors lists them)"}})
 async def collect(name: str, body: CollectBody, clients: ClientsDep, caller: CallerDep) -> dict[str, Any]:
     """Run one collector on a target; its observations are stored in the graph and returned."""
-    tlp = tlp_value(body.tlp)
-    label = Tlp.from_proto(tlp)
-    # CollectRequest carries no Access: the answer holds what was collected at this label, so a key
-    # may collect only at a label it may read.
-    if label is not None and not caller.may_read(label):
-        raise HTTPException(403, f"this key reads at most TLP:{caller.max_tlp.value.upper()}; "
-                                 f"it cannot collect at TLP:{label.value.upper()}")
+    tlp = _readable_tlp(body.tlp, caller)  # CollectRequest carries no Access
     request = collectors_pb2.CollectRequest(collector=name, **body.model_dump(exclude={"tlp"}), tlp=tlp)
     observations = [to_json(obs) async for obs in clients.collectors.Collect(request)]
     return {"observations": observations}
+
+
+def _readable_tlp(label_text: str, caller: Caller) -> common_pb2.Tlp.ValueType:
+    """The request's TLP, refused (403) when above what the key may read: the answer holds what was
+    collected at this label, so a key may collect only at a label it may read."""
+    tlp = tlp_value(label_text)
+    label = Tlp.from_proto(tlp)
+    if label is not None and not caller.may_read(label):
+        raise HTTPException(403, f"this key reads at most TLP:{caller.max_tlp.value.upper()}; "
+                                 f"it cannot collect at TLP:{label.value.upper()}")
+    return tlp
+
+
+@router.post(FILES_PATH, dependencies=[WRITE], openapi_extra={"requestBody": {
+    "required": True, "description": "the file itself (any type), as the raw body",
+    "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}}, responses={
+    200: {"description": "The file's SHA-256 and what static analysis observed (stored in the graph)",
+          "content": {"application/json": {"example": {"sha256": "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08",
+                                                       "size": 4, "observations": []}}}},
+    403: {"description": "The TLP is above the key's"},
+    413: {"description": "The file is over the upload limit"}})
+async def analyze_file(request: Request, clients: ClientsDep, caller: CallerDep,
+                       filename: Annotated[str, Query(max_length=255, description="its name (kept as a property, never a path)")] = "",
+                       tlp: Annotated[str, Query(json_schema_extra=TLP_LABELS, description="empty: the service's default")] = "",
+                       investigation_id: Annotated[str, Query(max_length=200)] = "") -> dict[str, Any]:
+    """Static malware analysis of an uploaded file: kept in the collectors' quarantine (never
+    executable, never run) and analysed (hashes, fuzzy hashes, type, PE/ELF structure, Office macros,
+    strings and their indicators, YARA); what it observed is stored in the graph and returned."""
+    content = await request.body()  # bounded by GatewayConfig.max_upload_bytes in the middleware (413)
+    if not content:
+        raise HTTPException(400, "the uploaded file is empty")
+    label = _readable_tlp(tlp, caller)
+    observations = [to_json(obs) async for obs in clients.collectors.AnalyzeFile(collectors_pb2.AnalyzeFileRequest(
+        content=content, filename=filename, investigation_id=investigation_id, tlp=label))]
+    return {"sha256": hashlib.sha256(content).hexdigest(), "size": len(content), "observations": observations}
 
 
 @router.get("/api/v1/graph/entities/{entity_id}", dependencies=[READ],

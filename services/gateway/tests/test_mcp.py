@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import json
 import os
 import sys
@@ -44,6 +45,7 @@ from bev.testing.serving import serving_on_nats
 from bev.vocab import Tlp
 from services.collectors.graph import FalkorGraphStore
 from services.collectors.observables import Observable
+from services.collectors.samples import minimal_pe
 from services.collectors.servicer import assemble as assemble_collectors
 from services.collectors.testing import (
     DnsFixture,
@@ -66,9 +68,14 @@ from services.swarm.servicer import assemble as assemble_swarm
 from services.swarm.settings import SwarmConfig
 
 COLLECTOR_DATA = Path(__file__).resolve().parents[2] / "collectors" / "tests" / "data"
+FAMILY_RULE = 'rule Marker { meta: malware = "Glasswing" strings: $m = "GLASSWING-CONFIG" condition: $m }\n'
+SAMPLE = minimal_pe([b"GLASSWING-CONFIG", b"beacon hxxp://c2.glasswing[.]example[.]com/gate"])
+# The BEV design's eight OSINT tools, and the investigation, corpus and graph tools beside them.
+OSINT_TOOLS = {"network_analysis", "crypto_tracking", "document_intelligence", "threat_actor_profile",
+               "alternative_market_intelligence", "malware_analysis", "social_media_intelligence",
+               "geospatial_intelligence"}
 TOOLS = {"start_investigation", "get_investigation", "follow_investigation", "search_corpus", "graph_neighborhood",
-         "network_analysis", "threat_actor_profile", "crypto_tracking", "document_intelligence",
-         "alternative_market_intelligence"}
+         *OSINT_TOOLS}
 READ_TOOLS = {"get_investigation", "follow_investigation", "search_corpus", "graph_neighborhood",
               "threat_actor_profile"}
 WALLET = "1BvBMSEYstWetqTFn5Au4m4GFg7xJaNVN2"  # the target of the collectors' recorded Esplora answers
@@ -96,9 +103,14 @@ async def stack(tmp_path_factory: pytest.TempPathFactory, fresh_database: Callab
                 fresh_database(), tmp_path_factory.mktemp("mcp-embeddings"),
                 ModelRegistry([ModelRegistry.serve(minilm, embeddings_config)], embeddings_config.model)))
             # Tor: the test's microsocks, which knows only investigation inv-a's credentials.
-            collectors_config = local_collectors_config(dns_fixture, http_fixture, whois_fixture,
-                                                        tor_socks_url=socks_proxy.url,
-                                                        graph={"name": f"mcp-{uuid.uuid4().hex[:8]}"})
+            rules = tmp_path_factory.mktemp("mcp-yara")
+            (rules / "family.yar").write_text(FAMILY_RULE)
+            collectors_config = local_collectors_config(
+                dns_fixture, http_fixture, whois_fixture, tor_socks_url=socks_proxy.url,
+                graph={"name": f"mcp-{uuid.uuid4().hex[:8]}"},
+                malware={"quarantine_dir": tmp_path_factory.mktemp("mcp-quarantine"), "rules_dirs": [rules]},
+                social={"mastodon_base_url": f"http://{{instance}}:{http_fixture.port}",
+                        "bluesky_api_url": http_fixture.base})
             secrets = {"postgres": {"dsn": fresh_database()},
                        "falkordb": {"host": falkordb_server.host, "port": str(falkordb_server.port),
                                     "password": falkordb_server.password}}
@@ -223,7 +235,10 @@ async def test_each_tool_checks_the_keys_scope(stack: Stack) -> None:
                            ("network_analysis", {"target": "scopes.example.com"}),
                            ("crypto_tracking", {"address": WALLET}),
                            ("document_intelligence", {"content": "a note"}),
-                           ("alternative_market_intelligence", {"url": "scopes.onion"})]:
+                           ("alternative_market_intelligence", {"url": "scopes.onion"}),
+                           ("malware_analysis", {"content": "TVo="}),
+                           ("social_media_intelligence", {"account": "@someone@scopes.example.com"}),
+                           ("geospatial_intelligence", {"target": "8.8.8.8"})]:
             message = refused(await client.call_tool(name, args))
             assert "needs an API key with the 'write' scope" in message and "has read" in message, name
     async with over_http(stack.gateway, writer) as client:
@@ -498,6 +513,60 @@ async def test_alternative_market_intelligence_goes_through_tor(stack: Stack, es
     assert "untrusted" in found["note"]
 
 
+async def test_malware_analysis_of_an_upload_and_a_download(stack: Stack, http_fixture: HttpFixture) -> None:
+    sha256 = hashlib.sha256(SAMPLE).hexdigest()
+    url = http_fixture.serve("/mcp/dl/Setup.exe", SAMPLE, "application/octet-stream")
+    key = await stack.gateway.new_key(["read", "write"], "team-malware")
+    async with over_http(stack.gateway, key) as client:
+        uploaded = ok(await client.call_tool("malware_analysis", {
+            "content": base64.b64encode(SAMPLE).decode(), "filename": "Setup.exe"}))
+        downloaded = ok(await client.call_tool("malware_analysis", {"url": url}))
+        both = refused(await client.call_tool("malware_analysis", {"content": "QQ==", "url": url}))
+        garbled = refused(await client.call_tool("malware_analysis", {"content": "not base64!"}))
+    for found in (uploaded, downloaded):
+        sample = found["file"]
+        assert sample["sha256"] == sha256 and sample["malware"] == ["Glasswing"]
+        assert sample["properties"]["hashes"]["SHA-256"] == sha256 and sample["properties"]["x_static"]["pe"]
+        assert {"type": "domain-name", "value": "c2.glasswing.example.com"} in sample["indicators"]
+        assert "untrusted" in found["note"]
+    assert any(rel["type"] == "delivers" and rel["source"] == url and rel["target"] == sha256
+               for obs in downloaded["observations"] for rel in obs["relations"])
+    assert "not both" in both and "base64" in garbled
+
+
+async def test_social_media_intelligence_reads_a_public_account(stack: Stack, http_fixture: HttpFixture,
+                                                                dns_fixture: DnsFixture) -> None:
+    dns_fixture.add("social.example.net", "A", "127.0.0.1")
+    social = COLLECTOR_DATA / "social"
+    http_fixture.serve("/api/v1/accounts/lookup?acct=lanternfish", (social / "mastodon-account.json").read_bytes(),
+                       "application/json")
+    http_fixture.serve("/api/v1/accounts/109312345678901234/statuses?limit=40&exclude_reblogs=true",
+                       (social / "mastodon-statuses.json").read_bytes(), "application/json")
+    async with over_http(stack.gateway, stack.gateway.admin_key) as client:
+        found = ok(await client.call_tool("social_media_intelligence", {"account": "https://social.example.net/@lanternfish"}))
+        email_like = refused(await client.call_tool("social_media_intelligence", {"account": "lanternfish@social.example.net"}))
+    assert found["account"] == "@lanternfish@social.example.net"
+    account = found["observations"][0]
+    assert account["type"] == "user-account" and account["properties"]["account_type"] == "mastodon"
+    assert "bc1qar0srrr7xfkvy5l643lydnw9re59gtzzwf5mdq" in {obs["value"] for obs in found["observations"]}
+    assert "e-mail" in email_like
+
+
+async def test_geospatial_intelligence_locates_offline(stack: Stack) -> None:
+    async with over_http(stack.gateway, stack.gateway.admin_key) as client:
+        ip = ok(await client.call_tool("geospatial_intelligence", {"target": "8.8.8.8"}))
+        text = ok(await client.call_tool("geospatial_intelligence", {
+            "target": "Drop-off at 48.8584, 2.2945 on Monday; the courier flew on to Tokyo."}))
+        place = ok(await client.call_tool("geospatial_intelligence", {"target": "Lisbon"}))
+        private = ok(await client.call_tool("geospatial_intelligence", {"target": "10.1.2.3"}))
+    assert ip["target"] == {"type": "ipv4-addr", "value": "8.8.8.8"} and [loc["value"] for loc in ip["locations"]] == ["US"]
+    assert text["target"]["type"] == "note"
+    assert {"48.8584,2.2945"} <= {loc["value"] for loc in text["locations"]}
+    assert any(loc.get("country") == "JP" for loc in text["locations"])
+    assert place["target"] == {"type": "location", "value": "Lisbon"} and place["locations"][0]["country"] == "PT"
+    assert private["locations"] == []  # a private address is nowhere GeoIP can say
+
+
 # --- stdio: `bev mcp`'s relay ----------------------------------------------------------------------
 
 async def test_the_stdio_relay_serves_the_same_tools(stack: Stack) -> None:
@@ -528,6 +597,9 @@ CALLS: dict[str, dict[str, Any]] = {
     "threat_actor_profile": {"actor": "APT28"}, "crypto_tracking": {"address": WALLET},
     "document_intelligence": {"content": "a note on bare.example.com"},
     "alternative_market_intelligence": {"url": "bare.onion"},
+    "malware_analysis": {"content": base64.b64encode(b"MZ").decode()},
+    "social_media_intelligence": {"account": "@someone@bare.example.com"},
+    "geospatial_intelligence": {"target": "8.8.8.8"},
 }
 
 

@@ -225,6 +225,8 @@ class DemoWorld:
             "bitcoin": {"esplora_url": sources["esplora_url"], "max_depth": 2, "max_fanout": 10,
                         "rate_limit_per_s": 100.0},
             "ethereum": {"rpc_url": sources["ethereum_rpc_url"], "rate_limit_per_s": 100.0},
+            "social": {"mastodon_base_url": sources["mastodon_base_url"], "rate_limit_per_s": 100.0},
+            "malware": {"rules_dirs": [str(self.root / sources["yara_rules"])]},
             "feeds": [{"tlp": "clear", **feed} for feed in sources.get("feeds", [])],
             "taxii": [{"tlp": "clear", **source} for source in sources.get("taxii", [])],
         }

@@ -24,7 +24,7 @@ PORT_MARK = "{port}"  # in served bodies and URLs: the port the world's web host
 TAXII_TYPE = "application/taxii+json;version=2.1"
 _SUFFIX_TYPES = {
     ".html": "text/html; charset=utf-8", ".xml": "application/xml", ".json": "application/json",
-    ".js": "application/javascript", ".txt": "text/plain; charset=utf-8",
+    ".js": "application/javascript", ".txt": "text/plain; charset=utf-8", ".jpg": "image/jpeg",
 }
 _TEXT_TYPES = ("text/", "application/json", "application/xml", "application/rss+xml", "application/atom+xml",
                "application/javascript", "application/stix+json", "application/taxii+json")

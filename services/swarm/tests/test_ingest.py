@@ -13,7 +13,7 @@ from typing import Any, cast
 import pytest
 
 from services.swarm.agents import Investigation
-from services.swarm.ingest import Task, follow_ups, initial_tasks, observation_text
+from services.swarm.ingest import Task, follow_ups, initial_tasks, observation_text, url_task
 from services.swarm.scope import Scope
 from services.swarm.targets import infer_target
 
@@ -78,12 +78,36 @@ def test_wallet_target_is_traced_on_its_chain(wallet: str, collector: str) -> No
     assert tasks[0].target_type == "x-crypto-address"
 
 
-def test_hash_target_is_a_graph_lookup_and_seeds_become_page_fetches() -> None:
+def test_hash_target_is_analysed_if_held_then_a_graph_lookup_and_seeds_become_page_fetches() -> None:
     seeds = ["https://a.example.net/report", "http://b.example.org/"]
     tasks = initial_tasks("file", SHA256, seeds)
-    assert tasks[0] == Task("neighborhood", "file", SHA256, 0, reason=tasks[0].reason)
-    assert [(t.kind, t.target_type, t.target, t.collector, t.depth) for t in tasks[1:]] == [
+    assert tasks[0] == Task("collect", "file", SHA256, 0, "malware", reason=tasks[0].reason)
+    assert tasks[1] == Task("neighborhood", "file", SHA256, 0, reason=tasks[1].reason)
+    assert [(t.kind, t.target_type, t.target, t.collector, t.depth) for t in tasks[2:]] == [
         ("collect", "url", seed, "web", 0) for seed in seeds]
+
+
+@pytest.mark.parametrize(("url", "task"), [
+    ("https://cdn.example.net/download/Update.EXE", ("url", "https://cdn.example.net/download/Update.EXE", "malware")),
+    ("https://cdn.example.net/invoice.docm?dl=1", ("url", "https://cdn.example.net/invoice.docm?dl=1", "malware")),
+    ("https://shop.example.com/img/desk.jpg", ("url", "https://shop.example.com/img/desk.jpg", "geo")),
+    ("https://social.example.net/@lure", ("user-account", "@lure@social.example.net", "social")),
+    ("https://bsky.app/profile/lure.bsky.social", ("user-account", "@lure.bsky.social", "social")),
+    ("https://shop.example.com/about/", ("url", "https://shop.example.com/about/", "web")),
+    ("https://shop.example.com/exe/", ("url", "https://shop.example.com/exe/", "web")),  # a suffix, not a word
+])
+def test_a_url_goes_to_the_analyzer_its_path_calls_for(url: str, task: tuple[str, str, str]) -> None:
+    found = url_task(url, 2, "linked")
+    assert (found.target_type, found.target, found.collector, found.depth) == (*task, 2)
+
+
+@pytest.mark.parametrize(("stix_type", "value", "collector"), [
+    ("ipv4-addr", "8.8.8.8", "geo"), ("ipv6-addr", "2001:4860:4860::8888", "geo"),
+    ("user-account", "@lure@social.example.net", "social"), ("user-account", "@lure.bsky.social", "social")])
+def test_address_and_account_targets_start_with_their_analyzer(stix_type: str, value: str, collector: str) -> None:
+    tasks = initial_tasks(stix_type, value, [])
+    assert [(t.kind, t.target_type, t.target, t.collector) for t in tasks] == [
+        ("collect", stix_type, value, collector), ("neighborhood", stix_type, value, "")]
 
 
 def test_task_key_and_round_trip() -> None:
@@ -254,3 +278,36 @@ def test_indicators_on_a_page_get_a_graph_lookup() -> None:
     # The same indicators found by the graph itself get no second lookup.
     again = run_follow_ups(Task("neighborhood", "domain-name", "example.com", 0), found, inv)
     assert again == []
+
+
+def test_an_in_scope_page_sends_its_sample_photo_and_profile_to_the_analyzers() -> None:
+    inv = investigation("example.com")
+    found = [("url", "https://example.com/dl/Setup.exe"), ("url", "https://example.com/team.jpg"),
+             ("url", "https://social.example.net/@lure"), ("url", "https://out-of-scope.org/x.exe")]
+    tasks = run_follow_ups(page("https://example.com/"), found, inv)
+    assert [(t.target_type, t.target, t.collector) for t in tasks] == [
+        ("url", "https://example.com/dl/Setup.exe", "malware"),
+        ("url", "https://example.com/team.jpg", "geo"),
+        ("user-account", "@lure@social.example.net", "social"),  # its instance was named by the page: widened
+        ("url", "https://out-of-scope.org/x.exe", "malware"),  # widened likewise; the collectors' guard still applies
+    ]
+    assert inv.scope.check("collectors.Collect", {"target_type": "user-account", "target": "@lure@social.example.net"}) is None
+
+
+def test_an_out_of_scope_instance_is_refused_and_bluesky_has_no_destination() -> None:
+    inv = investigation("example.com")
+    refusal = inv.scope.check("collectors.Collect", {"target_type": "user-account", "target": "@x@elsewhere.net"})
+    assert refusal is not None and "elsewhere.net" in refusal
+    assert inv.scope.check("collectors.Collect", {"target_type": "user-account", "target": "@x.bsky.social"}) is None
+
+
+def test_routable_addresses_the_target_resolves_to_are_located() -> None:
+    inv = investigation("example.com")
+    dns = Task("collect", "domain-name", "example.com", 0, "dns")
+    observations = [{"entity": {"id": f"ipv4-addr--{n}", "type": "ipv4-addr", "value": ip, "properties": {}},
+                     "relations": [{"type": "resolves-to", "source_id": "d", "target_id": f"ipv4-addr--{n}"}],
+                     "collector": "dns", "source": "dns"} for n, ip in enumerate(["93.184.215.14", "10.0.0.7"])]
+    tasks = follow_ups(dns, observations, cast(Investigation, inv), 3)
+    # The private address is never collected on (DNS rebinding); the public one is located by GeoIP.
+    assert [(t.target_type, t.target, t.collector) for t in tasks] == [("ipv4-addr", "93.184.215.14", "geo")]
+    assert inv.scope.check("collectors.Collect", {"target_type": "ipv4-addr", "target": "93.184.215.14"}) is None

@@ -271,3 +271,22 @@ def test_wallet_checksums() -> None:
         assert is_valid_ethereum_address(address), address
     assert not is_valid_ethereum_address("0x5aAeb6053F3E94C9b9A09f33669435E7Ef1BeAeD")
     assert not is_valid_ethereum_address("0x" + "g" * 40)
+
+
+@pytest.mark.parametrize(("value", "declared", "expected"), [
+    ("@Lure@Social.Example.NET", "", "@lure@social.example.net"),  # one reading: a fediverse account
+    ("lure.bsky.social", "bluesky", "@lure.bsky.social"),
+    ("@lure.bsky.social", "user-account", "@lure.bsky.social"),
+    ("https://social.example.net/@lure", "account", "@lure@social.example.net"),
+])
+def test_social_accounts_are_targets(value: str, declared: str, expected: str) -> None:
+    target = infer_target(value, declared)
+    assert (target.kind, target.value, target.stix_type) == ("account", expected, "user-account")
+
+
+def test_an_account_points_at_its_instance_and_a_bluesky_one_at_nothing() -> None:
+    assert infer_target("@lure@social.example.net").host == "social.example.net"
+    assert infer_target("@lure.bsky.social", "bluesky").host is None
+    assert infer_target("lure@example.com").kind == "email"  # without the leading @, an e-mail address
+    with pytest.raises(UntypableTarget, match="fediverse account"):
+        infer_target("@lure@localhost")

@@ -175,6 +175,40 @@ class CollectRequest(_message.Message):
 Global___CollectRequest: _TypeAlias = CollectRequest  # noqa: Y015
 
 @_typing.final
+class AnalyzeFileRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONTENT_FIELD_NUMBER: _builtins.int
+    FILENAME_FIELD_NUMBER: _builtins.int
+    INVESTIGATION_ID_FIELD_NUMBER: _builtins.int
+    TLP_FIELD_NUMBER: _builtins.int
+    CONFIDENCE_FIELD_NUMBER: _builtins.int
+    content: _builtins.bytes
+    filename: _builtins.str
+    """as uploaded; kept as the file's name property, never used as a path"""
+    investigation_id: _builtins.str
+    tlp: _common_pb2.Tlp.ValueType
+    """unspecified = the service's default (clear)"""
+    confidence: _builtins.int
+    """0-100; 0 = the collector's default"""
+    def __init__(
+        self,
+        *,
+        content: _builtins.bytes = ...,
+        filename: _builtins.str = ...,
+        investigation_id: _builtins.str = ...,
+        tlp: _common_pb2.Tlp.ValueType = ...,
+        confidence: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["confidence", b"confidence", "content", b"content", "filename", b"filename", "investigation_id", b"investigation_id", "tlp", b"tlp"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AnalyzeFileRequest: _TypeAlias = AnalyzeFileRequest  # noqa: Y015
+
+@_typing.final
 class Entity(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

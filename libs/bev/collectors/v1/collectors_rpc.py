@@ -24,6 +24,10 @@ class CollectorsServicer(Servicer):
         raise RpcError(StatusCode.UNIMPLEMENTED, "Collectors.Collect is not implemented")
         yield  # an async generator, like the overrides
 
+    async def AnalyzeFile(self, request: collectors_pb2.AnalyzeFileRequest, ctx: CallContext) -> AsyncIterator[collectors_pb2.Observation]:
+        raise RpcError(StatusCode.UNIMPLEMENTED, "Collectors.AnalyzeFile is not implemented")
+        yield  # an async generator, like the overrides
+
     async def PauseCollector(self, request: collectors_pb2.PauseCollectorRequest, ctx: CallContext) -> collectors_pb2.PauseCollectorResponse:
         raise RpcError(StatusCode.UNIMPLEMENTED, "Collectors.PauseCollector is not implemented")
 
@@ -59,6 +63,9 @@ class CollectorsClient(Client):
 
     def Collect(self, request: collectors_pb2.CollectRequest, *, timeout_s: float | None = None, metadata: Mapping[str, str] | None = None) -> AsyncIterator[collectors_pb2.Observation]:
         return self._stream("Collect", request, collectors_pb2.Observation, timeout_s, metadata)
+
+    def AnalyzeFile(self, request: collectors_pb2.AnalyzeFileRequest, *, timeout_s: float | None = None, metadata: Mapping[str, str] | None = None) -> AsyncIterator[collectors_pb2.Observation]:
+        return self._stream("AnalyzeFile", request, collectors_pb2.Observation, timeout_s, metadata)
 
     async def PauseCollector(self, request: collectors_pb2.PauseCollectorRequest, *, timeout_s: float | None = None, metadata: Mapping[str, str] | None = None) -> collectors_pb2.PauseCollectorResponse:
         return await self._call("PauseCollector", request, collectors_pb2.PauseCollectorResponse, timeout_s, metadata)

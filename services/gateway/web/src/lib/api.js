@@ -58,8 +58,9 @@ function headers(extra = {}) {
 
 /**
  * Calls the gateway: `api('/api/v1/investigations', {method: 'POST', body: {...}})`.
- * A plain object body goes as JSON, FormData as multipart. Returns parsed JSON, or the text for
- * non-JSON answers (`as: 'text'`), or the Response itself (`as: 'response'`).
+ * A plain object body goes as JSON, FormData as multipart, a Blob (a File) or ArrayBuffer as its raw
+ * bytes (application/octet-stream). Returns parsed JSON, or the text for non-JSON answers
+ * (`as: 'text'`), or the Response itself (`as: 'response'`).
  */
 export async function api(path, { method = 'GET', body, query, as = 'json', signal } = {}) {
   let url = path;
@@ -75,6 +76,9 @@ export async function api(path, { method = 'GET', body, query, as = 'json', sign
   const init = { method, headers: headers(), signal };
   if (body instanceof FormData) {
     init.body = body;
+  } else if (body instanceof Blob || body instanceof ArrayBuffer) {
+    init.body = body;
+    init.headers['Content-Type'] = 'application/octet-stream';
   } else if (body !== undefined) {
     init.body = JSON.stringify(body);
     init.headers['Content-Type'] = 'application/json';

@@ -8,6 +8,7 @@ const ROUTES = [
   [/^\/investigations\/([^/]+)$/, 'investigation', ['id']],
   [/^\/investigations\/([^/]+)\/report$/, 'report', ['id']],
   [/^\/investigations\/([^/]+)\/graph$/, 'graph', ['id']],
+  [/^\/investigations\/([^/]+)\/map$/, 'map', ['id']],
   [/^\/evidence\/([^/]+)$/, 'evidence', ['id']],
   [/^\/search$/, 'search', []],
   [/^\/collectors$/, 'collectors', []],

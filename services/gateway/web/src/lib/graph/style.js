@@ -19,6 +19,7 @@ export const TYPE_STYLES = {
   tool: { color: '#37474f', shape: 'barrel', label: 'Tool' },
   identity: { color: '#0277bd', shape: 'round-pentagon', label: 'Identity' },
   note: { color: '#616161', shape: 'round-rectangle', label: 'Note' },
+  location: { color: '#00838f', shape: 'round-diamond', label: 'Location' },
 };
 const OTHER = { color: '#6b7280', shape: 'ellipse', label: 'Other' };
 const UNKNOWN = { color: '#6b7280', shape: 'ellipse', label: 'Type not known yet' };
