@@ -197,6 +197,13 @@ def check_finished(demo: DemoFleet, investigation: dict[str, Any], seen: list[di
     assert max(completed.values()) == 1, completed.most_common(3)
     stored = Counter(e["data"]["evidence"] for e in seen if e["kind"] == "evidence")
     assert max(stored.values()) == 1
+    # The evidence led to a file, a social account and a photo: each went to its analyzer.
+    analyzed = {(e["data"]["args"]["collector"], e["data"]["args"]["target"]) for e in seen
+                if e["kind"] == "tool_call" and e["data"]["tool"] == "collectors.Collect"}
+    world = demo.world.localize
+    assert {("malware", world("http://cdn-updates.example.net:{port}/download/BrowserUpdate.exe")),
+            ("social", "@browserguard@social.example.net"),
+            ("geo", world("http://browser-update.example.com:{port}/img/support-desk.jpg"))} <= analyzed, analyzed
     assert {"plan", "tool_call", "tool_result", "evidence", "entity", "relation", "hypothesis", "consensus",
             "budget", "warning", "phase", "done"} <= set(kinds)
     return dict(report)

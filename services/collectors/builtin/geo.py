@@ -39,6 +39,7 @@ GEOIP_CONFIDENCE = 70  # country-level GeoIP is right for most addresses, not fo
 EXIF_CONFIDENCE = 80  # what the camera wrote; EXIF can be edited
 MENTION_CONFIDENCE = 50  # a page naming a place says little about how it relates to it
 GAZETTEER_CONFIDENCE = 90
+MAX_NOTE_CHARS = 20_000
 
 _POINT = re.compile(r"\s*([-+]?\d{1,2}(?:\.\d{1,15})?)\s*,\s*([-+]?\d{1,3}(?:\.\d{1,15})?)\s*")
 _OFFSET = re.compile(r"[+-]\d\d:\d\d")
@@ -82,6 +83,9 @@ class GeoCollector:
                 findings = await asyncio.to_thread(self._location, target)
             case "note":
                 text = str(target.properties.get("content") or target.value)
+                if len(text) > MAX_NOTE_CHARS:  # the note becomes a graph node: a text, not a corpus
+                    raise InvalidTarget(f"a note is at most {MAX_NOTE_CHARS} characters, not {len(text)}; "
+                                        "add a longer text to the corpus as a document instead")
                 findings = await asyncio.to_thread(self._mentions, target, target.id, text)
             case "url":
                 async for finding in self._url(target, ctx):

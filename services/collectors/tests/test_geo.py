@@ -302,3 +302,9 @@ async def test_stix_export_of_locations_validates(collection: Collection, http_f
     result = validate_instance(bundle(objects), ValidationOptions(version="2.1"))
     assert result.is_valid, [str(e) for e in result.errors]
     assert not [str(w) for w in result.warnings if "region" in str(w) or "country" in str(w)]
+
+
+async def test_a_note_longer_than_the_limit_is_refused(collection: Collection) -> None:
+    with pytest.raises(InvalidTarget, match="at most 20000 characters"):
+        async for _ in collection.run(CollectionRequest("geo", Observable("note", "Paris " * 4000))):
+            pass
