@@ -226,7 +226,12 @@ def test_the_environment_variables_configure_the_same_collectors(monkeypatch: py
     with DemoWorld() as world:
         for name, value in world.collectors_env().items():
             monkeypatch.setenv(name, value)
-        from_env = Settings().collectors
-        assert from_env == CollectorsConfig.model_validate(world.collectors_config())
+        settings = Settings()
+        from_env = settings.collectors
+        expected = CollectorsConfig.model_validate(world.collectors_config())
+        # The quarantine defaults into the service's data directory, which only Settings knows.
+        assert from_env.malware.quarantine_dir == settings.data_dir / "quarantine"
+        expected.malware.quarantine_dir = from_env.malware.quarantine_dir
+        assert from_env == expected
         assert from_env.fetch.allow_ranges == ["127.77.0.0/24"] and from_env.fetch.tor_socks_url == ""
         assert from_env.feeds[0].url.startswith("http://research.example.org:")
