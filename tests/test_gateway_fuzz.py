@@ -122,6 +122,12 @@ include-path = "/api/v1/keys"
 checks.positive_data_acceptance.expected-statuses = ["2xx", "400", "401", "403", "404", "409", "429"]
 
 
+# File analysis (the raw body): an empty file is 400, one over the service's limit 413.
+[[operations]]
+include-path = "/api/v1/files"
+checks.positive_data_acceptance.expected-statuses = ["2xx", "400", "401", "403", "404", "409", "413", "429"]
+
+
 # Document upload (multipart): an empty file is 400, a type the corpus does not read 415. And
 # multipart cannot carry JSON types: the "null" and the array Schemathesis sends as invalid data
 # arrive as a text part and a repeated field, which are valid form data, and an optional field left

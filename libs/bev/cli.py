@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -24,6 +25,7 @@ from bev.settings import BevSettings, TelemetrySettings
 if TYPE_CHECKING:
     from nats.aio.client import Client as NatsClient
 
+    from bev.collectors.v1 import collectors_pb2
     from bev.embeddings.v1 import embeddings_pb2
     from bev.monitoring.v1.monitoring_rpc import MonitoringClient
     from bev.swarm.v1 import swarm_pb2
@@ -386,6 +388,67 @@ def search(
         excerpt = " ".join(hit.excerpt.split())
         table.add_row(f"{hit.score:.4f}", hit.title, f"{hit.document_id}[{hit.start}:{hit.end}]",
                       excerpt[:200] + ("…" if len(excerpt) > 200 else ""))
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=160)
+    console.print(table)
+
+
+async def _analyze(data_dir: Path, request: collectors_pb2.AnalyzeFileRequest) -> list[collectors_pb2.Observation]:
+    from bev.collectors.v1.collectors_rpc import CollectorsClient
+
+    nc = await _connect(data_dir)
+    try:
+        return [obs async for obs in CollectorsClient.over_nats(nc, timeout_s=120).AnalyzeFile(request)]
+    finally:
+        await nc.close()
+
+
+@app.command()
+def analyze(
+    path: Annotated[Path, typer.Argument(help="The file to analyse (read, never run)")],
+    data_dir: DataDir = None,
+    tlp: Annotated[str, typer.Option(help="TLP label: clear, green, amber, amber+strict, red")] = "amber",
+    investigation: Annotated[str, typer.Option(help="Investigation id it belongs to")] = "",
+    as_json: Annotated[bool, typer.Option("--json", help="Print the observations as JSON")] = False,
+) -> None:
+    """Static malware analysis of a file: kept in the collectors' quarantine, never executed.
+
+    Prints its hashes, type, the malware families YARA rules link it to and the indicators it holds;
+    everything is stored in the knowledge graph."""
+    from bev.bus import BusUnavailable
+    from bev.collectors.v1 import collectors_pb2
+    from bev.rpc import RpcError
+    from bev.vocab import message_to_dict
+
+    try:
+        content = path.read_bytes()
+    except OSError as exc:
+        raise _fail(f"{path}: {exc.strerror or exc}") from None
+    request = collectors_pb2.AnalyzeFileRequest(content=content, filename=path.name, tlp=_tlp(tlp).to_proto(),
+                                                investigation_id=investigation)
+    try:
+        found = asyncio.run(_analyze(_settings(data_dir).data_dir, request))
+    except (FileNotFoundError, BusUnavailable, RpcError) as exc:
+        raise _fail(_one_line(exc)) from None
+    if as_json:
+        print(json.dumps([message_to_dict(obs) for obs in found], indent=2))
+        return
+    sha256 = hashlib.sha256(content).hexdigest()
+    sample = next((obs for obs in found if obs.entity.type == "file" and obs.entity.value == sha256), None)
+    properties = json.loads(sample.entity.properties_json) if sample and sample.entity.properties_json else {}
+    static = properties.get("x_static", {})
+    table = Table(title=f"{path.name}: static analysis", show_header=False)
+    for algorithm, digest in properties.get("hashes", {"SHA-256": sha256}).items():
+        table.add_row(algorithm, digest)
+    table.add_row("type", f"{static.get('type', '')} ({properties.get('mime_type', '')})")
+    table.add_row("entropy", str(static.get("entropy", "")))
+    table.add_row("YARA", ", ".join(m["rule"] for m in static.get("yara", [])) or "no rule matched")
+    families = sorted({obs.entity.value for obs in found if obs.entity.type == "malware"})
+    table.add_row("malware", ", ".join(families) or "none linked")
+    indicators = [f"{obs.entity.type} {obs.entity.value}" for obs in found if obs.entity.type not in ("file", "malware")]
+    table.add_row("indicators", "\n".join(indicators[:40]) + (f"\n… {len(indicators) - 40} more" if len(indicators) > 40 else "")
+                  if indicators else "none")
     console = Console()
     if not console.is_terminal:
         console = Console(width=160)

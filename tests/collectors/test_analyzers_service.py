@@ -91,7 +91,10 @@ async def test_an_uploaded_file_is_quarantined_analysed_and_linked(
         assert empty.status_code == 400 and "empty" in empty.json()["error"]
         huge = await http.post("/api/v1/files", content=b"x" * (4 * 1024 * 1024),
                                headers={"content-type": "application/octet-stream"})
-        assert huge.status_code == 413 and "bytes" in huge.json()["error"]
+        assert huge.status_code == 413 and "bytes" in huge.json()["error"]  # the gateway's upload limit
+        over = await http.post("/api/v1/files", content=b"x" * (MAX_FILE + 1),
+                               headers={"content-type": "application/octet-stream"})
+        assert over.status_code == 413 and f"the limit is {MAX_FILE}" in over.json()["error"]  # the service's
         reader = await gateway.new_key(["read", "write"], "team-green", max_tlp=Tlp.GREEN)
         above = await http.post("/api/v1/files", content=sample, params={"tlp": "red"},
                                 headers={**gateway.auth(reader), "content-type": "application/octet-stream"})

@@ -10,6 +10,7 @@ from typing_extensions import TypeAliasType
 
 from bev.collectors.v1 import collectors_pb2
 from bev.common.v1 import common_pb2
+from bev.rpc import RpcError, StatusCode
 from bev.vocab import Tlp
 from services.gateway.deps import ADMIN, READ, WRITE, Caller, CallerDep, ClientsDep
 from services.gateway.routes.common import TLP_LABELS, Body, Int, Limit, PageCursor, paged, tlp_value, to_json
@@ -158,8 +159,14 @@ async def analyze_file(request: Request, clients: ClientsDep, caller: CallerDep,
     if not content:
         raise HTTPException(400, "the uploaded file is empty")
     label = _readable_tlp(tlp, caller)
-    observations = [to_json(obs) async for obs in clients.collectors.AnalyzeFile(collectors_pb2.AnalyzeFileRequest(
-        content=content, filename=filename, investigation_id=investigation_id, tlp=label))]
+    request_pb = collectors_pb2.AnalyzeFileRequest(content=content, filename=filename,
+                                                   investigation_id=investigation_id, tlp=label)
+    try:
+        observations = [to_json(obs) async for obs in clients.collectors.AnalyzeFile(request_pb)]
+    except RpcError as exc:
+        if exc.code is StatusCode.RESOURCE_EXHAUSTED:  # the service's own size limit, below the gateway's
+            raise HTTPException(413, exc.message) from None
+        raise
     return {"sha256": hashlib.sha256(content).hexdigest(), "size": len(content), "observations": observations}
 
 
