@@ -8,6 +8,7 @@ BEV_SCREENSHOTS=DIR saves a screenshot of each page there.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import re
@@ -126,21 +127,21 @@ async def test_an_investigation_has_a_map_beside_its_graph(browser: Browser, dem
             await http.delete(f"{demo.gateway}/api/v1/investigations/{investigation['id']}")
 
 
-def test_bev_analyze_links_the_demo_download_to_its_family(demo: DemoFleet, tmp_path: Path) -> None:
+async def test_bev_analyze_links_the_demo_download_to_its_family(demo: DemoFleet, tmp_path: Path) -> None:
     """`bev analyze` (the CLI over the fleet's bus): the world's BrowserUpdate.exe stand-in matches the
     world's YARA rule, so the file is linked to PaleMoth; a missing file is one line, exit code 1."""
     stand_in = WORLD / "sites" / "cdn-updates.example.net" / "download" / "BrowserUpdate.exe"
     sample = tmp_path / "BrowserUpdate.exe"
     sample.write_bytes(stand_in.read_bytes())
-    shown = subprocess.run([str(BEV), "analyze", str(sample), "--data-dir", str(demo.data_dir)],
+    shown = await asyncio.to_thread(subprocess.run, [str(BEV), "analyze", str(sample), "--data-dir", str(demo.data_dir)],
                            capture_output=True, text=True, timeout=120)
     assert shown.returncode == 0, shown.stderr[-2000:]
     assert hashlib.sha256(sample.read_bytes()).hexdigest() in shown.stdout and "PaleMoth" in shown.stdout
-    as_json = subprocess.run([str(BEV), "analyze", str(sample), "--json", "--data-dir", str(demo.data_dir)],
+    as_json = await asyncio.to_thread(subprocess.run, [str(BEV), "analyze", str(sample), "--json", "--data-dir", str(demo.data_dir)],
                              capture_output=True, text=True, timeout=120)
     assert as_json.returncode == 0, as_json.stderr[-2000:]
     assert "PaleMoth" in {obs["entity"]["value"] for obs in json.loads(as_json.stdout)
                           if obs["entity"]["type"] == "malware"}
-    missing = subprocess.run([str(BEV), "analyze", str(tmp_path / "nope.exe"), "--data-dir", str(demo.data_dir)],
+    missing = await asyncio.to_thread(subprocess.run, [str(BEV), "analyze", str(tmp_path / "nope.exe"), "--data-dir", str(demo.data_dir)],
                              capture_output=True, text=True, timeout=60)
     assert missing.returncode == 1 and len(missing.stderr.strip().splitlines()) == 1, missing.stderr
