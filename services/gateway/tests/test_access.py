@@ -78,6 +78,7 @@ SCOPES = {
     ("POST", "/api/v1/indicators/extract"): "read",
     ("GET", "/api/v1/collectors"): "read",
     ("POST", "/api/v1/collectors/{name}/collect"): "write",
+    ("POST", "/api/v1/files"): "write",
     ("GET", "/api/v1/graph/entities/{entity_id}"): "read",
     ("GET", "/api/v1/graph/neighborhood"): "read",
     ("POST", "/api/v1/graph/query"): "admin",
