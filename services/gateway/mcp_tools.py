@@ -366,7 +366,7 @@ def mcp_server(clients: Clients) -> MCPServer[Any]:
         ctx: Ctx,
         target: Annotated[str, Field(min_length=1, max_length=MAX_TARGET, description=(
             "what to investigate: a domain, URL, IPv4, e-mail, bitcoin/ethereum address, file hash, "
-            "threat-actor or malware name"))],
+            "social account, threat-actor or malware name"))],
         mode: Annotated[Mode, Field(description=(
             "how the agents coordinate: hybrid (default), hierarchical, democratic (agents vote), autonomous"))]
             = "hybrid",
@@ -376,7 +376,8 @@ def mcp_server(clients: Clients) -> MCPServer[Any]:
                 "registrable domain and hosts its pages name"))] = (),
         tlp: Annotated[TlpLabel, Field(description="TLP label of the investigation and its report")] = "clear",
         target_type: Annotated[str, Field(max_length=64, description=(
-            "domain, url, ipv4, email, btc, eth, md5, sha1, sha256, threat-actor, malware; empty: inferred"))] = "",
+            "domain, url, ipv4, email, btc, eth, md5, sha1, sha256, threat-actor, malware, account (a Mastodon "
+            "@user@instance or Bluesky handle); empty: inferred"))] = "",
         seeds: Annotated[tuple[Annotated[str, Field(max_length=MAX_TARGET)], ...], Field(
             max_length=MAX_SEEDS, description="further starting URLs, each inside the allow list")] = (),
         opsec: Annotated[bool, Field(description="no direct connection: every fetch through Tor")] = False,

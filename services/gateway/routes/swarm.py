@@ -76,7 +76,8 @@ PHASES = _labels_of(list(swarm_pb2.Phase.keys()), "PHASE_")
 MODES = _labels_of(list(swarm_pb2.Mode.keys()), "MODE_")
 STATUSES = _labels_of(list(swarm_pb2.Status.keys()), "STATUS_")
 WORKFLOW_STATUSES = ("queued", "running", "completed", "failed", "cancelled")
-TARGET_TYPES = ("domain", "url", "ipv4", "email", "btc", "eth", "md5", "sha1", "sha256", "threat-actor", "malware")
+TARGET_TYPES = ("domain", "url", "ipv4", "email", "btc", "eth", "md5", "sha1", "sha256", "threat-actor", "malware",
+                "account")
 
 # The API's bounds on a budget (0 in the RPC: the service's default, so 0 is not taken here).
 MAX_TOOL_CALLS = 10_000
@@ -149,7 +150,7 @@ class StartBody(StrictBody):
          "seeds": ["https://browser-update.example.com/update.html"]}]})
 
     target: str = Field(min_length=1, max_length=MAX_TARGET, pattern=r"\S",
-                        description="what to investigate: a domain, URL, IPv4, e-mail, wallet, hash, actor or malware name")
+                        description="what to investigate: a domain, URL, IPv4, e-mail, wallet, hash, social account, actor or malware name")
     target_type: Annotated[str, Field(max_length=64)] | None = Field(
         default=None, description=f"one of {', '.join(TARGET_TYPES)}; unset or empty: inferred from the target")
     mode: str = Field(default="hybrid", json_schema_extra=labels(*MODES),
