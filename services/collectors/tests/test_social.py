@@ -6,29 +6,22 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import pytest_asyncio
 import stix2
 from stix2validator import ValidationOptions, validate_instance
 
-from bev.engines import FalkorDB
 from bev.social_accounts import account_platform, parse_account, profile_account
-from services.collectors.builtin.social import SocialCollector
 from services.collectors.collection import Collection, CollectionRequest, StoredFinding
 from services.collectors.contract import CollectorError, InvalidTarget, TargetRefused
-from services.collectors.fetch import Fetcher
-from services.collectors.graph import FalkorGraphStore
 from services.collectors.observables import (
     Observable,
     bundle,
     to_stix_object,
     to_stix_relationship,
 )
-from services.collectors.observations import ObservationStore
 from services.collectors.settings import CollectorsConfig
 from services.collectors.testing import DnsFixture, HttpFixture, WhoisFixture, local_collectors_config
 
@@ -88,25 +81,11 @@ def social_api(http_fixture: HttpFixture, dns_fixture: DnsFixture) -> HttpFixtur
 
 
 @pytest.fixture
-def social_config(dns_fixture: DnsFixture, http_fixture: HttpFixture, whois_fixture: WhoisFixture) -> CollectorsConfig:
+def collectors_config(dns_fixture: DnsFixture, http_fixture: HttpFixture, whois_fixture: WhoisFixture) -> CollectorsConfig:
     # A fediverse instance is reached by its name (through the fixture's DNS) on the fixture's port.
     return local_collectors_config(dns_fixture, http_fixture, whois_fixture, social={
         "mastodon_base_url": f"http://{{instance}}:{http_fixture.port}", "bluesky_api_url": http_fixture.base,
         "max_posts": MAX_POSTS, "rate_limit_per_s": 1000})
-
-
-@pytest_asyncio.fixture
-async def collection(social_config: CollectorsConfig, falkordb_server: FalkorDB,
-                     observation_store: ObservationStore) -> AsyncIterator[Collection]:
-    """A Collection running the social collector alone (the conftest's runs every registered one)."""
-    graph = FalkorGraphStore(falkordb_server.host, falkordb_server.port, falkordb_server.password,
-                             f"test-{uuid.uuid4().hex[:10]}")
-    await graph.ensure_schema()
-    fetcher = Fetcher(social_config.fetch)
-    yield Collection({"social": SocialCollector(social_config)}, fetcher, graph, observation_store)
-    await fetcher.close()
-    await graph.delete_graph()
-    await graph.close()
 
 
 async def _collect(collection: Collection, kind: str, value: str, *, inv: str = "",
