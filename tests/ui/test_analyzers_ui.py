@@ -13,36 +13,19 @@ import hashlib
 import json
 import re
 import subprocess
-from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-import pytest_asyncio
-from playwright.async_api import Browser, FilePayload, Page, async_playwright, expect
+from playwright.async_api import Browser, FilePayload, Page, expect
 
-from bev.testing.browser import launch_options
 from services.swarm.demo.world import WORLD_DIR as WORLD
 from tests.test_fleet import BEV
-from tests.test_investigations import DemoFleet, demo_fleet, request_for, start
+from tests.test_investigations import DemoFleet, request_for, start
 from tests.ui.test_browser import accessible, page_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900), pytest.mark.asyncio(loop_scope="module")]
 NOTE = "Met at 48.8584, 2.2945 near Paris, then flew to Tokyo"
-
-
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DemoFleet]:
-    with demo_fleet(tmp_path_factory.mktemp("ui-analyzers-fleet")) as fleet:
-        yield fleet
-
-
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def browser() -> AsyncIterator[Browser]:
-    async with async_playwright() as playwright:
-        launched = await playwright.chromium.launch(**launch_options())
-        yield launched
-        await launched.close()
 
 
 async def points_inside_the_map(page: Page) -> bool:

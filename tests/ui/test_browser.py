@@ -13,18 +13,16 @@ import asyncio
 import json
 import os
 import re
-from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
-import pytest_asyncio
-from playwright.async_api import Browser, Page, async_playwright, expect
+from playwright.async_api import Browser, Page, expect
 
-from bev.testing.browser import axe_violations, key_script, launch_options
+from bev.testing.browser import axe_violations, key_script
 from services.swarm.demo.investigate import scope_of
-from tests.test_investigations import DemoFleet, demo_fleet
+from tests.test_investigations import DemoFleet
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900), pytest.mark.asyncio(loop_scope="module")]
 SHOTS = Path(os.environ["BEV_SCREENSHOTS"]) if os.environ.get("BEV_SCREENSHOTS") else None
@@ -43,20 +41,6 @@ AVATAR_STATES = """() => {
   };
   watch();
 }"""
-
-
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DemoFleet]:
-    with demo_fleet(tmp_path_factory.mktemp("ui-fleet")) as fleet:
-        yield fleet
-
-
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def browser() -> AsyncIterator[Browser]:
-    async with async_playwright() as playwright:
-        launched = await playwright.chromium.launch(**launch_options())
-        yield launched
-        await launched.close()
 
 
 async def page_for(browser: Browser, demo: DemoFleet, *, signed_in: bool = True) -> Page:
