@@ -4,6 +4,9 @@ Order: settings -> logging/tracing -> Vault login -> NATS -> build the servicer 
 NATS and gRPC plus /metrics (RPC metrics, process CPU and memory, data-dir disk space, GPUs) ->
 wait for SIGTERM/SIGINT -> stop taking work, finish in-flight calls, close. A missing dependency
 at start ends the process with one line and exit code 1.
+
+Every service runs on uvloop (libuv's event loop): the per-call work of the RPC layer is mostly
+event-loop overhead (socket reads, callbacks, task steps), which uvloop does in C.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
+import uvloop
 from nats.aio.client import Client as NatsClient
 from pydantic import ValidationError
 
@@ -68,7 +72,7 @@ def run_service(name: str, settings_type: type[S], build: Build[S]) -> None:
     configure_logging(name, settings.telemetry)
     configure_tracing(name, settings.telemetry)
     try:
-        asyncio.run(_serve(name, settings, build))
+        uvloop.run(_serve(name, settings, build))
     except (StartupError, SecretsUnavailable, BusUnavailable) as exc:
         print(f"bev-{name}: {exc}", file=sys.stderr)
         raise SystemExit(EXIT_DEPENDENCY) from None
