@@ -20,6 +20,12 @@ PostgreSQL, FalkorDB, NATS, OpenBao), all in one run.
     `swarm.concurrency` investigations at once (default 2), so N must exceed it for a second
     replica to get any: the default is N = 4 at concurrency 2; --quick runs N = 2 at concurrency 1
     (BEV_SWARM__CONCURRENCY, set for the whole fleet; (a) runs one investigation at a time anyway).
+(c) the model floor, per mode in (a): the reasoning replicas' `bev_reasoning_backend_busy_seconds_total`
+    (wall time with a request at the engine) read before and after the investigation. llama.cpp
+    serves one request at a time, so that is the model's compute time: no schedule of the same
+    calls can finish sooner. Reported as wall / floor, with wall split into
+    engine (the floor) + in a model call but not at the engine (router queue, RPC, Analyze's
+    pre-selection and parsing) + in other tools only (collectors, search) + coordination.
 
     .venv/bin/python bench/bench_swarm.py           # 4 modes + 2 x 4 investigations: ~25 min idle (estimate)
     .venv/bin/python bench/bench_swarm.py --quick   # hierarchical once + 2 x 2: ~8 min idle, ~25 min
@@ -48,8 +54,10 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
+import httpx
 import nats
 import psutil
+from prometheus_client.parser import text_string_to_metric_families
 
 from bev.engines import new_secret_id
 from bev.fleet import discover
@@ -143,12 +151,46 @@ def analyse(final: swarm_pb2.Investigation, events: list[swarm_pb2.Investigation
         "overhead_s": round(wall - in_tools, 2),
         "overhead_ratio": round((wall - in_tools) / wall, 4),
         "largest_gap_s": round(largest_gap_s(every, started, finished), 2),
+        "in_model_s": round(union_s(family("reasoning.")), 2),
         "model_share": round(union_s(family("reasoning.")) / wall, 4),
         "collector_share": round(union_s(family("collectors.")) / wall, 4),
         "search_share": round(union_s(family("embeddings.")) / wall, 4),
         "calls": dict(sorted(Counter({tool: len(intervals) for tool, intervals in by_tool.items()}).items())),
         "tools": dict(sorted(per_tool.items())),
         "tokens": final.usage.tokens,
+    }
+
+
+async def engine_busy_s(creds: dict[str, Any]) -> float:
+    """Seconds the reasoning replicas' engines have had work, summed over backends, read off their
+    /metrics (bev_reasoning_backend_busy_seconds_total)."""
+    nc = await nats.connect(creds["url"], user=creds["user"], password=creds["password"])
+    try:
+        addresses = [i.metrics_address for i in await discover(nc, 1.0) if i.service == "reasoning" and i.metrics_address]
+    finally:
+        await nc.close()
+    total = 0.0
+    async with httpx.AsyncClient(timeout=10) as http:
+        for address in addresses:
+            text = (await http.get(f"http://{address}/metrics")).text
+            for family in text_string_to_metric_families(text):
+                if family.name == "bev_reasoning_backend_busy_seconds":
+                    total += sum(sample.value for sample in family.samples if sample.name.endswith("_total"))
+    return total
+
+
+def floor_split(result: dict[str, Any], engine_s: float) -> dict[str, Any]:
+    """wall = engine (the model floor) + in a model call off the engine + other tools only + coordination."""
+    wall, in_model, in_tools = result["wall_s"], result["in_model_s"], result["in_tools_s"]
+    return {
+        "engine_s": round(engine_s, 2),
+        "wall_over_floor": round(wall / engine_s, 3) if engine_s else None,
+        "split_s": {
+            "engine": round(engine_s, 2),
+            "model_call_off_engine": round(max(in_model - engine_s, 0.0), 2),
+            "other_tools_only": round(in_tools - in_model, 2),
+            "coordination": round(wall - in_tools, 2),
+        },
     }
 
 
@@ -161,9 +203,11 @@ async def run_mode(creds: dict[str, Any], world: DemoWorld, mode: str) -> dict[s
             data = json.loads(event.data_json)
             say(f"  {mode}: {event.kind} {json.dumps(data)[:100]}")
 
+    busy_before = await engine_busy_s(creds)
     began = time.monotonic()
     final, recall = await investigate(creds, world, mode, on_event=keep)
     result = analyse(final, events)
+    result["model_floor"] = floor_split(result, await engine_busy_s(creds) - busy_before)
     result["client_wall_s"] = round(time.monotonic() - began, 2)
     result["recall"] = [round(recall.entities, 3), round(recall.relations, 3)]
     return result
@@ -314,6 +358,7 @@ def summary(results: dict[str, Any], args: argparse.Namespace, seconds: float) -
         "overhead_ratio": {m: r["overhead_ratio"] for m, r in modes.items()},
         "model_share": {m: r["model_share"] for m, r in modes.items()},
         "collector_share": {m: r["collector_share"] for m, r in modes.items()},
+        "wall_over_model_floor": {m: r["model_floor"]["wall_over_floor"] for m, r in modes.items()},
         "recall": {m: r["recall"] for m, r in modes.items()},
         "status": {m: r["status"] for m, r in modes.items()},
         "modes": modes,
@@ -335,6 +380,10 @@ def table(out: dict[str, Any]) -> None:
         print(f"{mode:<13} {r['status']:<10} {r['wall_s']:>7.1f} {r['overhead_s']:>10.2f} {r['overhead_ratio']:>6.3f} "
               f"{r['model_share']:>6.2f} {r['collector_share']:>7.2f} {r['search_share']:>6.2f} "
               f"{sum(r['calls'].values()):>5} {r['recall']!s:>14}", file=sys.stderr)
+    for mode, r in out["modes"].items():
+        floor = r["model_floor"]
+        print(f"{mode}: wall / model floor = {floor['wall_over_floor']}; wall split (s) {floor['split_s']}",
+              file=sys.stderr)
     if "throughput" in out:
         for name, t in out["throughput"].items():
             print(f"{name}: {t['investigations']} at once in {t['seconds']} s = {t['per_minute']}/min "

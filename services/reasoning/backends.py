@@ -118,6 +118,8 @@ class Backend:
         labels = {"tier": config.tier, "backend": config.name}
         self._queue_gauge = metrics.QUEUE_DEPTH.labels(**labels)
         self._in_flight_gauge = metrics.IN_FLIGHT.labels(**labels)
+        self._busy_seconds = metrics.BUSY_SECONDS.labels(**labels)
+        self._busy_since = 0.0  # perf_counter when in_flight went from 0 to 1
         self._healthy_gauge = metrics.HEALTHY.labels(**labels)
         self._healthy_gauge.set(0)
         self._drained_until = 0.0  # unix time; a drain ends by itself when it passes
@@ -192,6 +194,8 @@ class Backend:
         finally:
             self.queued -= 1
             self._queue_gauge.dec()
+        if self.in_flight == 0:
+            self._busy_since = time.perf_counter()
         self.in_flight += 1
         self._in_flight_gauge.inc()
         try:
@@ -199,6 +203,8 @@ class Backend:
         finally:
             self.in_flight -= 1
             self._in_flight_gauge.dec()
+            if self.in_flight == 0:
+                self._busy_seconds.inc(time.perf_counter() - self._busy_since)
             self._slots.release()
 
     # -- the OpenAI protocol ------------------------------------------------------------------

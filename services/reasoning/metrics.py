@@ -22,6 +22,12 @@ REJECTED = Counter(
 )
 QUEUE_DEPTH = Gauge("bev_reasoning_queue_depth", "Requests waiting for a slot on a backend", _TIER_BACKEND)
 IN_FLIGHT = Gauge("bev_reasoning_in_flight", "Requests a backend is working on now", _TIER_BACKEND)
+# Wall time with at least one request at the engine. For a one-slot engine (llama.cpp) that is the
+# time the model computed: the floor under anything that waits for it (bench_swarm reads it).
+BUSY_SECONDS = Counter(
+    "bev_reasoning_backend_busy_seconds_total", "Seconds with at least one request in flight at the backend",
+    _TIER_BACKEND,
+)
 HEALTHY = Gauge("bev_reasoning_backend_healthy", "1 when the backend answers, else 0", _TIER_BACKEND)
 DRAINED = Gauge(
     "bev_reasoning_backend_drained", "1 while the backend is drained from this replica's routing, else 0",

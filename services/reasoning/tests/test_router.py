@@ -258,3 +258,25 @@ async def test_health_probes_neither_cut_nor_fail_a_running_answer(llama_servers
 def _metric(name: str, backup: str) -> float:
     value = REGISTRY.get_sample_value(f"bev_reasoning_{name}", {"tier": "fast", "backend": backup})
     return value or 0.0
+
+
+async def test_busy_seconds_count_the_time_the_engine_had_work_not_the_sum(
+        llama_servers: tuple[LlamaServer, LlamaServer], http: httpx.AsyncClient) -> None:
+    backend = llama(llama_servers[0], "busy", http, max_in_flight=2)
+    router = await router_of(backend)
+    before = REGISTRY.get_sample_value("bev_reasoning_backend_busy_seconds_total",
+                                       {"tier": "fast", "backend": "busy"}) or 0.0
+
+    async def timed() -> float:
+        started = asyncio.get_running_loop().time()
+        await router.complete(HI)
+        return asyncio.get_running_loop().time() - started
+
+    started = asyncio.get_running_loop().time()
+    durations = await asyncio.gather(timed(), timed())  # overlapping: one engine, two requests in flight
+    wall = asyncio.get_running_loop().time() - started
+    await asyncio.sleep(0.2)  # idle time is not busy time
+    busy = (REGISTRY.get_sample_value("bev_reasoning_backend_busy_seconds_total",
+                                      {"tier": "fast", "backend": "busy"}) or 0.0) - before
+    assert max(durations) * 0.95 <= busy <= wall + 0.01
+    assert busy < sum(durations)  # the overlap is counted once
