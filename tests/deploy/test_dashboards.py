@@ -53,7 +53,8 @@ CONTRACT_METRICS = {
     "bev_reasoning_backend_requests_total", "bev_reasoning_backend_failures_total",
     "bev_reasoning_failovers_total", "bev_reasoning_tier_fallbacks_total", "bev_reasoning_rejected_total",
     "bev_reasoning_queue_depth", "bev_reasoning_in_flight", "bev_reasoning_backend_healthy",
-    "bev_reasoning_backend_drained", "bev_reasoning_completion_tokens_total", "bev_reasoning_prompt_tokens_total",
+    "bev_reasoning_backend_drained", "bev_reasoning_backend_busy_seconds_total",
+    "bev_reasoning_completion_tokens_total", "bev_reasoning_prompt_tokens_total",
     "bev_tool_executions_total", "bev_osint_analyses_total", "bev_swarm_live_agents",
     "bev_http_requests_total", "bev_http_requests_in_flight", "bev_request_count_total",
     "bev_cache_requests_total", "bev_cache_hit_rate", "bev_threat_detections_total",
@@ -212,7 +213,7 @@ def test_gpu_panels_say_they_are_empty_without_a_gpu(dashboards: dict[str, dict[
 
 def test_panel_counts(dashboards: dict[str, dict[str, Any]]) -> None:
     counts = {uid: len(panels(board)) for uid, board in dashboards.items()}
-    assert counts == {"bev-fleet": 23, "bev-investigations": 11, "bev-inference": 14, "bev-collectors": 10}
+    assert counts == {"bev-fleet": 23, "bev-investigations": 11, "bev-inference": 15, "bev-collectors": 10}
 
 
 # --- Grafana loads them ------------------------------------------------------------------------

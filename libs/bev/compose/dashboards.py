@@ -266,6 +266,11 @@ INFERENCE = Dashboard(
             Panel("In flight", (
                 Query("sum by (tier, backend) (bev_reasoning_in_flight)", "{{tier}} {{backend}}"),
             )),
+            Panel("Engine busy", (
+                Query(_rate("bev_reasoning_backend_busy_seconds_total", "tier, backend"), "{{tier}} {{backend}}",
+                      may_be_empty=AFTER_EVENT),
+            ), unit="percentunit", description="Share of time with a request at the engine: for a one-slot "
+               "llama.cpp backend, how much of the time the model computes (1 = saturated)."),
             Panel("Backend healthy", (
                 Query("min by (tier, backend) (bev_reasoning_backend_healthy)", "{{tier}} {{backend}}"),
             ), description="1 when the backend answers (InferenceBackendDown: 0 for 2 minutes)."),
