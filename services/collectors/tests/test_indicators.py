@@ -1,4 +1,4 @@
-"""Indicator extraction on realistic report text (ioc-finder runs for real)."""
+"""Indicator extraction on realistic report text (the real extractor: refang, candidate scan, validation)."""
 
 from __future__ import annotations
 
@@ -114,7 +114,7 @@ def test_100kb_base64_blob_is_fast_and_yields_no_false_positives() -> None:
 
 
 def test_space_runs_and_encoded_tokens_stay_linear() -> None:
-    # ioc-finder alone takes ~16 s on 100 KB of spaces; indented HTML and padded logs look like that.
+    # The ioc-finder grammars used before took ~16 s on 100 KB of spaces; indented HTML and padded logs look like that.
     padded = ("<td>" + " " * 5000 + "C2 198.51.100[.]23</td>\n") * 20
     payload = "data:application/octet-stream;base64," + base64.b64encode(random.Random(5).randbytes(60_000)).decode()
     began = time.perf_counter()
@@ -205,7 +205,7 @@ def test_urls_and_emails_with_idn_hosts_stay_whole() -> None:
 
 
 def test_email_with_a_non_ascii_local_part_is_not_cut() -> None:
-    # ioc-finder's local-part grammar is ASCII: "iv\u0430n@" would have come out as "n@...".
+    # The candidate email shape is ASCII: "iv\u0430n@" must not come out as "n@...".
     assert extract_indicators("write to iv\u0430n@пример.рф") == [Indicator("domain", "xn--e1afmkfd.xn--p1ai")]
 
 
