@@ -40,6 +40,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
+import itertools
 import json
 import os
 import platform
@@ -133,7 +134,7 @@ def analyse(final: swarm_pb2.Investigation, events: list[swarm_pb2.Investigation
         return [i for tool, intervals in by_tool.items() if tool.startswith(prefix) for i in intervals]
 
     in_tools = union_s(every)
-    per_tool: dict[str, dict[str, float]] = {}
+    per_tool: dict[str, dict[str, Any]] = {}
     for event in events:
         if event.kind == "tool_result":
             data = json.loads(event.data_json)
@@ -142,8 +143,24 @@ def analyse(final: swarm_pb2.Investigation, events: list[swarm_pb2.Investigation
             row["sum_s"] = round(row["sum_s"] + data.get("ms", 0) / 1000, 2)
             row["max_s"] = max(row["max_s"], round(data.get("ms", 0) / 1000, 2))
             row["errors"] += data.get("status") == "error"
+            if data.get("status") == "error" and "first_error" not in row:
+                row["first_error"] = str(data.get("error", ""))[:300]
+    # Phases, from their events: how long each lasted, and for ingestion (collectors only, no model)
+    # how much of it had no call in flight (round barriers, DBOS steps, store writes).
+    marks = [(json.loads(e.data_json)["phase"], _seconds(e.at)) for e in events if e.kind == "phase"]
+    bounds = [*marks, ("end", finished)]
+    phases_s: dict[str, float] = {}
+    for (name, began), (_, ended) in itertools.pairwise(bounds):
+        phases_s[name] = round(phases_s.get(name, 0.0) + ended - began, 2)
+    ingestion = next(((b, e) for (n, b), (_, e) in itertools.pairwise(bounds) if n == "ingestion"), None)
+    ingestion_idle = None
+    if ingestion:
+        inside = [(max(a, ingestion[0]), min(b, ingestion[1])) for a, b in every if b > ingestion[0] and a < ingestion[1]]
+        ingestion_idle = round(ingestion[1] - ingestion[0] - union_s(inside), 2)
     return {
         "status": swarm_pb2.Status.Name(final.status).removeprefix("STATUS_").lower(),
+        "phases_s": phases_s,
+        "ingestion_idle_s": ingestion_idle,
         "wall_s": round(wall, 2),
         "queued_s": round(started - _seconds(final.created_at), 2),
         "in_tools_s": round(in_tools, 2),
@@ -382,8 +399,8 @@ def table(out: dict[str, Any]) -> None:
               f"{sum(r['calls'].values()):>5} {r['recall']!s:>14}", file=sys.stderr)
     for mode, r in out["modes"].items():
         floor = r["model_floor"]
-        print(f"{mode}: wall / model floor = {floor['wall_over_floor']}; wall split (s) {floor['split_s']}",
-              file=sys.stderr)
+        print(f"{mode}: wall / model floor = {floor['wall_over_floor']}; wall split (s) {floor['split_s']}; "
+              f"phases (s) {r['phases_s']}, ingestion with nothing in flight {r['ingestion_idle_s']} s", file=sys.stderr)
     if "throughput" in out:
         for name, t in out["throughput"].items():
             print(f"{name}: {t['investigations']} at once in {t['seconds']} s = {t['per_minute']}/min "

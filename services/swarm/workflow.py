@@ -146,16 +146,21 @@ async def gather_context(investigation_id: str) -> dict[str, Any]:
                  for e in evidence} - {""}
     analyst = inv.agent("analyst")
     monitor = inv.agent("monitor")
+    # The monitor reads every page the investigation stored (by pattern, not with a model) for text
+    # aimed at an AI reader; each hit becomes an excerpt evidence item the warning cites. Searches and
+    # reads run at once: this is time before the first model call, which nothing else overlaps.
+    await monitor.doing("scanning collected text for injected instructions")
+    stops: list[Stop] = []
     try:
-        for query in (inv.row.target, f"{inv.row.target} malware payment infrastructure"):
-            await corpus_excerpts(analyst, query, documents)
-        # The monitor reads every page the investigation stored (by pattern, not with a model) for
-        # text aimed at an AI reader; each hit becomes an excerpt evidence item the warning cites.
-        await monitor.doing("scanning collected text for injected instructions")
-        for document_id in sorted(documents):
-            await injection_excerpts(monitor, document_id)
-    except Stop as exc:
-        return _stopped(exc)
+        async with asyncio.TaskGroup() as group:  # a Stop (budget, cancel) cancels the rest
+            for query in (inv.row.target, f"{inv.row.target} malware payment infrastructure"):
+                group.create_task(corpus_excerpts(analyst, query, documents))
+            for document_id in sorted(documents):
+                group.create_task(injection_excerpts(monitor, document_id))
+    except* Stop as group_stops:
+        stops = [exc for exc in group_stops.exceptions if isinstance(exc, Stop)]
+    if stops:
+        return _stopped(stops[0])
     evidence = await inv.deps.store.evidence(inv.id)
     for warning in deliberation.injection_warnings(evidence):
         await inv.emit("warning", agent="monitor", warning=warning["kind"], evidence=warning["evidence"],
