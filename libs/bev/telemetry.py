@@ -2,22 +2,28 @@
 
 - Logs: structlog, one JSON object per line, with service, trace_id and span_id.
 - Metrics: Prometheus, one /metrics endpoint per process; the RPC layer records
-  per-method counts, latency, in-flight and errors. Every process also exports its CPU and
+  per-method counts, latency, in-flight and errors as plain numbers (`rpc_method_stats`) that a
+  collector turns into the usual families at scrape time, so a call pays no metric locks. Every process also exports its CPU and
   memory (prometheus_client's process collector), the free space of its data directory and,
   where NVML finds an NVIDIA GPU, each GPU's utilisation and memory (`register_process_collectors`).
   Caches count their hits and misses through `cache_stats`.
 - Traces: OpenTelemetry. Spans are always created so trace ids reach logs and
-  NATS headers/gRPC metadata; exporting them is opt-in (console or OTLP/HTTP).
+  NATS headers/gRPC metadata; exporting them is opt-in (console or OTLP/HTTP). RPCs write and
+  read the W3C `traceparent` header themselves (`inject_trace`, `extract_trace`) and, while
+  nothing records spans, make their unrecorded spans without the SDK's general path (`rpc_span`).
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import shutil
 import sys
 import threading
+import time
 import weakref
-from collections.abc import Callable, Iterable, Iterator
+from bisect import bisect_left
+from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -30,44 +36,142 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased, Sampler, TraceIdRatioBased
-from opentelemetry.trace import Span, SpanKind, Status, StatusCode
+from opentelemetry.trace import (
+    INVALID_SPAN_CONTEXT,
+    NonRecordingSpan,
+    Span,
+    SpanContext,
+    SpanKind,
+    Status,
+    StatusCode,
+    TraceFlags,
+    TraceState,
+)
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from prometheus_client import (
     REGISTRY,
     CollectorRegistry,
     Counter,
-    Gauge,
-    Histogram,
     ProcessCollector,
     start_http_server,
 )
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 from bev.settings import TelemetrySettings
 
-RPC_REQUESTS = Counter(
-    "bev_rpc_requests_total", "RPCs handled, by final status code", ["service", "method", "transport", "code"]
-)
-RPC_ERRORS = Counter(
-    "bev_rpc_errors_total", "RPCs that ended with a non-OK status", ["service", "method", "transport", "code"]
-)
 # Request latency buckets, RPC and HTTP alike: sub-millisecond bus hops to minute-long streams.
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
-RPC_LATENCY = Histogram(
-    "bev_rpc_latency_seconds",
-    "Time from request received to response sent (streams: to the last message)",
-    ["service", "method", "transport"],
-    buckets=LATENCY_BUCKETS,
-)
-RPC_IN_FLIGHT = Gauge("bev_rpc_in_flight", "RPCs being handled now", ["service", "method", "transport"])
 RPC_CLIENT_RETRIES = Counter(
     "bev_rpc_client_retries_total",
     "Idempotent calls sent a second time after an unavailable or silent instance, by the first attempt's code",
     ["service", "method", "code"],
 )
+
+
+class RpcMethodStats:
+    """One (service, method, transport)'s RPC figures as plain numbers, updated by the event loop
+    without locks and read by `_RpcCollector` at scrape time (from the metrics server's thread).
+
+    Why not prometheus_client's Counter/Gauge/Histogram: each update takes the metric's lock, and a
+    call made five of them (in-flight up and down, latency, requests, errors): a measurable part of
+    an RPC's own CPU. A scrape copies each list and dict in one step (atomic under the GIL), and
+    derives the histogram's count from its buckets, so `_count` always equals the `+Inf` bucket.
+    """
+
+    __slots__ = ("buckets", "codes", "created", "in_flight", "labels", "seconds")
+
+    def __init__(self, labels: tuple[str, str, str]) -> None:
+        self.labels = labels
+        self.created = time.time()
+        self.in_flight = 0
+        self.buckets = [0] * (len(LATENCY_BUCKETS) + 1)  # per bucket, not cumulative; the last is +Inf
+        self.seconds = 0.0
+        self.codes: dict[str, tuple[int, float]] = {}  # status code name -> (calls, first seen)
+
+    def started(self) -> None:
+        self.in_flight += 1
+
+    def finished(self, code: str, seconds: float) -> None:
+        self.in_flight -= 1
+        self.buckets[bisect_left(LATENCY_BUCKETS, seconds)] += 1  # le is inclusive, as Prometheus's
+        self.seconds += seconds
+        counted = self.codes.get(code)
+        self.codes[code] = (1, time.time()) if counted is None else (counted[0] + 1, counted[1])
+
+
+class _RpcCollector(Collector):
+    """bev_rpc_requests_total and bev_rpc_errors_total {service, method, transport, code},
+    bev_rpc_latency_seconds and bev_rpc_in_flight {service, method, transport}: the names, labels,
+    buckets and `_created` samples prometheus_client's own metrics gave them (dashboards, alert
+    rules and the monitoring service query these). A method has samples once it has been called."""
+
+    def __init__(self) -> None:
+        self._methods: dict[tuple[str, str, str], RpcMethodStats] = {}
+        self._lock = threading.Lock()
+
+    def method(self, service: str, method: str, transport: str) -> RpcMethodStats:
+        key = (service, method, transport)
+        stats = self._methods.get(key)
+        if stats is None:
+            with self._lock:
+                stats = self._methods.setdefault(key, RpcMethodStats(key))
+        return stats
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(self._families())
+
+    def collect(self) -> Iterator[Metric]:
+        requests, errors, latency, in_flight = self._families()
+        with self._lock:
+            methods = list(self._methods.values())
+        # `le` as prometheus_client's Histogram writes it
+        bounds = [*(floatToGoString(b) for b in LATENCY_BUCKETS), "+Inf"]  # type: ignore[no-untyped-call]
+        for stats in methods:
+            labels = list(stats.labels)
+            codes, counts, seconds = dict(stats.codes), list(stats.buckets), stats.seconds
+            for code, (calls, created) in codes.items():
+                requests.add_metric([*labels, code], calls, created=created)
+                if code != "OK":
+                    errors.add_metric([*labels, code], calls, created=created)
+            cumulative, running = [], 0
+            for bound, count in zip(bounds, counts, strict=True):
+                running += count
+                cumulative.append((bound, running))
+            latency.add_metric(labels, cumulative, seconds)
+            # HistogramMetricFamily takes no created timestamp: add the sample prometheus_client's
+            # Histogram exports, in its place after the buckets, count and sum.
+            latency.samples.append(latency.samples[-1]._replace(name="bev_rpc_latency_seconds_created",
+                                                                value=stats.created))  # the _sum's labels
+            in_flight.add_metric(labels, stats.in_flight)
+        yield requests
+        yield errors
+        yield latency
+        yield in_flight
+
+    @staticmethod
+    def _families() -> tuple[CounterMetricFamily, CounterMetricFamily, HistogramMetricFamily, GaugeMetricFamily]:
+        labels = ["service", "method", "transport"]
+        return (
+            CounterMetricFamily("bev_rpc_requests", "RPCs handled, by final status code", labels=[*labels, "code"]),
+            CounterMetricFamily("bev_rpc_errors", "RPCs that ended with a non-OK status", labels=[*labels, "code"]),
+            HistogramMetricFamily(
+                "bev_rpc_latency_seconds",
+                "Time from request received to response sent (streams: to the last message)", labels=labels),
+            GaugeMetricFamily("bev_rpc_in_flight", "RPCs being handled now", labels=labels),
+        )
+
+
+_RPC = _RpcCollector()
+REGISTRY.register(_RPC)
+
+
+def rpc_method_stats(service: str, method: str, transport: str) -> RpcMethodStats:
+    """The RPC figures of one method on one transport (one object per process: look it up once)."""
+    return _RPC.method(service, method, transport)
 
 
 def _add_trace_ids(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
@@ -182,6 +286,122 @@ class active_span:
     ) -> None:
         span = self._span
         otel_context.detach(self._token)
+        try:
+            # As use_span: record Exceptions (not GeneratorExit, CancelledError...) and mark ERROR.
+            if isinstance(exc, Exception) and span.is_recording():
+                span.record_exception(exc)
+                span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
+        finally:
+            span.end()
+
+
+# --- trace context on the RPC path ----------------------------------------------------------------
+
+TRACEPARENT = "traceparent"
+TRACESTATE = "tracestate"
+# As opentelemetry's TraceContextTextMapPropagator reads it (tests/test_telemetry.py holds the two equal).
+_TRACEPARENT_RE = re.compile(r"^[ \t]*([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(?:(-.*)|[ \t]*)$")
+_MAX_TRACEPARENT = 512
+_MAX_TRACESTATE = 512
+_UNSAMPLED = TraceFlags(TraceFlags.DEFAULT)
+_UNSAMPLED_RANDOM = TraceFlags(TraceFlags.DEFAULT | TraceFlags.RANDOM_TRACE_ID)
+
+
+def inject_trace(headers: MutableMapping[str, str], span_context: SpanContext) -> None:
+    """Write `span_context` into `headers` as W3C `traceparent` (and `tracestate` when it has one):
+    what the global propagator's inject writes, without looking up the current context again."""
+    if span_context == INVALID_SPAN_CONTEXT:
+        return
+    headers[TRACEPARENT] = f"00-{span_context.trace_id:032x}-{span_context.span_id:016x}-{span_context.trace_flags:02x}"
+    if span_context.trace_state:
+        headers[TRACESTATE] = span_context.trace_state.to_header()
+
+
+def _traceparent(headers: Mapping[str, str]) -> tuple[int, int, int, TraceState | None] | None:
+    """(trace id, span id, trace flags, tracestate) from W3C headers, by the propagator's rules."""
+    header = headers.get(TRACEPARENT)
+    if not header or len(header) > _MAX_TRACEPARENT:
+        return None
+    match = _TRACEPARENT_RE.search(header)
+    if match is None:
+        return None
+    version, trace_id, span_id, flags, rest = match.groups()
+    if trace_id == "0" * 32 or span_id == "0" * 16 or version == "ff" or (version == "00" and rest):
+        return None
+    state_header = headers.get(TRACESTATE)
+    state = None if state_header is None or len(state_header) > _MAX_TRACESTATE else TraceState.from_header([state_header])
+    return int(trace_id, 16), int(span_id, 16), int(flags, 16), state
+
+
+def extract_trace(headers: Mapping[str, str]) -> SpanContext | None:
+    """The caller's span context from W3C `traceparent`/`tracestate` in `headers` (lower-case
+    keys), or None where there is none or it is malformed: TraceContextTextMapPropagator's rules."""
+    parsed = _traceparent(headers)
+    if parsed is None:
+        return None
+    trace_id, span_id, flags, state = parsed
+    return SpanContext(trace_id=trace_id, span_id=span_id, is_remote=True, trace_flags=TraceFlags(flags),
+                       trace_state=state)
+
+
+class rpc_span:
+    """The span of one RPC, current while the call runs: `rpc_span(tracer, name, SpanKind.CLIENT)`
+    is a child of the current span; `rpc_span(tracer, name, SpanKind.SERVER, headers)` a child of
+    the caller's `traceparent` in `headers` (a root span without one), as
+    `tracer.start_as_current_span(name, context=extract(headers), kind=...)` would make them.
+
+    Why: while the process's TracerProvider samples nothing (no exporter, the default), every span
+    is a NonRecordingSpan with fresh ids; the SDK's start_span still runs its general path (parent
+    lookup, sampler, tracer metrics) for it, a large part of the RPC layer's own CPU per call. Here
+    that case builds the same span directly (same ids, flags and tracestate); any other provider
+    goes through the tracer as before, so recorded spans are exactly the SDK's.
+    """
+
+    __slots__ = ("_headers", "_kind", "_name", "_recording", "_span", "_token", "_tracer")
+
+    def __init__(self, tracer: trace.Tracer, name: str, kind: SpanKind, headers: Mapping[str, str] | None = None) -> None:
+        self._tracer, self._name, self._kind, self._headers = tracer, name, kind, headers
+
+    def __enter__(self) -> Span:
+        provider = trace.get_tracer_provider()
+        headers = self._headers
+        if isinstance(provider, TracerProvider) and provider.sampler is ALWAYS_OFF:
+            self._recording = False
+            ids = provider.id_generator
+            # The parent's trace id, whether it is random (trace flags bit 1) and its tracestate.
+            parent: tuple[int, bool, TraceState | None] | None = None
+            if headers is None:
+                current = trace.get_current_span().get_span_context()
+                if current.is_valid:
+                    parent = current.trace_id, current.trace_flags.random_trace_id, current.trace_state
+            else:
+                remote = _traceparent(headers)  # no SpanContext for the remote parent: not needed here
+                if remote is not None:
+                    parent = remote[0], bool(remote[2] & TraceFlags.RANDOM_TRACE_ID), remote[3]
+            trace_id, random_id, state = (
+                (ids.generate_trace_id(), ids.is_trace_id_random(), None) if parent is None else parent)
+            span: Span = NonRecordingSpan(SpanContext(
+                trace_id, ids.generate_span_id(), is_remote=False,
+                trace_flags=_UNSAMPLED_RANDOM if random_id else _UNSAMPLED, trace_state=state))
+        else:
+            self._recording = True
+            parent_context = None
+            if headers is not None:
+                caller = extract_trace(headers)
+                parent_context = (otel_context.Context() if caller is None
+                                  else trace.set_span_in_context(NonRecordingSpan(caller), otel_context.Context()))
+            span = self._tracer.start_span(self._name, context=parent_context, kind=self._kind)
+        self._span = span
+        self._token = otel_context.attach(trace.set_span_in_context(span))
+        return span
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        otel_context.detach(self._token)
+        if not self._recording:
+            return  # a NonRecordingSpan records nothing and its end() does nothing
+        span = self._span
         try:
             # As use_span: record Exceptions (not GeneratorExit, CancelledError...) and mark ERROR.
             if isinstance(exc, Exception) and span.is_recording():

@@ -12,6 +12,7 @@ from pathlib import Path
 import nats
 import pytest
 import pytest_asyncio
+from google.protobuf.message import Message
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from prometheus_client import REGISTRY
@@ -20,6 +21,7 @@ from bev.echo.v1 import echo_pb2
 from bev.echo.v1.echo_rpc import EchoClient
 from bev.engines import NatsServer
 from bev.rpc import InstanceInfo, RpcError, StatusCode
+from bev.rpc.dispatch import Dispatcher
 from bev.testing.serving import serving_on_nats
 from tests.rpc.echo import Echo
 
@@ -115,3 +117,51 @@ async def test_with_the_bus_down_a_call_fails_at_once(tmp_path: Path) -> None:
             pass
     assert streaming.value.code == StatusCode.UNAVAILABLE
     await nc.close()
+
+
+# --- the server's deadline timer, armed only when a handler suspends (bev.rpc.dispatch) -----------
+
+def _dispatcher() -> Dispatcher:
+    return Dispatcher(Echo(InstanceInfo(service="echo")), max_request_bytes=1024, default_timeout_s=10)
+
+
+async def _unary(dispatcher: Dispatcher, method: str, request: Message, timeout_s: float) -> bytes:
+    definition = dispatcher.service.methods[method]
+    return await dispatcher.unary(definition, request.SerializeToString(),
+                                  dispatcher.context(definition, "nats", timeout_s, {}))
+
+
+async def test_a_handler_that_never_suspends_answers_without_a_timer() -> None:
+    # As before the timer moved: a handler that does not await cannot be interrupted, so even a
+    # deadline already spent lets it answer (the caller has stopped waiting; nothing waits on it).
+    reply = echo_pb2.EchoResponse.FromString(
+        await _unary(_dispatcher(), "Echo", echo_pb2.EchoRequest(payload=b"now"), timeout_s=0))
+    assert reply.payload == b"now"
+
+
+async def test_a_handler_that_suspends_runs_under_the_deadline() -> None:
+    dispatcher = _dispatcher()
+    # Suspends on a bare yield (asyncio.sleep(0)) and on a timer future: the result still comes back.
+    for seconds in (0.0, 0.01):
+        reply = echo_pb2.SleepResponse.FromString(
+            await _unary(dispatcher, "Sleep", echo_pb2.SleepRequest(seconds=seconds), timeout_s=2))
+        assert 1.5 < reply.remaining_s <= 2
+    began = time.monotonic()
+    with pytest.raises(RpcError) as caught:
+        await _unary(dispatcher, "Sleep", echo_pb2.SleepRequest(seconds=5), timeout_s=0.1)
+    assert caught.value.code == StatusCode.DEADLINE_EXCEEDED
+    assert time.monotonic() - began < 0.5
+    assert REGISTRY.get_sample_value("bev_rpc_requests_total", {
+        "service": "echo", "method": "Sleep", "transport": "nats", "code": "DEADLINE_EXCEEDED"}) >= 1
+
+
+async def test_cancelling_a_suspended_call_cancels_its_handler() -> None:
+    # Server shutdown cancels in-flight calls: the cancellation reaches the handler and is not
+    # turned into a status (nobody is left to answer).
+    task = asyncio.create_task(_unary(_dispatcher(), "Sleep", echo_pb2.SleepRequest(seconds=5), timeout_s=10))
+    await asyncio.sleep(0.05)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert REGISTRY.get_sample_value("bev_rpc_in_flight", {
+        "service": "echo", "method": "Sleep", "transport": "nats"}) == 0

@@ -19,13 +19,13 @@ from typing import Any
 from bev.compose.yaml_out import GENERATED, dump_yaml
 from bev.fleet import client_class
 from bev.manifest import Manifest
-from bev.telemetry import RPC_LATENCY
+from bev.telemetry import LATENCY_BUCKETS
 
 LATENCY_THRESHOLDS_FILE = "rpc_latency_thresholds.yml"
 THRESHOLD_METRIC = "bev:rpc_latency_p99_threshold_seconds"
 DEADLINE_FRACTION = 0.5
-# The histogram's bounds end with +Inf; the one before it is the largest a quantile can report.
-LARGEST_FINITE_BUCKET_S = RPC_LATENCY._upper_bounds[-2]
+# The largest finite bucket bound: the largest latency a quantile over the histogram can report.
+LARGEST_FINITE_BUCKET_S = float(LATENCY_BUCKETS[-1])
 
 
 def latency_thresholds(manifest: Manifest) -> list[tuple[str, str, float]]:

@@ -18,14 +18,13 @@ import grpc
 from google.protobuf.message import DecodeError, Message
 from nats.aio.client import Client as NatsClient
 from opentelemetry import trace
-from opentelemetry.propagate import inject
 from opentelemetry.trace import SpanKind
 
 from bev.rpc.definition import MethodDef, ServiceDef
 from bev.rpc.errors import RpcError, StatusCode
 from bev.rpc.grpc_transport import GrpcTransport
 from bev.rpc.nats_transport import NatsTransport
-from bev.telemetry import RPC_CLIENT_RETRIES, active_span
+from bev.telemetry import RPC_CLIENT_RETRIES, inject_trace, rpc_span
 
 R = TypeVar("R", bound=Message)
 _tracer = trace.get_tracer("bev.rpc")
@@ -72,9 +71,10 @@ class Client:
     async def close(self) -> None:
         await self.transport.close()
 
-    def _metadata(self, extra: Mapping[str, str] | None) -> dict[str, str]:
-        carrier: dict[str, str] = dict(extra or {})
-        inject(carrier)  # W3C traceparent/tracestate of the current (client) span
+    @staticmethod
+    def _metadata(extra: Mapping[str, str] | None, span: trace.Span) -> dict[str, str]:
+        carrier: dict[str, str] = dict(extra) if extra else {}
+        inject_trace(carrier, span.get_span_context())  # W3C traceparent/tracestate of the client span
         return carrier
 
     @staticmethod
@@ -91,9 +91,9 @@ class Client:
     ) -> R:
         method = self.SERVICE.methods[name]
         deadline_s = timeout_s or self.timeout_s or method.deadline_s
-        # active_span = start_as_current_span without its generator wrappers (hot path, see there).
-        with active_span(_tracer, f"{self.SERVICE.full_name}/{name}", SpanKind.CLIENT):
-            payload, carrier = request.SerializeToString(), self._metadata(metadata)
+        # rpc_span = start_as_current_span without its general path where nothing records (see there).
+        with rpc_span(_tracer, f"{self.SERVICE.full_name}/{name}", SpanKind.CLIENT) as span:
+            payload, carrier = request.SerializeToString(), self._metadata(metadata, span)
             if not method.idempotent:
                 data = await self.transport.unary(method, payload, deadline_s, carrier)
             else:
@@ -116,10 +116,10 @@ class Client:
         self, name: str, request: Message, into: type[R], timeout_s: float | None, metadata: Mapping[str, str] | None
     ) -> AsyncIterator[R]:
         method = self.SERVICE.methods[name]
-        with active_span(_tracer, f"{self.SERVICE.full_name}/{name}", SpanKind.CLIENT):
+        with rpc_span(_tracer, f"{self.SERVICE.full_name}/{name}", SpanKind.CLIENT) as span:
             stream = self.transport.stream(
                 method, request.SerializeToString(), timeout_s or self.timeout_s or method.deadline_s,
-                self._metadata(metadata)
+                self._metadata(metadata, span)
             )
             try:
                 async for data in stream:

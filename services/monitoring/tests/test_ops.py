@@ -42,7 +42,7 @@ from services.reasoning.testing import ReasoningOnNats
 
 WINDOW = "1m"
 KNOWN = ["reasoning", "swarm", "embeddings", "avatar", "gateway", "collectors"]
-# bev.telemetry's RPC_LATENCY buckets: the staged pages must interpolate as the services' do.
+# bev.telemetry's LATENCY_BUCKETS: the staged pages must interpolate as the services' do.
 BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
 
