@@ -10,7 +10,8 @@ Every status a route can answer is declared in the OpenAPI schema (tests/test_ga
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+import re
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -21,7 +22,8 @@ from fastapi.routing import APIRoute
 from nats.aio.client import Client as NatsClient
 from psycopg_pool import PoolTimeout
 from starlette.exceptions import HTTPException
-from starlette.routing import Match, Route
+from starlette.routing import Route, Router
+from starlette.types import Receive, Scope, Send
 
 from bev.rpc import RpcError
 from bev.telemetry import get_logger
@@ -29,7 +31,7 @@ from services.gateway.clients import Clients
 from services.gateway.deps import SCOPE_HEADER
 from services.gateway.guard import OPEN_PATHS, Guard
 from services.gateway.http_metrics import HttpMetrics
-from services.gateway.inputs import json_problem, parameters_problem
+from services.gateway.inputs import RequestChecks
 from services.gateway.limits import RateLimited
 from services.gateway.mcp_tools import MCP_PATH, mcp_endpoint
 from services.gateway.routes import (
@@ -56,9 +58,6 @@ from services.gateway.web_ui import ui_routes
 
 log = get_logger(__name__)
 
-_FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
-
-
 def create_app(nc: NatsClient, config: GatewayConfig, callees: Iterable[str], guard: Guard) -> FastAPI:
     """The HTTP API over `nc`, behind `guard` (keys, limits, audit); `callees` are the services the
     gateway's manifest entry calls."""
@@ -72,8 +71,11 @@ def create_app(nc: NatsClient, config: GatewayConfig, callees: Iterable[str], gu
         async with mcp.running():  # the MCP SDK's session manager serves /mcp from its task group
             yield
 
+    # FastAPI's own OpenTelemetry off: the guard opens each request's server span and HttpMetrics
+    # counts it; FastAPI's would be a second span, histogram and log record for every request.
     app = FastAPI(title="BEV gateway", version="0.1.0", redirect_slashes=False,
-                  description=API_DESCRIPTION, lifespan=lifespan)
+                  description=API_DESCRIPTION, lifespan=lifespan,
+                  telemetry={"tracing": False, "metrics": False, "logs": False})
     # What routes depend on (services/gateway/deps.py).
     app.state.clients = clients
     app.state.guard = guard
@@ -81,44 +83,19 @@ def create_app(nc: NatsClient, config: GatewayConfig, callees: Iterable[str], gu
     for module in (fleet, reasoning, openai, embeddings, collectors, swarm, avatar, monitoring, access):
         own = [route for route in module.router.routes if isinstance(route, APIRoute)]
         _document_scopes(own)
-        _document_errors(own)  # before include_router, which reads each route's responses
+        _document_errors(own)
         routes += own
-        app.include_router(module.router)
+        # The module's routes straight onto the app's router rather than include_router, which
+        # keeps each module as one more level the router searches route by route.
+        app.router.routes.extend(module.router.routes)
     guard.routes = routes
+    index = RouteIndex(routes)
+    index.serve(app.router)
     # MCP over streamable HTTP (services/gateway/mcp_tools.py), behind the guard like every route;
     # each tool checks the scope it needs. Not in the OpenAPI schema: it is JSON-RPC, not REST.
     app.router.routes.append(Route(MCP_PATH, mcp.app, methods=["GET", "POST", "DELETE"]))
     guard.mounted = frozenset({MCP_PATH})
     app.router.routes.extend(ui_routes(config.web_dir))  # the web UI at / (services/gateway/web_ui.py)
-
-    # Middleware added later runs first: the size limit, then the content checks.
-    @app.middleware("http")
-    async def refuse_unrepresentable(request: Request,
-                                     call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        route = _route_for(routes, request)
-        problem = None if route is None else await _input_problem(route, request)
-        if problem is not None:
-            return error_response(request.url.path, 400, problem, code="INVALID_ARGUMENT")
-        return await call_next(request)
-
-    @app.middleware("http")
-    async def limit_body(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        # Content-Length is checked before reading; chunked bodies are counted as they arrive.
-        # /mcp carries documents too (document_intelligence), base64 in JSON: the upload limit.
-        large = request.url.path in (*embeddings.UPLOAD_PATHS, collectors.FILES_PATH, MCP_PATH)
-        limit = config.max_upload_bytes if large else config.max_body_bytes
-        path = request.url.path
-        declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > limit:
-            return error_response(path, 413, f"body over {limit} bytes", code="RESOURCE_EXHAUSTED")
-        if declared is None and request.method in ("POST", "PUT", "PATCH"):
-            body = b""
-            async for chunk in request.stream():
-                body += chunk
-                if len(body) > limit:
-                    return error_response(path, 413, f"body over {limit} bytes", code="RESOURCE_EXHAUSTED")
-            request._body = body  # let the route read what was already consumed
-        return await call_next(request)
 
     @app.exception_handler(RateLimited)
     async def rate_limited(request: Request, exc: RateLimited) -> Response:
@@ -157,6 +134,11 @@ def create_app(nc: NatsClient, config: GatewayConfig, callees: Iterable[str], gu
         return error_response(request.url.path, 500, f"internal error ({type(exc).__name__})", code="INTERNAL")
 
     app.openapi = lambda: _openapi_with_security(app)  # type: ignore[method-assign]
+    # Inside the guard: the body limit (413), then what no service can take (400). /mcp carries
+    # documents too (document_intelligence), base64 in JSON: the upload limit.
+    app.add_middleware(RequestChecks, route_for=index.route_for, max_body_bytes=config.max_body_bytes,
+                       max_upload_bytes=config.max_upload_bytes,
+                       upload_paths=(*embeddings.UPLOAD_PATHS, collectors.FILES_PATH, MCP_PATH))
     # Added late, so it runs early: no key, no answer (only /healthz is open).
     app.add_middleware(_GuardMiddleware, guard=guard)
     # Added last, so it runs first: every answer is counted, the guard's refusals too.
@@ -230,32 +212,50 @@ def _document_errors(routes: Iterable[APIRoute]) -> None:
         route.responses = responses
 
 
-def _route_for(routes: Iterable[APIRoute], request: Request) -> APIRoute | None:
-    """The API route that will serve `request`; None for an unknown path or method (404, 405)."""
-    return next((route for route in routes if route.matches(request.scope)[0] is Match.FULL), None)
+class RouteIndex:
+    """Which API route a request reaches, in one regex match per request: every route's path
+    pattern, for each method, joined into one alternation in the routes' order (the first that
+    matches wins, as in the router), each alternative a named group. FastAPI's router tries the
+    ~45 routes one by one with `route.matches`, hundreds of µs a request under the profiler
+    (docs/decisions/0015-http-edge.md); this is one match and a few µs."""
 
+    def __init__(self, routes: Sequence[APIRoute]) -> None:
+        self._routes = list(routes)
+        by_method: dict[str, list[str]] = {}
+        for n, route in enumerate(self._routes):
+            # Starlette's pattern, anchored, its parameters' groups made non-capturing: the one
+            # group that matched then names the route.
+            pattern = re.sub(r"\(\?P<\w+>", "(?:", route.path_regex.pattern.removeprefix("^").removesuffix("$"))
+            for method in route.methods or ():
+                by_method.setdefault(method, []).append(f"(?P<r{n}>{pattern}$)")
+        self._by_method = {method: re.compile("^(?:" + "|".join(parts) + ")") for method, parts in by_method.items()}
 
-async def _input_problem(route: APIRoute, request: Request) -> str | None:
-    """Why `request` is refused whatever its route's model says, or None."""
-    problem = parameters_problem(request.scope["path"], request.query_params.multi_items())
-    if problem is not None or route.body_field is None:
-        return problem
-    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if content_type == "application/json" or (content_type.startswith("application/") and content_type.endswith("+json")):
-        return json_problem(await request.body())
-    if content_type in _FORM_TYPES:
-        await request.body()  # cached: the route parses the form again from it
-        try:
-            form = await request.form()
-        except Exception:  # a malformed form: the route answers it
+    def serve(self, router: Router) -> None:
+        """Make `router` find an API route's HTTP request through this index: the route handles it
+        as the router would have (its path parameters in the scope; its errors raised to the
+        exception handlers outside); anything else (a WebSocket, /mcp, the web UI, a 404 or 405)
+        goes through the router's own search."""
+        search = router.middleware_stack
+
+        async def dispatch(scope: Scope, receive: Receive, send: Send) -> None:
+            route = self.route_for(scope) if scope["type"] == "http" else None
+            if route is None:
+                await search(scope, receive, send)
+                return
+            _, child_scope = route.matches(scope)  # FULL: its path parameters, endpoint and route
+            scope.update(child_scope)
+            scope.setdefault("router", router)
+            await route.handle(scope, receive, send)
+
+        router.middleware_stack = dispatch
+
+    def route_for(self, scope: Mapping[str, Any]) -> APIRoute | None:
+        """The API route that will serve `scope`; None for an unknown path or method (404, 405)."""
+        pattern = self._by_method.get(scope.get("method", ""))
+        found = None if pattern is None else pattern.match(scope["path"])
+        if found is None or found.lastgroup is None:
             return None
-        try:
-            fields = [(name, value if isinstance(value, str) else value.filename or "")
-                      for name, value in form.multi_items()]
-            return parameters_problem("", fields, "form field")
-        finally:
-            await form.close()
-    return None
+        return self._routes[int(found.lastgroup[1:])]
 
 
 def _where(loc: Sequence[str | int]) -> tuple[str, str]:

@@ -37,7 +37,9 @@ SCOPE_HEADER = "x-bev-scope"  # the OpenAPI extension each route's required scop
 
 
 # HTTPConnection, not Request: FastAPI passes it to WebSocket routes' dependencies too.
-def get_clients(connection: HTTPConnection) -> Clients:
+# `async def` though none awaits: FastAPI runs a plain `def` dependency on a worker thread, a
+# thread hop per dependency per request (~3 per route) for a dict lookup.
+async def get_clients(connection: HTTPConnection) -> Clients:
     clients: Clients = connection.app.state.clients
     return clients
 
@@ -47,7 +49,7 @@ def get_guard(connection: HTTPConnection) -> Guard:
     return guard
 
 
-def get_caller(connection: HTTPConnection) -> Caller:
+async def get_caller(connection: HTTPConnection) -> Caller:
     caller: Caller | None = getattr(connection.state, "caller", None)
     if caller is None:  # only a route outside the guard (none is) could get here
         raise HTTPException(401, "an API key is required (Authorization: Bearer <key>)")
@@ -62,7 +64,7 @@ def needs(scope: Scope) -> Any:
     """A route dependency: 403 unless the caller's key holds `scope` (create_app also writes the
     scope into the route's OpenAPI operation as x-bev-scope)."""
 
-    def check(caller: CallerDep) -> None:
+    async def check(caller: CallerDep) -> None:
         if not caller.has(scope):
             raise HTTPException(403, f"this route needs an API key with the {scope!r} scope; "
                                      f"key {caller.key.id} has {', '.join(sorted(caller.key.scopes)) or 'none'}")

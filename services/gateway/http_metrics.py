@@ -14,7 +14,7 @@ WebSockets `WEBSOCKET` (code 101 once accepted, else the handshake's refusal).
 A streaming answer (SSE, a WebSocket) is counted once, when it ends, and its duration runs to its
 last byte. Pure ASGI rather than Starlette's BaseHTTPMiddleware, which passes streamed bodies
 through a task and a queue; it adds about 10 µs to a request (5 of them prometheus_client's locked
-increments), against the ~4 ms of the cheapest routed request (bench/README.md, bench_gateway).
+increments), against the 2-3 ms of the cheapest routed request on 2 shared cores (bench_gateway).
 """
 
 from __future__ import annotations

@@ -13,8 +13,15 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
+
+from fastapi.routing import APIRoute
+from starlette.datastructures import Headers, QueryParams
+from starlette.requests import Request
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from services.gateway.routes.common import error_response
 
 _BAD_CHARACTER = re.compile("[\x00\ud800-\udfff]")
 
@@ -105,3 +112,106 @@ def parameters_problem(path: str, parameters: Iterable[tuple[str, str]], kind: s
         if problem := text_problem(name, f"a {kind} name") or text_problem(value, f"the {kind} {label}"):
             return problem
     return None
+
+
+_FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
+_BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+
+
+class RequestChecks:
+    """The body limit and the checks above, in front of the app: 413 for a body over its path's
+    limit (Content-Length checked before reading; a chunked body counted as it arrives), then 400
+    for a path, query parameter, JSON body or form field that no service can take. `route_for`
+    names the API route a request will reach (None: no route, the router answers 404/405); the
+    body of a route that takes none is not read here."""
+
+    def __init__(self, app: ASGIApp, route_for: Callable[[Scope], APIRoute | None], max_body_bytes: int,
+                 max_upload_bytes: int, upload_paths: Iterable[str]) -> None:
+        self.app = app
+        self.route_for = route_for
+        self.max_body_bytes, self.max_upload_bytes = max_body_bytes, max_upload_bytes
+        self.upload_paths = frozenset(upload_paths)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path: str = scope["path"]
+        limit = self.max_upload_bytes if path in self.upload_paths else self.max_body_bytes
+        headers = Headers(scope=scope)
+        declared = headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            await self._refuse(scope, receive, send, 413, f"body over {limit} bytes", "RESOURCE_EXHAUSTED")
+            return
+        body: bytes | None = None
+        if declared is None and scope["method"] in _BODY_METHODS:
+            body = await _read_body(receive, limit)
+            if body is None:
+                await self._refuse(scope, receive, send, 413, f"body over {limit} bytes", "RESOURCE_EXHAUSTED")
+                return
+        route = self.route_for(scope)
+        if route is not None:
+            query = scope.get("query_string", b"")
+            problem = parameters_problem(path, QueryParams(query).multi_items() if query else ())
+            if problem is None and route.body_field is not None:
+                content_type = headers.get("content-type", "").split(";")[0].strip().lower()
+                is_json = content_type == "application/json" or (
+                    content_type.startswith("application/") and content_type.endswith("+json"))
+                if is_json or content_type in _FORM_TYPES:
+                    if body is None:
+                        body = await _read_body(receive, limit)  # within the declared length: not None
+                    problem = json_problem(body or b"") if is_json else await _form_problem(
+                        scope, _replay(body or b"", receive))
+            if problem is not None:
+                await self._refuse(scope, receive, send, 400, problem, "INVALID_ARGUMENT")
+                return
+        await self.app(scope, receive if body is None else _replay(body, receive), send)
+
+    @staticmethod
+    async def _refuse(scope: Scope, receive: Receive, send: Send, status: int, message: str, code: str) -> None:
+        await error_response(scope["path"], status, message, code=code)(scope, receive, send)
+
+
+async def _read_body(receive: Receive, limit: int) -> bytes | None:
+    """The request's body, or None once it passes `limit` bytes (the rest is left unread)."""
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":  # the client went: what came is all there is
+            break
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            break
+    return b"".join(chunks)
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    """A receive that gives `body` as one message, then whatever the connection says (a disconnect)."""
+    sent = False
+
+    async def replayed() -> Message:
+        nonlocal sent
+        if sent:
+            return await receive()
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return replayed
+
+
+async def _form_problem(scope: Scope, receive: Receive) -> str | None:
+    try:
+        form = await Request(scope, receive).form()
+    except Exception:  # a malformed form: the route answers it
+        return None
+    try:
+        fields = [(name, value if isinstance(value, str) else value.filename or "")
+                  for name, value in form.multi_items()]
+        return parameters_problem("", fields, "form field")
+    finally:
+        await form.close()

@@ -108,7 +108,9 @@ async def test_answers_are_counted_under_their_route_template(gateway: GatewayUn
         assert (await http.get(f"/api/v1/keys/{unknown_key}", headers={"Authorization": ""})).status_code == 401
         assert (await http.get(f"/no/such/{unknown_key}")).status_code == 404
         assert (await http.delete(SPEAK)).status_code == 405
-        assert (await http.request("BREW", "/healthz")).status_code == 405
+        # A method outside the usual set that the server's parser knows (llhttp answers 400 to one it
+        # does not, `BREW`, before the app or this middleware sees it: services/gateway/http_server.py).
+        assert (await http.request("PROPFIND", "/healthz")).status_code == 405
     await _until(lambda: {key: counts.delta(*key) for key in expected} == expected,
                  lambda: {key: counts.delta(*key) for key in expected})
     assert request_count(SPEAK, "POST", 200) == speak_before + 1  # the BEV design's name, the same count
