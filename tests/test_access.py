@@ -115,6 +115,31 @@ async def test_audit_log_lists_newest_first_with_filters(pool: AsyncConnectionPo
     assert [e.object_id for e in await log.list(status=403)] == ["inv-4"]
 
 
+async def test_a_batch_is_written_in_order_and_its_events_read_as_its_rows(pool: AsyncConnectionPool[Any]) -> None:
+    log = AuditLog(pool)
+    # A NUL (a path may hold one: %00), quotes and non-ASCII must not fail the batch nor shift its ids.
+    paths = [f"/api/v1/x/{i}" for i in range(300)]
+    paths[7], paths[8] = "/api/v1/x/a\x00b", '/api/v1/x/"q"\\ é'
+    batch = [AuditEntry(f"k{i % 3}", "batch", "PUT", "/api/v1/x/{id}", path, str(i), 200 + i % 2, f"{i:032x}",
+                        "127.0.0.1:5000") for i, path in enumerate(paths)]
+    ids = await log.write_many(batch)
+    assert len(ids) == len(batch) and ids == sorted(ids) and len(set(ids)) == len(ids)
+    written = {e.id: e for e in await log.list(team="batch", limit=1000)}
+    for entry, entry_id in zip(batch, ids, strict=True):
+        row = written[entry_id]
+        assert (row.object_id, row.trace_id, row.status, row.at) == (entry.object_id, entry.trace_id, entry.status,
+                                                                      entry.at)
+        assert row.path == entry.path.replace("\x00", "\ufffd")
+        # The event is the entry as json.dumps writes it, with its id; the NUL reads as in the row.
+        expected = json.dumps({**entry.to_json(), "id": entry_id}).replace("\\u0000", "\\ufffd").encode()
+        assert entry.event_body(entry_id) == expected
+        assert json.loads(entry.event_body(entry_id)) == {**row.to_json(), "id": entry_id}
+    assert await log.write_many([]) == []
+    # The connection went back to the pool as it came (not in autocommit).
+    async with pool.connection() as conn:
+        assert not conn.autocommit
+
+
 async def test_the_request_bucket_allows_the_hourly_budget_then_429_with_retry_after(
         pool: AsyncConnectionPool[Any], redis_server: Redis) -> None:
     store = KeyStore(pool, PEPPER)
@@ -129,6 +154,8 @@ async def test_the_request_bucket_allows_the_hourly_budget_then_429_with_retry_a
         # One request comes back every 360 s (10 per hour).
         assert 300 < refused.retry_after_s <= 360 and refused.remaining == 0
         assert refused.headers()["RateLimit-Limit"] == "10"
+        for decision in (refused, next(d for d in decisions if d.allowed)):  # the guard sends these
+            assert decision.raw_headers() == [(k.lower().encode(), v.encode()) for k, v in decision.headers().items()]
         # Redis lost the script (a restart): the bucket still works.
         await client.script_flush()
         assert not (await limits.take_request(key)).allowed

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
@@ -40,7 +39,9 @@ from typing import Any
 import psycopg
 from fastapi.routing import APIRoute
 from opentelemetry import trace
-from opentelemetry.propagate import extract
+from opentelemetry.context import Context
+from opentelemetry.propagate import extract, get_global_textmap
+from opentelemetry.propagators.textmap import TextMapPropagator
 from opentelemetry.trace import SpanKind
 from psycopg_pool import PoolTimeout
 from redis.exceptions import RedisError
@@ -63,6 +64,7 @@ OPEN_PATHS = frozenset({"/healthz"})
 READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 DENIED = frozenset({401, 403, 429})
 AUDIT_SUBJECT = "bev.events.audit"  # .denied or .call
+DENIED_SUBJECT, CALL_SUBJECT = f"{AUDIT_SUBJECT}.denied", f"{AUDIT_SUBJECT}.call"
 
 Publish = Callable[[str, bytes], Awaitable[None]]
 
@@ -115,6 +117,8 @@ class Guard:
         self.mounted: frozenset[str] = frozenset()  # paths served by a mounted ASGI app (/mcp)
         self._queued: list[AuditEntry] = []
         self._writer: asyncio.Task[None] | None = None
+        self._textmap: TextMapPropagator | None = None  # the propagator _trace_fields was read from
+        self._trace_fields: frozenset[bytes] = frozenset()
 
     async def authenticate(self, presented: str) -> ApiKey:
         if not presented:
@@ -180,7 +184,7 @@ class Guard:
         headers = Headers(scope=scope)
         method = scope.get("method", "GET") if scope["type"] == "http" else "WEBSOCKET"
         # Named by its route once routing has run (matching it here too would cost every request).
-        with active_span(tracer, f"HTTP {method}", SpanKind.SERVER, extract(headers)) as span:
+        with active_span(tracer, f"HTTP {method}", SpanKind.SERVER, self._parent(scope, headers)) as span:
             trace_id = format(span.get_span_context().trace_id, "032x")
             key: ApiKey | None = None
             try:
@@ -197,9 +201,8 @@ class Guard:
                 log.warning("request refused: the guard cannot check it", cause=str(exc))
                 await self._deny(scope, receive, send, 503, str(exc), {"Retry-After": "5"})
                 return
-            limit_headers = decision.headers()
             if not decision.allowed:
-                retry = {**limit_headers, "Retry-After": str(max(1, int(decision.retry_after_s + 0.999)))}
+                retry = {**decision.headers(), "Retry-After": str(max(1, int(decision.retry_after_s + 0.999)))}
                 await self._deny(scope, receive, send, 429,
                                  f"key {key.id} is over its {decision.limit} requests per hour", retry)
                 self._audit(key, method, *self._route(scope), scope, "", 429, trace_id)
@@ -211,10 +214,16 @@ class Guard:
                 nonlocal status, location
                 if message["type"] == "http.response.start":
                     status = message["status"]
-                    raw = list(message.get("headers", []))
-                    location = next((v.decode("latin-1") for k, v in raw if k.lower() == b"location"), "")
-                    if not any(k.lower() == b"ratelimit-limit" for k, _ in raw):  # a budget's 429 has its own
-                        raw += [(k.lower().encode(), v.encode()) for k, v in limit_headers.items()]
+                    raw = list(message.get("headers", ()))
+                    has_limits = False  # a budget's 429 has its own RateLimit-* headers
+                    for raw_name, value in raw:
+                        name = raw_name.lower()
+                        if name == b"location" and not location:
+                            location = value.decode("latin-1")
+                        elif name == b"ratelimit-limit":
+                            has_limits = True
+                    if not has_limits:
+                        raw += decision.raw_headers()
                     message = {**message, "headers": raw}
                 elif message["type"] == "websocket.http.response.start":  # a route's denial
                     status = message["status"]
@@ -237,6 +246,19 @@ class Guard:
                     object_id = location.rstrip("/").rsplit("/", 1)[-1] if location else ""
                     self._audit(key, method, route, dict(scope.get("path_params", {})), scope, object_id,
                                 status or 500, trace_id)
+
+    def _parent(self, scope: Scope, headers: Headers) -> Context:
+        """The caller's trace context, as extract(headers) answers. Most calls carry none of the
+        propagator's headers, and for those the answer is an empty Context: one pass over the raw
+        headers spares the propagators' lookups."""
+        textmap = get_global_textmap()
+        if textmap is not self._textmap:  # set up (or replaced) since the last request
+            self._textmap, self._trace_fields = textmap, frozenset(f.lower().encode() for f in textmap.fields)
+        fields = self._trace_fields
+        for name, _ in scope["headers"]:
+            if name in fields:
+                return extract(headers)
+        return Context()
 
     def _route(self, scope: Scope) -> tuple[str, dict[str, Any]]:
         """The template of the route that serves `scope` and its path parameters ("" for none)."""
@@ -280,9 +302,9 @@ class Guard:
             if self.publish is None:
                 continue
             for entry, entry_id in zip(batch, ids, strict=True):
-                body = json.dumps({**entry.to_json(), "id": entry_id}).encode()
                 try:
-                    await self.publish(f"{AUDIT_SUBJECT}.{'denied' if entry.status in DENIED else 'call'}", body)
+                    await self.publish(DENIED_SUBJECT if entry.status in DENIED else CALL_SUBJECT,
+                                       entry.event_body(entry_id))
                 except Exception as exc:  # the row is the record; the event is a convenience
                     log.warning("audit event not published", error=repr(exc), entry=entry_id)
 

@@ -68,6 +68,12 @@ class Decision:
                 "RateLimit-Reset": str(math.ceil(self.reset_s if self.allowed else self.retry_after_s)),
                 "RateLimit-Policy": f"{self.limit};w=3600"}
 
+    def raw_headers(self) -> list[tuple[bytes, bytes]]:
+        """headers() as ASGI header pairs (lower-case names), built without the dict."""
+        reset = math.ceil(self.reset_s if self.allowed else self.retry_after_s)
+        return [(b"ratelimit-limit", b"%d" % self.limit), (b"ratelimit-remaining", b"%d" % self.remaining),
+                (b"ratelimit-reset", b"%d" % reset), (b"ratelimit-policy", b"%d;w=3600" % self.limit)]
+
 
 def _seconds_to_midnight(now: datetime) -> float:
     tomorrow = (now + timedelta(days=1)).replace(hour=0, minute=0, second=0, microsecond=0)

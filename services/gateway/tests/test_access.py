@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import json
 import re
 import time
 import tracemalloc
@@ -340,6 +341,44 @@ async def test_over_the_hourly_quota_is_429_with_retry_after(bare: tuple[Keys, h
         assert code in ("RESOURCE_EXHAUSTED", "rate_limit_error") and "5 requests per hour" in message
     other = await http.get("/v1/models", headers=keys.auth(keys.read))  # a bucket per key
     assert other.status_code == 503
+
+
+async def test_every_audited_call_is_one_row_and_one_event_in_order(
+        bare: tuple[Keys, httpx.AsyncClient], own_nats: NatsServer) -> None:
+    keys, http = bare
+    key = await keys.gateway.new_key(["write"], "audit-order")
+    parts = split(key)
+    assert parts is not None
+    key_id = parts[0]
+    events: list[dict[str, Any]] = []
+    all_heard = asyncio.Event()
+    # Calls at once (they share batches), one with a NUL in its path (400: no column can hold it).
+    paths = [f"/api/v1/avatar/inv-{n}/personality" for n in range(30)] + ["/api/v1/avatar/a%00b/personality"]
+    listener = await nats.connect(own_nats.url)
+    try:
+        async def heard(msg: Msg) -> None:
+            body = json.loads(msg.data)
+            if body["key_id"] == key_id:
+                events.append(body | {"subject": msg.subject})
+                if len(events) >= len(paths):
+                    all_heard.set()
+
+        await listener.subscribe("bev.events.audit.>", cb=heard)
+        await listener.flush()
+        answers = await asyncio.gather(*(http.put(path, json={"traits": {}}, headers=keys.auth(key)) for path in paths))
+        await asyncio.wait_for(all_heard.wait(), 15)
+        await asyncio.sleep(0.2)  # none extra comes
+    finally:
+        await listener.close()
+    rows = (await http.get("/api/v1/audit", params={"key_id": key_id, "limit": 500}, headers=keys.auth())).json()
+    by_id = {row["id"]: row for row in rows["entries"]}
+    assert len(events) == len(by_id) == len(paths)
+    assert [e["id"] for e in events] == sorted(by_id)  # published in the order written
+    for event in events:
+        subject = event.pop("subject")
+        assert event == by_id[event["id"]] and subject == "bev.events.audit.call"
+    assert sorted(e["path"] for e in events) == sorted([*paths[:-1], "/api/v1/avatar/a\ufffdb/personality"])
+    assert sorted(e["status"] for e in events) == sorted(a.status_code for a in answers)
 
 
 async def test_a_body_of_50_mb_is_413_with_memory_bounded(bare: tuple[Keys, httpx.AsyncClient]) -> None:
