@@ -58,6 +58,10 @@ from services.gateway.web_ui import ui_routes
 
 log = get_logger(__name__)
 
+# The route modules, in the order their routes are tried (the route index keeps that order).
+ROUTE_MODULES = (fleet, reasoning, openai, embeddings, collectors, swarm, avatar, monitoring, access)
+
+
 def create_app(nc: NatsClient, config: GatewayConfig, callees: Iterable[str], guard: Guard) -> FastAPI:
     """The HTTP API over `nc`, behind `guard` (keys, limits, audit); `callees` are the services the
     gateway's manifest entry calls."""
@@ -80,7 +84,7 @@ def create_app(nc: NatsClient, config: GatewayConfig, callees: Iterable[str], gu
     app.state.clients = clients
     app.state.guard = guard
     routes: list[APIRoute] = []
-    for module in (fleet, reasoning, openai, embeddings, collectors, swarm, avatar, monitoring, access):
+    for module in ROUTE_MODULES:
         own = [route for route in module.router.routes if isinstance(route, APIRoute)]
         _document_scopes(own)
         _document_errors(own)

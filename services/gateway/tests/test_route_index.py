@@ -9,21 +9,9 @@ import re
 from fastapi.routing import APIRoute
 from starlette.routing import Match
 
-from services.gateway.api import RouteIndex
-from services.gateway.routes import (
-    access,
-    avatar,
-    collectors,
-    embeddings,
-    fleet,
-    monitoring,
-    openai,
-    reasoning,
-    swarm,
-)
+from services.gateway.api import ROUTE_MODULES, RouteIndex
 
-ROUTES = [route for module in (fleet, reasoning, openai, embeddings, collectors, swarm, avatar, monitoring, access)
-          for route in module.router.routes if isinstance(route, APIRoute)]
+ROUTES = [route for module in ROUTE_MODULES for route in module.router.routes if isinstance(route, APIRoute)]
 
 
 def _first_full(scope: dict[str, object]) -> APIRoute | None:
