@@ -2,8 +2,8 @@
 
 Order: settings -> logging/tracing -> Vault login -> NATS -> build the servicer -> serve it on
 NATS and gRPC plus /metrics (RPC metrics, process CPU and memory, data-dir disk space, GPUs) ->
-wait for SIGTERM/SIGINT -> stop taking work, finish in-flight calls, close. A missing dependency
-at start ends the process with one line and exit code 1.
+wait for SIGTERM/SIGINT -> halt background work (`Servicer.stopping`), stop taking work, finish
+in-flight calls, close. A missing dependency at start ends the process with one line and exit code 1.
 
 Every service runs on uvloop (libuv's event loop): the per-call work of the RPC layer is mostly
 event-loop overhead (socket reads, callbacks, task steps), which uvloop does in C.
@@ -123,6 +123,7 @@ async def _serve(name: str, settings: S, build: Build[S]) -> None:
         await stop.wait()
     finally:
         log.info("stopping")
+        await servicer.stopping()
         await nats_server.stop()
         await grpc_server.stop(grace_s=5)
         await servicer.close()

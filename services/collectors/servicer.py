@@ -23,7 +23,7 @@ from bev.collectors.v1.collectors_rpc import CollectorsServicer
 from bev.common.v1 import common_pb2
 from bev.embeddings.v1 import embeddings_pb2
 from bev.embeddings.v1.embeddings_rpc import EmbeddingsClient
-from bev.rpc import CallContext, InstanceInfo, RpcError, StatusCode
+from bev.rpc import CallContext, InstanceInfo, RpcError, StatusCode, while_starting
 from bev.runtime import ServiceRuntime, StartupError
 from bev.stix import HASH_BY_LENGTH
 from bev.telemetry import get_logger
@@ -370,10 +370,13 @@ def corpus_sink(client: EmbeddingsClient) -> DocumentSink:
     """Hand collected documents to the embeddings service's corpus, with their provenance."""
 
     async def ingest(document: Document, collector: str, request: CollectionRequest) -> str:
+        ingest_request = embeddings_pb2.IngestRequest(document=embeddings_pb2.DocumentInput(
+            content=document.content, media_type=document.media_type, uri=document.uri, title=document.title,
+            source=collector, tlp=request.tlp.to_proto(), investigation_id=request.investigation_id))
         try:
-            response = await client.Ingest(embeddings_pb2.IngestRequest(document=embeddings_pb2.DocumentInput(
-                content=document.content, media_type=document.media_type, uri=document.uri, title=document.title,
-                source=collector, tlp=request.tlp.to_proto(), investigation_id=request.investigation_id)))
+            # An embeddings service still starting (the fleet restarting) is waited for: a page
+            # fetched now would otherwise be lost as a failed collection.
+            response = await while_starting(lambda: client.Ingest(ingest_request))
         except RpcError as exc:
             raise CollectorError(f"embeddings corpus: {exc.code.name}: {exc.message}") from None
         return response.document_id

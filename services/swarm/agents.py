@@ -25,7 +25,7 @@ from bev.collectors.v1.collectors_rpc import CollectorsClient
 from bev.common.v1 import common_pb2
 from bev.embeddings.v1.embeddings_rpc import EmbeddingsClient
 from bev.reasoning.v1.reasoning_rpc import ReasoningClient
-from bev.rpc import InstanceInfo, RpcError, StatusCode
+from bev.rpc import InstanceInfo, RpcError, while_starting
 from bev.telemetry import get_logger
 from bev.vocab import Tlp
 from services.swarm.roles import AgentRole, get_role
@@ -224,23 +224,6 @@ class Agent:
                        items=len(result) if isinstance(result, list) else 1)
         TOOL_EXECUTIONS.labels(tool, "ok").inc()
         return result
-
-
-# A service with no instance yet (the fleet is starting, or restarting after a crash) is waited for
-# this long, in growing steps, before the call counts as failed.
-STARTING_WAITS_S = (1.0, 2.0, 4.0, 8.0, 15.0, 15.0, 15.0, 20.0)
-
-
-async def while_starting(run: Callable[[], Awaitable[Any]]) -> Any:
-    for wait in (*STARTING_WAITS_S, None):
-        try:
-            return await run()
-        except RpcError as exc:
-            if wait is None or exc.code != StatusCode.UNAVAILABLE or not exc.message.startswith("no instance"):
-                raise
-            log.info("a service is not serving yet; waiting", error=exc.message, wait_s=wait)
-            await asyncio.sleep(wait)
-    raise AssertionError("unreachable")
 
 
 def _describe(args: Mapping[str, Any]) -> str:

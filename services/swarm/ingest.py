@@ -31,10 +31,10 @@ from urllib.parse import urlsplit
 
 from bev.collectors.v1 import collectors_pb2
 from bev.embeddings.v1 import embeddings_pb2
-from bev.rpc import RpcError
+from bev.rpc import RpcError, while_starting
 from bev.social_accounts import profile_account
 from bev.vocab import Tlp
-from services.swarm.agents import Agent, Investigation, Refused, while_starting
+from services.swarm.agents import Agent, Investigation, Refused
 from services.swarm.roles import COLLECT, GET_DOCUMENT, NEIGHBORHOOD, SEARCH
 from services.swarm.store import EvidenceRow, evidence_id
 

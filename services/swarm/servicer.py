@@ -160,6 +160,10 @@ class Swarm(SwarmServicer):
         if d.nc is not None:
             await self.wakeups.start(d.nc)
 
+    async def stopping(self) -> None:
+        if self.engine is not None:
+            await self.engine.halt()  # before the fleet around it is gone (Engine.halt)
+
     async def close(self) -> None:
         await self.wakeups.close()
         if self.engine is not None:

@@ -48,6 +48,7 @@ PROGRESS = {Phase.INGESTION: 0.05, Phase.HYPOTHESES: 0.5, Phase.CORRELATION: 0.7
 
 DEPS: Deps | None = None
 RUNNING: set[asyncio.Task[Any]] = set()  # the workflows this replica is running now
+HALTED = False  # set by Engine.halt: this replica is stopping and starts no workflow step
 
 
 def deps() -> Deps:
@@ -313,12 +314,15 @@ async def fail(investigation_id: str, error: str) -> str:
 
 @contextlib.contextmanager
 def running_here() -> Iterator[None]:
-    """Marks the current task as a workflow this replica runs, so that `Engine.stop` can cancel it
+    """Marks the current task as a workflow this replica runs, so that `Engine.halt` can cancel it
     before the bus and the database close under it (a cancelled workflow stays PENDING in DBOS and
-    is resumed elsewhere; one that met a closed connection would have ended as failed)."""
+    is resumed elsewhere; one that met a closed connection would have ended as failed). A workflow
+    the queue hands a halted replica is cancelled before its first step."""
     task = asyncio.current_task()
     if task is not None:
         RUNNING.add(task)
+        if HALTED:
+            task.cancel()
     try:
         yield
     finally:
@@ -545,11 +549,26 @@ class Engine:
         self._tasks = [asyncio.create_task(self._heartbeat(), name="swarm-heartbeat"),
                        asyncio.create_task(self._sweep(), name="swarm-orphans")]
 
-    async def stop(self) -> None:
-        global DEPS
-        for task in [*self._tasks, *RUNNING]:
+    async def halt(self) -> None:
+        """Cancel the workflows running here, at once, when the process is told to stop.
+
+        The rest of the fleet stops at the same moment. A step that went on would meet collectors,
+        models and stores going away, record those failures as its outcome and be checkpointed: a
+        fleet restart would lose the pivots that step should have found (the evidence's link to a
+        file, say). Cancelled, the step is not checkpointed; the workflow stays PENDING and is
+        resumed after the restart from its last completed step, reusing the step's finished calls."""
+        global HALTED
+        HALTED = True
+        running = list(RUNNING)
+        for task in running:
             task.cancel()
-        await asyncio.gather(*RUNNING, return_exceptions=True)
+        await asyncio.gather(*running, return_exceptions=True)
+
+    async def stop(self) -> None:
+        global DEPS, HALTED
+        await self.halt()
+        for task in self._tasks:
+            task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.deps.store.forget_replica(self.deps.info.instance)
         await self.deps.close()
@@ -558,6 +577,7 @@ class Engine:
         # loop a live one (in the service the loop ends next, but a test's loop goes on).
         asyncio.get_running_loop().set_default_executor(concurrent.futures.ThreadPoolExecutor())
         DEPS = None
+        HALTED = False  # DBOS is one per process: a test may start the engine again
 
     async def submit(self, investigation_id: str) -> None:
         queue = await DBOS.retrieve_queue_async(QUEUE)

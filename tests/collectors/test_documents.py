@@ -1,13 +1,15 @@
 """Documents a collector finds are handed to the embeddings corpus (the real embeddings servicer,
-MiniLM and pgvector), with provenance, and a re-run finds the same corpus document."""
+MiniLM and pgvector), with provenance, also when the embeddings service starts after the page was
+fetched, and a re-run finds the same corpus document."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import nats
 import pytest
@@ -34,6 +36,10 @@ from services.embeddings.vector_index import PgVectorIndex
 BLOG = Path(__file__).parents[2] / "services" / "collectors" / "tests" / "data" / "threat-blog.html"
 
 
+async def _observations(run: AsyncIterator[Any]) -> list[Any]:
+    return [s async for s in run]
+
+
 @pytest.mark.slow
 async def test_web_pages_reach_the_corpus_with_provenance(
         nats_server: NatsServer, postgres_server: Postgres, falkordb_server: FalkorDB, http_fixture: HttpFixture,
@@ -50,7 +56,6 @@ async def test_web_pages_reach_the_corpus_with_provenance(
     server_nc, client_nc = await nats.connect(nats_server.url), await nats.connect(nats_server.url)
     server = NatsRpcServer(server_nc, embeddings, max_request_bytes=4 * 1024 * 1024, default_timeout_s=60,
                            max_concurrency=16, instance=embeddings.info.instance)
-    await server.start()
     client = EmbeddingsClient.over_nats(client_nc, timeout_s=60)
     secrets = {"postgres": {"dsn": postgres_server.dsn},
                "falkordb": {"host": falkordb_server.host, "port": str(falkordb_server.port),
@@ -62,7 +67,13 @@ async def test_web_pages_reach_the_corpus_with_provenance(
     try:
         url = http_fixture.serve("/docs/glass-harbor.html", BLOG.read_bytes())
         request = CollectionRequest("web", Observable("url", url), investigation_id="inv-docs", tlp="amber")
-        first = [s async for s in collection.run(request)]
+        # The embeddings service comes up after the page was fetched (a fleet restarting): the
+        # collection waits for it rather than losing the page as a failed run.
+        first_run = asyncio.create_task(_observations(collection.run(request)))
+        await asyncio.sleep(2.0)
+        assert not first_run.done()
+        await server.start()
+        first = await first_run
         document_id = json.loads(first[0].entity.props)["corpus_document_id"]
         document = await client.GetDocument(embeddings_pb2.GetDocumentRequest(document_id=document_id))
         assert (document.uri, document.source, document.tlp, document.investigation_id) == (

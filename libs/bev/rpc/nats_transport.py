@@ -32,6 +32,7 @@ from bev.rpc.definition import MethodDef
 from bev.rpc.dispatch import Dispatcher, metadata_dict
 from bev.rpc.errors import RpcError, StatusCode, code_from_int, code_to_int
 from bev.rpc.servicer import Servicer
+from bev.rpc.starting import NO_INSTANCE
 from bev.telemetry import get_logger
 
 TIMEOUT_HEADER = "Bev-Timeout-Ms"
@@ -55,7 +56,7 @@ def _raise_for_headers(headers: Mapping[str, str] | None, subject: str) -> None:
     if not headers:
         return
     if headers.get("Status") == NO_RESPONDERS_STATUS:
-        raise RpcError(StatusCode.UNAVAILABLE, f"no instance is serving {subject}")
+        raise RpcError(StatusCode.UNAVAILABLE, f"{NO_INSTANCE} {subject}")
     code = headers.get(ERROR_CODE_HEADER)
     if code is not None:
         raise RpcError(code_from_int(int(code)), headers.get(ERROR_HEADER, ""))
@@ -247,7 +248,7 @@ class NatsTransport:
                 method.subject + self._suffix, payload, timeout=timeout_s, headers=self._headers(timeout_s, metadata)
             )
         except nats.errors.NoRespondersError as exc:
-            raise RpcError(StatusCode.UNAVAILABLE, f"no instance is serving {method.subject}") from exc
+            raise RpcError(StatusCode.UNAVAILABLE, f"{NO_INSTANCE} {method.subject}") from exc
         except nats.errors.TimeoutError as exc:
             raise RpcError(StatusCode.DEADLINE_EXCEEDED, f"{method.subject} gave no answer in {timeout_s:.3g}s") from exc
         except nats.errors.MaxPayloadError as exc:

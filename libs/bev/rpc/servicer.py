@@ -63,5 +63,12 @@ class Servicer:
     async def start(self) -> None:
         """Start background work (a web server, a consumer) once the process is connected."""
 
+    async def stopping(self) -> None:
+        """The process was told to stop: halt background work now, before in-flight calls drain.
+
+        Draining can take seconds (a client's open stream) while the rest of the fleet is already
+        going away; work that went on meanwhile would meet failures that are only the shutdown and
+        could record them as real outcomes. `close()` follows once the calls have drained."""
+
     async def close(self) -> None:
         """Release models, pools and connections when the process stops."""

@@ -32,6 +32,7 @@ async def serving_on_nats(
     try:
         yield client_nc
     finally:
+        await servicer.stopping()  # the order bev.runtime stops a service in
         await server.stop()
         await servicer.close()
         await client_nc.close()
