@@ -30,7 +30,11 @@ the gateway's. It also checks that every guarded call was audited.
 Figures (the last stdout line is one JSON object):
 - http_p50_added_ms / http_throughput_ratio: the gateway as it ships against the direct RPC
   (issue 16: under 1 ms, at least 0.8); open_* the same without the guard;
-- guard_p50_added / guard_throughput_ratio: guarded against open (C8: at most 0.10, at least 0.9).
+- guard_p50_added / guard_throughput_ratio: guarded against open (C8: at most 0.10, at least 0.9);
+- cpu_us_per_request / guard_cpu_us / guard_cpu_ratio: CPU per request in the throughput windows,
+  of the gateways' process and of PostgreSQL, Redis and nats-server (what the guard writes to),
+  guarded and open; their difference is the guard's own cost, and open / guarded the throughput
+  ratio CPU alone would allow. On a shared machine these move much less than requests/s do.
 `--profile-gateways FILE` writes a cProfile of the gateway process (pstats format) to FILE.
 
     .venv/bin/python bench/bench_gateway.py                 # ~90 s on 2 shared cores
@@ -215,6 +219,26 @@ class HttpConnection:
 Call = Callable[[int], Awaitable[None]]
 
 
+def _cpu_s(pids: list[int]) -> dict[int, float]:
+    """User + system CPU seconds so far of each process in `pids` and of its children, by pid."""
+    import psutil
+
+    spent: dict[int, float] = {}
+    for pid in pids:
+        try:
+            root = psutil.Process(pid)
+            for each in [root, *root.children(recursive=True)]:
+                times = each.cpu_times()
+                spent[each.pid] = times.user + times.system
+        except psutil.NoSuchProcess:  # a PostgreSQL backend that ended between the listing and the read
+            continue
+    return spent
+
+
+def _cpu_between(before: dict[int, float], after: dict[int, float]) -> float:
+    return sum(seconds - before.get(pid, 0.0) for pid, seconds in after.items())
+
+
 def _http_call(conn: HttpConnection, route: str, ids: list[str]) -> Call:
     async def call(n: int) -> None:
         if route == "speak":
@@ -309,6 +333,12 @@ def main() -> None:
         access = common_pb2.Access.FromString(access_bytes)
         latencies: dict[str, list[float]] = {name: [] for name in TARGETS}
         rates: dict[str, list[float]] = {name: [] for name in TARGETS}
+        # CPU seconds spent during the guarded and open throughput windows, and requests served in
+        # them: by the gateways' process, and by what the guard writes to (PostgreSQL, Redis, NATS).
+        # CPU per request hardly moves with what else runs on the machine, unlike requests/s.
+        cpu: dict[str, dict[str, float]] = {name: {"gateway": 0.0, "backends": 0.0, "requests": 0.0}
+                                            for name in ("guarded", "open")}
+        backend_pids = [pid for pid in (postgres.pid, redis.pid, nats_server.pid) if pid is not None]
         counter = [0]
         guarded_calls = 0
 
@@ -343,7 +373,12 @@ def main() -> None:
                         guarded_calls += counter[0] - before if name == "guarded" else 0
                     for name in order:
                         before = counter[0]
+                        gateway_before, backends_before = _cpu_s([gateways.pid or 0]), _cpu_s(backend_pids)
                         rates[name].append(await _throughput(pool[name], seconds, counter))
+                        if name in cpu:
+                            cpu[name]["gateway"] += _cpu_between(gateway_before, _cpu_s([gateways.pid or 0]))
+                            cpu[name]["backends"] += _cpu_between(backends_before, _cpu_s(backend_pids))
+                            cpu[name]["requests"] += counter[0] - before
                         guarded_calls += counter[0] - before if name == "guarded" else 0
             finally:
                 for connection in connections:
@@ -372,6 +407,14 @@ def main() -> None:
     result["open_throughput_ratio"] = round(result["open_rps"] / result["direct_rps"], 4)
     result["guard_p50_added"] = round(result["guarded_p50_ms"] / result["open_p50_ms"] - 1, 4)
     result["guard_throughput_ratio"] = round(result["guarded_rps"] / result["open_rps"], 4)
+    per_request = {name: {part: round(1e6 * cpu[name][part] / max(1.0, cpu[name]["requests"]), 1)
+                          for part in ("gateway", "backends")} for name in cpu}
+    result["cpu_us_per_request"] = per_request
+    result["guard_cpu_us"] = {part: round(per_request["guarded"][part] - per_request["open"][part], 1)
+                              for part in ("gateway", "backends")}
+    # What the guard would leave of the open gateway's throughput if CPU were all that limited it.
+    open_cpu, guarded_cpu = sum(per_request["open"].values()), sum(per_request["guarded"].values())
+    result["guard_cpu_ratio"] = round(open_cpu / guarded_cpu, 4) if guarded_cpu else None
     result["audited"] = f"{audited}/{guarded_calls}"  # every guarded call, warm-up included
     result["targets"] = {"http_p50_added_ms": "< 1", "http_throughput_ratio": ">= 0.8",
                          "guard_p50_added": "<= 0.10", "guard_throughput_ratio": ">= 0.9"}
@@ -382,8 +425,11 @@ def main() -> None:
         "guard_throughput_ratio": result["guard_throughput_ratio"] >= 0.9}
     result["pass"] = all(result["targets_met"].values()) and audited == guarded_calls
     for name in TARGETS:
+        used = per_request.get(name)
         print(f"{name:8} p50 {result[f'{name}_p50_ms']:.3f} ms  p99 {result[f'{name}_p99_ms']:.3f} ms  "
-              f"{result[f'{name}_rps']:.0f} req/s", file=sys.stderr)
+              f"{result[f'{name}_rps']:.0f} req/s"
+              + (f"  CPU/request: gateway {used['gateway']:.0f} us, backends {used['backends']:.0f} us" if used else ""),
+              file=sys.stderr)
     print(json.dumps(result))
 
 
