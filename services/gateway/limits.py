@@ -54,6 +54,10 @@ class RateLimited(Exception):
         self.headers = {**headers, "Retry-After": str(max(1, math.ceil(retry_after_s)))}
 
 
+HEADER_NAMES = {b"ratelimit-limit": "RateLimit-Limit", b"ratelimit-remaining": "RateLimit-Remaining",
+                b"ratelimit-reset": "RateLimit-Reset", b"ratelimit-policy": "RateLimit-Policy"}
+
+
 @dataclass(frozen=True)
 class Decision:
     allowed: bool
@@ -64,12 +68,11 @@ class Decision:
 
     def headers(self) -> dict[str, str]:
         """The IETF draft's RateLimit-* fields, on every answer to a key."""
-        return {"RateLimit-Limit": str(self.limit), "RateLimit-Remaining": str(self.remaining),
-                "RateLimit-Reset": str(math.ceil(self.reset_s if self.allowed else self.retry_after_s)),
-                "RateLimit-Policy": f"{self.limit};w=3600"}
+        return {HEADER_NAMES[name]: value.decode() for name, value in self.raw_headers()}
 
     def raw_headers(self) -> list[tuple[bytes, bytes]]:
-        """headers() as ASGI header pairs (lower-case names), built without the dict."""
+        """The same fields as ASGI header pairs (lower-case names): what the guard adds to every
+        answer, so built without a dict."""
         reset = math.ceil(self.reset_s if self.allowed else self.retry_after_s)
         return [(b"ratelimit-limit", b"%d" % self.limit), (b"ratelimit-remaining", b"%d" % self.remaining),
                 (b"ratelimit-reset", b"%d" % reset), (b"ratelimit-policy", b"%d;w=3600" % self.limit)]

@@ -55,10 +55,9 @@ class AuditEntry:
         # on Python 3.11, which cost more than the encoding.
         cached: str | None = self.__dict__.get("_fields_json")
         if cached is None:
-            cached = self.__dict__["_fields_json"] = json.dumps(
-                {"at": self.at.isoformat(), "key_id": self.key_id, "team": self.team, "method": self.method,
-                 "route": self.route, "path": self.path, "object_id": self.object_id, "status": self.status,
-                 "trace_id": self.trace_id, "client": self.client}).replace("\\u0000", "\\ufffd")
+            fields = self.to_json()
+            del fields["id"]
+            cached = self.__dict__["_fields_json"] = json.dumps(fields).replace("\\u0000", "\\ufffd")
         return cached
 
     def event_body(self, entry_id: int) -> bytes:
